@@ -41,3 +41,15 @@ class ProofError(IntegrityError):
 
 class EntryError(IntegrityError, ValueError):
     """A log entry's bytes do not follow the entry format."""
+
+
+class UnknownKeyError(SignatureError):
+    """The signing key was not registered before the entry's position."""
+
+
+class RevokedKeyError(SignatureError):
+    """The signing key was revoked at or before the entry's position."""
+
+
+class KeyFactError(IntegrityError, ValueError):
+    """A key registration, rotation or revocation breaks the key rules."""
