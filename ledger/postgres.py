@@ -1,0 +1,261 @@
+"""The sealed log on PostgreSQL (production).
+
+``SealedPostgresRecorder`` replaces the library's insert path with one transaction that:
+takes the events table's EXCLUSIVE lock (serialising writers, so commit order is insert order),
+NOTIFYs subscribers, inserts the events, reads the log size, then inserts the ``log_entries`` rows
+(gap-free ``seq``) and the Merkle nodes the batch completes. Any error — including a Python
+error while sealing — is raised *inside* the transaction block, so nothing commits: the library's
+own method swallows errors until after its transaction, which would commit events unsealed.
+
+A conflict on the events' primary key (optimistic concurrency) burns a notification id but
+never a sequence number, because ``seq`` is computed from the log inside the transaction.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Collection, Sequence
+from typing import Any
+
+import psycopg
+from eventsourcing.persistence import InterfaceError, OperationalError, StoredEvent
+from eventsourcing.postgres import PostgresApplicationRecorder, PostgresDatastore, PostgresFactory
+from eventsourcing.utils import retry
+from psycopg.sql import SQL, Composed, Identifier
+
+from ledger.sealer import SealedBatch, Sealer
+from ledger.store import ReplayedEnvelopeError, SealedLog, StoredCheckpoint
+from signing.merkle import CompactRange, perfect_subtrees
+
+
+class SealedPostgresRecorder(PostgresApplicationRecorder, SealedLog):
+    def __init__(self, datastore: PostgresDatastore, *, events_table_name: str = "stored_events"):
+        super().__init__(datastore, events_table_name=events_table_name)
+        self.sealer = Sealer()
+        schema = Identifier(self.datastore.schema)
+        self.sql_create_statements.extend(
+            SQL(text).format(schema=schema)
+            for text in (
+                "CREATE TABLE IF NOT EXISTS {schema}.log_entries ("
+                " seq bigint PRIMARY KEY,"
+                " notification_id bigint NOT NULL UNIQUE,"
+                " recorded_at text NOT NULL,"
+                " leaf_hash bytea NOT NULL,"
+                " nonce text CONSTRAINT log_entries_nonce_key UNIQUE)",
+                "CREATE TABLE IF NOT EXISTS {schema}.log_nodes ("
+                " level smallint NOT NULL, idx bigint NOT NULL, hash bytea NOT NULL,"
+                " PRIMARY KEY (level, idx))",
+                "CREATE TABLE IF NOT EXISTS {schema}.log_checkpoints ("
+                " size bigint PRIMARY KEY, root bytea NOT NULL, note text NOT NULL,"
+                " signed_at text NOT NULL)",
+                "CREATE TABLE IF NOT EXISTS {schema}.log_meta ("
+                " key text PRIMARY KEY, value text NOT NULL)",
+            )
+        )
+        self._sql_head = SQL(
+            "SELECT COALESCE(MAX(seq) + 1, 0) AS head FROM {schema}.log_entries"
+        ).format(schema=schema)
+        self._sql_insert_entries = SQL(
+            "INSERT INTO {schema}.log_entries (seq, notification_id, recorded_at, leaf_hash, nonce)"
+            " SELECT * FROM unnest(%s::bigint[], %s::bigint[], %s::text[], %s::bytea[],"
+            " %s::text[])"
+        ).format(schema=schema)
+        self._sql_insert_nodes = SQL(
+            "INSERT INTO {schema}.log_nodes (level, idx, hash)"
+            " SELECT * FROM unnest(%s::smallint[], %s::bigint[], %s::bytea[])"
+        ).format(schema=schema)
+        self._sql_select_leaves = SQL(
+            "SELECT seq, leaf_hash FROM {schema}.log_entries WHERE seq = ANY(%s::bigint[])"
+        ).format(schema=schema)
+        self._sql_select_nodes = SQL(
+            "SELECT n.level, n.idx, n.hash FROM {schema}.log_nodes n"
+            " JOIN unnest(%s::smallint[], %s::bigint[]) AS c(level, idx)"
+            " ON n.level = c.level AND n.idx = c.idx"
+        ).format(schema=schema)
+        self._sql_select_rows = SQL(
+            "SELECT l.seq, l.notification_id, l.recorded_at, l.leaf_hash,"
+            " e.originator_id, e.originator_version, e.topic, e.state"
+            " FROM {schema}.log_entries l LEFT JOIN {schema}.{events} e"
+            " ON e.notification_id = l.notification_id"
+            " WHERE l.seq >= %s AND l.seq < %s ORDER BY l.seq"
+        ).format(schema=schema, events=Identifier(self.events_table_name))
+        self._schema = schema
+
+    # -- write path ----------------------------------------------------------------------
+    @retry((InterfaceError, OperationalError), max_attempts=10, wait=0.2)
+    def insert_events(
+        self, stored_events: Sequence[StoredEvent], **kwargs: Any
+    ) -> Sequence[int] | None:
+        notification_ids: Sequence[int] | None = None
+        batch: SealedBatch | None = None
+        error: Exception | None = None
+        with self.datastore.get_connection() as conn, conn.transaction():
+            with conn.pipeline() as pipeline:
+                with conn.cursor() as curs:
+                    self._insert_events(curs, stored_events, **kwargs)
+                if stored_events:
+                    try:
+                        notification_ids, batch = self._insert_and_seal(
+                            conn, pipeline, stored_events, **kwargs
+                        )
+                    except Exception as exc:  # re-raised below, inside the transaction
+                        error = exc
+            if error is not None:
+                raise self._translate(error, batch)
+        if batch is not None:
+            self.sealer.committed(batch)
+        return notification_ids
+
+    def _insert_and_seal(
+        self,
+        conn: psycopg.Connection[Any],
+        pipeline: psycopg.Pipeline,
+        stored_events: Sequence[StoredEvent],
+        **kwargs: Any,
+    ) -> tuple[Sequence[int], SealedBatch]:
+        with conn.cursor() as events_curs, conn.cursor() as head_curs:
+            self._insert_stored_events(events_curs, stored_events, **kwargs)  # lock, notify, insert
+            head_curs.execute(self._sql_head, prepare=True)
+            pipeline.sync()
+            notification_ids = self._fetch_ids_after_insert_events(events_curs, stored_events)
+            assert notification_ids is not None
+            row = head_curs.fetchone()
+            assert row is not None
+            head = int(row["head"])
+        with conn.cursor() as curs:
+            batch = self.sealer.seal(
+                head, lambda size: self._load_frontier(curs, size), stored_events, notification_ids
+            )
+            entries = batch.entry_rows
+            curs.execute(
+                self._sql_insert_entries,
+                (
+                    [r[0] for r in entries],
+                    [r[1] for r in entries],
+                    [r[2] for r in entries],
+                    [r[3] for r in entries],
+                    [r[4] for r in entries],
+                ),
+                prepare=True,
+            )
+            if batch.node_rows:
+                nodes = batch.node_rows
+                curs.execute(
+                    self._sql_insert_nodes,
+                    ([n[0] for n in nodes], [n[1] for n in nodes], [n[2] for n in nodes]),
+                    prepare=True,
+                )
+            pipeline.sync()
+        return notification_ids, batch
+
+    @staticmethod
+    def _translate(error: Exception, batch: SealedBatch | None) -> Exception:
+        if (
+            isinstance(error, psycopg.errors.UniqueViolation)
+            and error.diag.constraint_name == "log_entries_nonce_key"
+        ):
+            detail = error.diag.message_detail or ""
+            nonce = detail.split("=(", 1)[-1].split(")", 1)[0] if "=(" in detail else "?"
+            return ReplayedEnvelopeError(nonce)
+        return error
+
+    def _load_frontier(self, curs: psycopg.Cursor[Any], size: int) -> CompactRange:
+        coords = perfect_subtrees(0, size)
+        nodes = self._nodes_with(curs, coords)
+        return CompactRange(size, [nodes[c] for c in coords])
+
+    # -- read hooks ----------------------------------------------------------------------
+    def _query(self, statement: Composed | SQL, params: Sequence[Any] = ()) -> list[Any]:
+        with self.datastore.get_connection() as conn, conn.cursor() as curs:
+            curs.execute(statement, params, prepare=True)
+            return list(curs.fetchall())
+
+    def _sql_log_size(self) -> int:
+        return int(self._query(self._sql_head)[0]["head"])
+
+    def _sql_rows(self, start: int, stop: int) -> list[Sequence[Any]]:
+        return [tuple(r.values()) for r in self._query(self._sql_select_rows, (start, stop))]
+
+    def _nodes_with(
+        self, curs: psycopg.Cursor[Any], coords: Collection[tuple[int, int]]
+    ) -> dict[tuple[int, int], bytes]:
+        out: dict[tuple[int, int], bytes] = {}
+        leaves = [i for level, i in coords if level == 0]
+        inner = [(level, i) for level, i in coords if level > 0]
+        if leaves:
+            curs.execute(self._sql_select_leaves, (leaves,), prepare=True)
+            out.update({(0, int(r["seq"])): bytes(r["leaf_hash"]) for r in curs.fetchall()})
+        if inner:
+            curs.execute(
+                self._sql_select_nodes,
+                ([c[0] for c in inner], [c[1] for c in inner]),
+                prepare=True,
+            )
+            out.update(
+                {(int(r["level"]), int(r["idx"])): bytes(r["hash"]) for r in curs.fetchall()}
+            )
+        return out
+
+    def _sql_nodes(self, coords: Collection[tuple[int, int]]) -> dict[tuple[int, int], bytes]:
+        with self.datastore.get_connection() as conn, conn.cursor() as curs:
+            return self._nodes_with(curs, coords)
+
+    def _sql_checkpoints(self, newest_first: bool, limit: int | None) -> list[Sequence[Any]]:
+        statement = SQL(
+            "SELECT size, root, note, signed_at FROM {schema}.log_checkpoints ORDER BY size "
+            + ("DESC" if newest_first else "ASC")
+            + ("" if limit is None else f" LIMIT {int(limit)}")
+        ).format(schema=self._schema)
+        return [tuple(r.values()) for r in self._query(statement)]
+
+    def _sql_insert_checkpoint(self, cp: StoredCheckpoint) -> None:
+        with self.datastore.get_connection() as conn, conn.cursor() as curs:
+            curs.execute(
+                SQL(
+                    "INSERT INTO {schema}.log_checkpoints (size, root, note, signed_at)"
+                    " VALUES (%s, %s, %s, %s) ON CONFLICT (size) DO NOTHING"
+                ).format(schema=self._schema),
+                (cp.size, cp.root, cp.note, cp.signed_at),
+            )
+
+    def _sql_meta(self, key: str) -> str | None:
+        rows = self._query(
+            SQL("SELECT value FROM {schema}.log_meta WHERE key = %s").format(schema=self._schema),
+            (key,),
+        )
+        return str(rows[0]["value"]) if rows else None
+
+    def _sql_set_meta(self, key: str, value: str) -> None:
+        with self.datastore.get_connection() as conn, conn.cursor() as curs:
+            curs.execute(
+                SQL(
+                    "INSERT INTO {schema}.log_meta (key, value) VALUES (%s, %s)"
+                    " ON CONFLICT (key) DO UPDATE SET value = excluded.value"
+                ).format(schema=self._schema),
+                (key, value),
+            )
+
+    def _sql_nonce_seq(self, nonce: str) -> int | None:
+        rows = self._query(
+            SQL("SELECT seq FROM {schema}.log_entries WHERE nonce = %s").format(
+                schema=self._schema
+            ),
+            (nonce,),
+        )
+        return int(rows[0]["seq"]) if rows else None
+
+    def _sql_seqs_for_notifications(self, ids: Sequence[int]) -> dict[int, int]:
+        rows = self._query(
+            SQL(
+                "SELECT notification_id, seq FROM {schema}.log_entries"
+                " WHERE notification_id = ANY(%s::bigint[])"
+            ).format(schema=self._schema),
+            (list(ids),),
+        )
+        return {int(r["notification_id"]): int(r["seq"]) for r in rows}
+
+
+class SealedPostgresFactory(PostgresFactory):
+    """Infrastructure factory whose application recorder seals the log."""
+
+    application_recorder_class = SealedPostgresRecorder
+

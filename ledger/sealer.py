@@ -1,0 +1,98 @@
+"""Sealing: turning a batch of stored events into log rows inside their own transaction.
+
+Both recorders (SQLite, PostgreSQL) call ``Sealer.seal`` after inserting the events and while
+holding the write lock, with the log's current size read in that same transaction. The sealer
+returns the rows to insert — one ``log_entries`` row per event (gap-free ``seq``, the time
+recorded, the leaf hash, the envelope nonce) and the internal Merkle nodes the batch completes —
+and a new frontier that becomes the cached one only after the transaction commits.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import threading
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from uuid import UUID
+
+from eventsourcing.persistence import StoredEvent
+
+from signing.entry import encode_entry
+from signing.merkle import CompactRange, leaf_hash
+
+
+@dataclass(frozen=True)
+class SealedStoredEvent(StoredEvent):
+    """A stored event that carries its envelope's nonce, for replay refusal in the database."""
+
+    nonce: str | None = None
+
+
+def stream_name(originator_id: UUID | str) -> str:
+    return str(originator_id)
+
+
+def recorded_now() -> str:
+    now = dt.datetime.now(dt.UTC)
+    return now.strftime("%Y-%m-%dT%H:%M:%S.") + f"{now.microsecond:06d}Z"
+
+
+@dataclass
+class SealedBatch:
+    start: int
+    entry_rows: list[tuple[int, int, str, bytes, str | None]] = field(default_factory=list)
+    node_rows: list[tuple[int, int, bytes]] = field(default_factory=list)
+    frontier: CompactRange | None = None
+
+
+class Sealer:
+    """Builds log rows for a batch; caches the Merkle frontier between batches."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._frontier: CompactRange | None = None
+
+    def seal(
+        self,
+        head: int,
+        load_frontier: Callable[[int], CompactRange],
+        stored_events: Sequence[StoredEvent],
+        notification_ids: Sequence[int],
+    ) -> SealedBatch:
+        with self._lock:
+            cached = self._frontier
+        frontier = (
+            cached.copy() if cached is not None and cached.size == head else load_frontier(head)
+        )
+        recorded_at = recorded_now()
+        batch = SealedBatch(start=head)
+        seq = head
+        for stored, notification_id in zip(stored_events, notification_ids, strict=True):
+            entry = encode_entry(
+                seq,
+                stream_name(stored.originator_id),
+                stored.originator_version,
+                stored.topic,
+                recorded_at,
+                stored.state,
+            )
+            leaf = leaf_hash(entry)
+            batch.entry_rows.append(
+                (seq, notification_id, recorded_at, leaf, getattr(stored, "nonce", None))
+            )
+            batch.node_rows.extend(frontier.append(leaf))
+            seq += 1
+        batch.frontier = frontier
+        return batch
+
+    def committed(self, batch: SealedBatch) -> None:
+        """Adopt the batch's frontier once its transaction has committed."""
+        with self._lock:
+            if batch.frontier is not None and (
+                self._frontier is None or self._frontier.size <= batch.start
+            ):
+                self._frontier = batch.frontier
+
+    def forget(self) -> None:
+        with self._lock:
+            self._frontier = None

@@ -1,0 +1,207 @@
+"""The sealed log on SQLite (the embedded default).
+
+``SealedSQLiteRecorder`` is the library's ``SQLiteApplicationRecorder`` plus sealing: inside the
+transaction that inserts the events (SQLite holds the database write lock from the first
+INSERT to COMMIT), it reads the log size, appends one ``log_entries`` row per event and the
+Merkle nodes the batch completes. A refused write (version conflict, replayed nonce) rolls
+everything back, so sequence numbers never have gaps even where rowids do.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+import threading
+from collections.abc import Callable, Collection, Sequence
+from typing import Any
+
+from eventsourcing.persistence import StoredEvent
+from eventsourcing.sqlite import (
+    SQLiteApplicationRecorder,
+    SQLiteCursor,
+    SQLiteDatastore,
+    SQLiteFactory,
+)
+
+from ledger.sealer import SealedBatch, Sealer
+from ledger.store import ReplayedEnvelopeError, SealedLog, StoredCheckpoint
+from signing.merkle import CompactRange, perfect_subtrees
+
+_SCHEMA = [
+    "CREATE TABLE IF NOT EXISTS log_entries ("
+    " seq INTEGER PRIMARY KEY,"
+    " notification_id INTEGER NOT NULL UNIQUE,"
+    " recorded_at TEXT NOT NULL,"
+    " leaf_hash BLOB NOT NULL,"
+    " nonce TEXT UNIQUE)",
+    "CREATE TABLE IF NOT EXISTS log_nodes ("
+    " level INTEGER NOT NULL, idx INTEGER NOT NULL, hash BLOB NOT NULL,"
+    " PRIMARY KEY (level, idx)) WITHOUT ROWID",
+    "CREATE TABLE IF NOT EXISTS log_checkpoints ("
+    " size INTEGER PRIMARY KEY, root BLOB NOT NULL, note TEXT NOT NULL, signed_at TEXT NOT NULL)",
+    "CREATE TABLE IF NOT EXISTS log_meta (key TEXT PRIMARY KEY, value TEXT NOT NULL)",
+]
+
+
+class SealedSQLiteRecorder(SQLiteApplicationRecorder, SealedLog):
+    def __init__(self, datastore: SQLiteDatastore, events_table_name: str = "stored_events"):
+        super().__init__(datastore, events_table_name)
+        self.sealer = Sealer()
+        self._local = threading.local()  # the batch sealed by this thread's open transaction
+
+    def construct_create_table_statements(self) -> list[str]:
+        return [*super().construct_create_table_statements(), *_SCHEMA]
+
+    # -- write path ----------------------------------------------------------------------
+    def insert_events(
+        self, stored_events: Sequence[StoredEvent], **kwargs: Any
+    ) -> Sequence[int] | None:
+        self._local.pending = None
+        ids = super().insert_events(stored_events, **kwargs)
+        batch, self._local.pending = self._local.pending, None
+        if batch is not None:
+            self.sealer.committed(batch)
+        return ids
+
+    def _insert_events(
+        self, c: SQLiteCursor, stored_events: Sequence[StoredEvent], **kwargs: Any
+    ) -> Sequence[int] | None:
+        ids = super()._insert_events(c, stored_events, **kwargs)
+        if not stored_events:
+            return ids
+        assert ids is not None
+        c.execute("SELECT COALESCE(MAX(seq) + 1, 0) FROM log_entries")
+        head = int(c.fetchone()[0])
+        batch = self.sealer.seal(head, self._frontier_in(c), stored_events, ids)
+        try:
+            c.executemany(
+                "INSERT INTO log_entries (seq, notification_id, recorded_at, leaf_hash, nonce)"
+                " VALUES (?,?,?,?,?)",
+                batch.entry_rows,
+            )
+        except sqlite3.IntegrityError as exc:
+            nonce = self._duplicate_nonce(c, batch)
+            if nonce is not None:
+                raise ReplayedEnvelopeError(nonce) from exc
+            raise
+        c.executemany("INSERT INTO log_nodes (level, idx, hash) VALUES (?,?,?)", batch.node_rows)
+        self._local.pending = batch
+        return ids
+
+    @staticmethod
+    def _duplicate_nonce(c: SQLiteCursor, batch: SealedBatch) -> str | None:
+        seen: set[str] = set()
+        for row in batch.entry_rows:
+            nonce = row[4]
+            if nonce is None:
+                continue
+            if nonce in seen:
+                return nonce
+            seen.add(nonce)
+            c.execute("SELECT 1 FROM log_entries WHERE nonce = ?", (nonce,))
+            if c.fetchone() is not None:
+                return nonce
+        return None
+
+    def _frontier_in(self, c: SQLiteCursor) -> Callable[[int], CompactRange]:
+        def load(size: int) -> CompactRange:
+            coords = perfect_subtrees(0, size)
+            nodes = self._nodes_with(c, coords)
+            return CompactRange(size, [nodes[x] for x in coords])
+
+        return load
+
+    # -- read hooks ----------------------------------------------------------------------
+    def _query(self, sql: str, params: Sequence[Any] = ()) -> list[Any]:
+        with self.datastore.transaction(commit=False) as c:
+            c.execute(sql, params)
+            return list(c.fetchall())
+
+    def _sql_log_size(self) -> int:
+        return int(self._query("SELECT COALESCE(MAX(seq) + 1, 0) FROM log_entries")[0][0])
+
+    def _sql_rows(self, start: int, stop: int) -> list[Sequence[Any]]:
+        return self._query(
+            "SELECT l.seq, l.notification_id, l.recorded_at, l.leaf_hash,"
+            f" e.originator_id, e.originator_version, e.topic, e.state"
+            f" FROM log_entries l LEFT JOIN {self.events_table_name} e"
+            " ON e.rowid = l.notification_id WHERE l.seq >= ? AND l.seq < ? ORDER BY l.seq",
+            (start, stop),
+        )
+
+    def _nodes_with(
+        self, c: SQLiteCursor, coords: Collection[tuple[int, int]]
+    ) -> dict[tuple[int, int], bytes]:
+        out: dict[tuple[int, int], bytes] = {}
+        leaves = [i for level, i in coords if level == 0]
+        inner = [(level, i) for level, i in coords if level > 0]
+        for chunk in _chunks(leaves, 500):
+            c.execute(
+                f"SELECT seq, leaf_hash FROM log_entries WHERE seq IN ({','.join('?' * len(chunk))})",
+                chunk,
+            )
+            out.update({(0, int(r[0])): bytes(r[1]) for r in c.fetchall()})
+        for chunk in _chunks(inner, 400):
+            where = " OR ".join("(level = ? AND idx = ?)" for _ in chunk)
+            c.execute(
+                f"SELECT level, idx, hash FROM log_nodes WHERE {where}",
+                [v for pair in chunk for v in pair],
+            )
+            out.update({(int(r[0]), int(r[1])): bytes(r[2]) for r in c.fetchall()})
+        return out
+
+    def _sql_nodes(self, coords: Collection[tuple[int, int]]) -> dict[tuple[int, int], bytes]:
+        with self.datastore.transaction(commit=False) as c:
+            return self._nodes_with(c, coords)
+
+    def _sql_checkpoints(self, newest_first: bool, limit: int | None) -> list[Sequence[Any]]:
+        order = "DESC" if newest_first else "ASC"
+        sql = f"SELECT size, root, note, signed_at FROM log_checkpoints ORDER BY size {order}"
+        if limit is not None:
+            sql += f" LIMIT {int(limit)}"
+        return self._query(sql)
+
+    def _sql_insert_checkpoint(self, cp: StoredCheckpoint) -> None:
+        with self.datastore.transaction(commit=True) as c:
+            c.execute(
+                "INSERT OR IGNORE INTO log_checkpoints (size, root, note, signed_at)"
+                " VALUES (?,?,?,?)",
+                (cp.size, cp.root, cp.note, cp.signed_at),
+            )
+
+    def _sql_meta(self, key: str) -> str | None:
+        rows = self._query("SELECT value FROM log_meta WHERE key = ?", (key,))
+        return str(rows[0][0]) if rows else None
+
+    def _sql_set_meta(self, key: str, value: str) -> None:
+        with self.datastore.transaction(commit=True) as c:
+            c.execute(
+                "INSERT INTO log_meta (key, value) VALUES (?, ?)"
+                " ON CONFLICT (key) DO UPDATE SET value = excluded.value",
+                (key, value),
+            )
+
+    def _sql_nonce_seq(self, nonce: str) -> int | None:
+        rows = self._query("SELECT seq FROM log_entries WHERE nonce = ?", (nonce,))
+        return int(rows[0][0]) if rows else None
+
+    def _sql_seqs_for_notifications(self, ids: Sequence[int]) -> dict[int, int]:
+        out: dict[int, int] = {}
+        for chunk in _chunks(list(ids), 500):
+            rows = self._query(
+                "SELECT notification_id, seq FROM log_entries"
+                f" WHERE notification_id IN ({','.join('?' * len(chunk))})",
+                chunk,
+            )
+            out.update({int(r[0]): int(r[1]) for r in rows})
+        return out
+
+
+def _chunks(items: list[Any], size: int) -> list[list[Any]]:
+    return [items[i : i + size] for i in range(0, len(items), size)]
+
+
+class SealedSQLiteFactory(SQLiteFactory):
+    """Infrastructure factory whose application recorder seals the log."""
+
+    application_recorder_class = SealedSQLiteRecorder
+

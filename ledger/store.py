@@ -1,0 +1,178 @@
+"""The read side of the sealed log, shared by the SQLite and PostgreSQL recorders.
+
+A recorder that mixes in ``SealedLog`` answers: the log's size, the entries (rebuilt from the
+event row and its log row — the same bytes that were hashed when sealed), stored Merkle
+nodes, roots, inclusion and consistency proofs (O(log n) node reads), checkpoints, nonces.
+Backends implement the small ``_sql_*`` methods.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Collection, Iterator, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+from uuid import UUID
+
+from eventsourcing.persistence import IntegrityError
+
+from signing.entry import encode_entry
+from signing.merkle import (
+    EMPTY_ROOT,
+    CompactRange,
+    consistency_proof,
+    hash_range,
+    inclusion_proof,
+    perfect_subtrees,
+)
+
+LOG_TABLES = ("log_entries", "log_nodes", "log_checkpoints", "log_meta")
+READ_BATCH = 2000
+
+
+class ReplayedEnvelopeError(IntegrityError):
+    """An envelope with the same nonce is already in the log."""
+
+    def __init__(self, nonce: str, message: str | None = None) -> None:
+        super().__init__(message or f"an envelope with nonce {nonce} is already in the log")
+        self.nonce = nonce
+
+
+@dataclass(frozen=True)
+class LogRow:
+    """One sealed entry as stored: ``entry`` is None when its event row is missing."""
+
+    seq: int
+    notification_id: int
+    entry: bytes | None
+    leaf_hash: bytes
+    topic: str | None = None
+
+
+@dataclass(frozen=True)
+class StoredCheckpoint:
+    size: int
+    root: bytes
+    note: str
+    signed_at: str
+
+
+def _stream(originator_id: Any) -> str:
+    if isinstance(originator_id, UUID):
+        return str(originator_id)
+    if isinstance(originator_id, str) and len(originator_id) == 32:
+        try:
+            return str(UUID(hex=originator_id))
+        except ValueError:
+            return originator_id
+    return str(originator_id)
+
+
+def build_row(row: Sequence[Any]) -> LogRow:
+    """(seq, notification_id, recorded_at, leaf_hash, originator_id, version, topic, state)."""
+    seq, nid, recorded_at, leaf, originator_id, version, topic, state = row
+    entry = None
+    if state is not None:
+        entry = encode_entry(seq, _stream(originator_id), version, topic, recorded_at, bytes(state))
+    return LogRow(seq, nid, entry, bytes(leaf), topic)
+
+
+class SealedLog:
+    """Read access to the sealed log (mixed into the recorders)."""
+
+    # -- backend hooks -------------------------------------------------------------------
+    def _sql_log_size(self) -> int:
+        raise NotImplementedError
+
+    def _sql_rows(self, start: int, stop: int) -> list[Sequence[Any]]:
+        raise NotImplementedError
+
+    def _sql_nodes(self, coords: Collection[tuple[int, int]]) -> dict[tuple[int, int], bytes]:
+        raise NotImplementedError
+
+    def _sql_checkpoints(self, newest_first: bool, limit: int | None) -> list[Sequence[Any]]:
+        raise NotImplementedError
+
+    def _sql_insert_checkpoint(self, cp: StoredCheckpoint) -> None:
+        raise NotImplementedError
+
+    def _sql_meta(self, key: str) -> str | None:
+        raise NotImplementedError
+
+    def _sql_set_meta(self, key: str, value: str) -> None:
+        raise NotImplementedError
+
+    def _sql_nonce_seq(self, nonce: str) -> int | None:
+        raise NotImplementedError
+
+    def _sql_seqs_for_notifications(self, ids: Sequence[int]) -> dict[int, int]:
+        raise NotImplementedError
+
+    # -- public API ----------------------------------------------------------------------
+    def log_size(self) -> int:
+        return self._sql_log_size()
+
+    def read_rows(self, start: int = 0, stop: int | None = None) -> Iterator[LogRow]:
+        """Entries in sequence order, fetched in batches (constant memory)."""
+        stop = self.log_size() if stop is None else stop
+        position = start
+        while position < stop:
+            batch = self._sql_rows(position, min(stop, position + READ_BATCH))
+            if not batch:
+                return
+            for raw in batch:
+                yield build_row(raw)
+            position = int(batch[-1][0]) + 1
+
+    def read_nodes(self, coords: Collection[tuple[int, int]]) -> dict[tuple[int, int], bytes]:
+        missing = [c for c in coords if c[0] < 0]
+        if missing:
+            raise ValueError(f"bad node coordinates {missing}")
+        return self._sql_nodes(coords)
+
+    def frontier(self, size: int) -> CompactRange:
+        coords = perfect_subtrees(0, size)
+        nodes = self.read_nodes(coords)
+        try:
+            return CompactRange(size, [nodes[c] for c in coords])
+        except KeyError as exc:
+            raise LookupError(f"the log has no stored node {exc.args[0]} for size {size}") from None
+
+    def root(self, size: int | None = None) -> bytes:
+        size = self.log_size() if size is None else size
+        if size == 0:
+            return EMPTY_ROOT
+        nodes: Mapping[tuple[int, int], bytes] = self.read_nodes(perfect_subtrees(0, size))
+        return hash_range(0, size, nodes)
+
+    def inclusion_proof(self, index: int, size: int) -> list[bytes]:
+        return inclusion_proof(index, size, self.read_nodes)
+
+    def consistency_proof(self, size1: int, size2: int) -> list[bytes]:
+        return consistency_proof(size1, size2, self.read_nodes)
+
+    def checkpoints(self, *, newest_first: bool = False, limit: int | None = None
+                    ) -> list[StoredCheckpoint]:
+        return [
+            StoredCheckpoint(int(r[0]), bytes(r[1]), str(r[2]), str(r[3]))
+            for r in self._sql_checkpoints(newest_first, limit)
+        ]
+
+    def latest_checkpoint(self) -> StoredCheckpoint | None:
+        found = self.checkpoints(newest_first=True, limit=1)
+        return found[0] if found else None
+
+    def add_checkpoint(self, checkpoint: StoredCheckpoint) -> None:
+        self._sql_insert_checkpoint(checkpoint)
+
+    def meta(self, key: str) -> str | None:
+        return self._sql_meta(key)
+
+    def set_meta(self, key: str, value: str) -> None:
+        self._sql_set_meta(key, value)
+
+    def nonce_seq(self, nonce: str) -> int | None:
+        return self._sql_nonce_seq(nonce)
+
+    def seqs_for_notifications(self, ids: Sequence[int]) -> dict[int, int]:
+        """Map notification ids (the event store's, with gaps) to log positions."""
+        return self._sql_seqs_for_notifications(ids) if ids else {}
