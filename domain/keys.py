@@ -1,0 +1,78 @@
+"""Keys as facts: a principal (person or system) and the public keys registered to it.
+
+The rules (who may register, rotate or revoke, and from which position a key counts) live in
+``signing.keyring`` so that the offline verifier applies exactly the same ones; this module
+records the facts as events of a ``Principal`` stream.
+"""
+
+from __future__ import annotations
+
+from typing import Any, ClassVar
+from uuid import UUID
+
+from domain.signed import SignedAggregate, SignedCreated, SignedEvent, stream_id
+from signing.facts import Fact
+from signing.keyring import KEY_REGISTERED, KEY_REVOKED, KEY_ROTATED
+from signing.keys import VerifierKey
+
+
+class Principal(SignedAggregate):
+    """A person or system that signs facts, with its keys (by key id)."""
+
+    FACT_TYPES: ClassVar[frozenset[str]] = frozenset({KEY_REGISTERED, KEY_ROTATED, KEY_REVOKED})
+
+    class Enrolled(SignedCreated):
+        """The principal's first key was registered."""
+
+        def apply(self, aggregate: Principal) -> None:
+            aggregate.name = self.data["principal"]
+            aggregate.admin = bool(self.data.get("admin", False))
+            aggregate.add_key(self.data)
+
+    class KeyRegistered(SignedEvent):
+        def apply(self, aggregate: Principal) -> None:
+            aggregate.add_key(self.data)
+
+    class KeyRotated(SignedEvent):
+        def apply(self, aggregate: Principal) -> None:
+            aggregate.revoked.add(self.data["old_keyid"])
+            aggregate.add_key(self.data)
+
+    class KeyRevoked(SignedEvent):
+        def apply(self, aggregate: Principal) -> None:
+            aggregate.revoked.add(self.data["keyid"])
+
+    def __init__(self) -> None:
+        self.name = ""
+        self.admin = False
+        self.keys: dict[str, str] = {}  # keyid -> verifier key text
+        self.revoked: set[str] = set()
+
+    def add_key(self, data: dict[str, Any]) -> None:
+        key = VerifierKey.parse(str(data["public_key"]))
+        self.keys[key.keyid] = key.to_text()
+
+    @property
+    def active_keys(self) -> list[str]:
+        return [k for k in self.keys if k not in self.revoked]
+
+    @staticmethod
+    def id_for(name: str) -> UUID:
+        return stream_id("principal", name)
+
+    @classmethod
+    def enrol(cls, fact: Fact) -> Principal:
+        return cls._create(
+            cls.Enrolled,
+            id=cls.id_for(fact.data["principal"]),
+            envelope=fact.envelope_bytes,
+            timestamp=fact.claimed_at,
+        )
+
+    def record(self, fact: Fact) -> None:
+        event_class = {
+            KEY_REGISTERED: Principal.KeyRegistered,
+            KEY_ROTATED: Principal.KeyRotated,
+            KEY_REVOKED: Principal.KeyRevoked,
+        }[fact.type]
+        self.trigger_event(event_class, envelope=fact.envelope_bytes, timestamp=fact.claimed_at)

@@ -1,0 +1,262 @@
+"""The application service: signed facts in, sealed events out.
+
+``LedgerService`` is an ``eventsourcing`` application whose recorder seals every event into
+the log (``ledger.sqlite`` / ``ledger.postgres``) and whose mapper stores each event as the
+exact envelope that caused it (``ledger.mapper``). ``submit`` and ``submit_many`` take DSSE
+envelopes and, for each one, in order:
+
+1. parse the envelope and its canonical payload (``envelope.malformed``);
+2. refuse a nonce already in the log or earlier in the batch (``envelope.replayed``);
+3. find the key that must have signed it at the position it will take, registered before it
+   and not revoked (``key.not_valid``), and check the signature (``signature.invalid``);
+4. hand the fact to the handler of its type, which applies the domain rules and returns the
+   aggregate holding the new event (``fact.unknown_type``, ``fact.invalid``, ...).
+
+A batch is saved in one transaction; a refused fact is reported and records nothing.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass
+from typing import Any
+from uuid import UUID
+
+from eventsourcing.application import AggregateNotFoundError, Application
+from eventsourcing.persistence import IntegrityError
+from eventsourcing.utils import get_topic
+
+from domain.attestations import DOCUMENT_ATTESTED, Attestation, InvalidAttestation
+from domain.errors import (
+    InvalidFact,
+    KeyRefused,
+    MalformedFact,
+    Refusal,
+    ReplayRefused,
+    SignatureRefused,
+    UnknownFactType,
+)
+from domain.keys import Principal
+from domain.signed import SignedAggregate
+from ledger.config import Database
+from ledger.store import ReplayedEnvelopeError, SealedLog
+from signing.errors import (
+    CanonicalFormError,
+    EnvelopeError,
+    KeyFactError,
+    SignatureError,
+)
+from signing.facts import Fact, read_fact
+from signing.keyring import KEY_FACT_TYPES, KEY_REGISTERED, KeyRing
+
+KEY_TOPICS = [
+    get_topic(cls)
+    for cls in (
+        Principal.Enrolled,
+        Principal.KeyRegistered,
+        Principal.KeyRotated,
+        Principal.KeyRevoked,
+    )
+]
+MAX_BATCH = 1000
+
+
+@dataclass(frozen=True)
+class Appended:
+    """Where an accepted fact landed."""
+
+    seq: int
+    stream: str
+    version: int
+    type: str
+    nonce: str
+
+
+Outcome = Appended | Refusal
+Handler = Callable[["LedgerService", Fact, dict[UUID, SignedAggregate]], SignedAggregate]
+
+
+class LedgerService(Application[UUID]):
+    name = "KpiLedger"
+    env = {
+        "MAPPER_TOPIC": "ledger.mapper:EnvelopeMapper",
+        "IS_SNAPSHOTTING_ENABLED": "no",
+    }
+
+    def __init__(self, database: Database, *, after_append: Callable[[int], None] | None = None):
+        super().__init__(database.env)
+        recorder = self.recorder
+        if not isinstance(recorder, SealedLog):
+            raise TypeError("LedgerService needs a sealed recorder (ledger.sqlite/ledger.postgres)")
+        self.sealed: SealedLog = recorder
+        self.database = database
+        self.keyring = KeyRing()
+        self.working_keyring = self.keyring  # the batch's view, including its own key facts
+        self._key_cursor = 0  # last notification id scanned for key facts
+        self._lock = threading.Lock()
+        self.after_append = after_append
+        self.handlers: dict[str, Handler] = {}
+        self.register_handler(KEY_FACT_TYPES, _handle_key_fact)
+        self.register_handler([DOCUMENT_ATTESTED], _handle_attestation)
+
+    def register_handler(self, fact_types: Iterable[str], handler: Handler) -> None:
+        for fact_type in fact_types:
+            self.handlers[fact_type] = handler
+
+    # -- reading -------------------------------------------------------------------------
+    def get_or_none(self, aggregate_id: UUID, pending: dict[UUID, SignedAggregate]) -> Any:
+        if aggregate_id in pending:
+            return pending[aggregate_id]
+        try:
+            return self.repository.get(aggregate_id)
+        except AggregateNotFoundError:
+            return None
+
+    def refresh_keyring(self) -> KeyRing:
+        """Bring the key ring up to date with key facts written since the last scan."""
+        while True:
+            notifications = self.recorder.select_notifications(
+                start=self._key_cursor + 1, limit=500, topics=KEY_TOPICS
+            )
+            if not notifications:
+                return self.keyring
+            seqs = self.sealed.seqs_for_notifications([n.id for n in notifications])
+            for n in sorted(notifications, key=lambda n: seqs[n.id]):
+                self.keyring.apply(seqs[n.id], read_fact(n.state, strict=False))
+            self._key_cursor = notifications[-1].id
+
+    # -- writing -------------------------------------------------------------------------
+    def submit(self, envelope: bytes | str) -> Appended:
+        """Record one signed fact, or raise the Refusal that explains why not."""
+        outcome = self.submit_many([envelope])[0]
+        if isinstance(outcome, Refusal):
+            raise outcome
+        return outcome
+
+    def submit_many(self, envelopes: Sequence[bytes | str]) -> list[Outcome]:
+        """Record a batch in one transaction; each fact is accepted or refused on its own."""
+        if len(envelopes) > MAX_BATCH:
+            raise ValueError(f"at most {MAX_BATCH} envelopes per batch")
+        with self._lock:
+            ring = self.refresh_keyring().copy()
+            self.working_keyring = ring
+            head = self.sealed.log_size()
+            outcomes: list[Outcome | None] = [None] * len(envelopes)
+            accepted: list[tuple[int, Fact]] = []
+            pending: dict[UUID, SignedAggregate] = {}
+            nonces: set[str] = set()
+            for i, raw in enumerate(envelopes):
+                try:
+                    fact = self._check(raw, head + len(accepted), ring, nonces)
+                    aggregate = self.handlers[fact.type](self, fact, pending)
+                except Refusal as refusal:
+                    outcomes[i] = refusal
+                    continue
+                pending[aggregate.id] = aggregate
+                if fact.type in KEY_FACT_TYPES:
+                    ring.apply(head + len(accepted), fact)
+                nonces.add(fact.nonce)
+                accepted.append((i, fact))
+            if accepted:
+                self._save(pending, accepted, outcomes)
+                self.keyring = ring
+        if accepted and self.after_append is not None:
+            self.after_append(head + len(accepted))
+        return [o for o in outcomes if o is not None]
+
+    def _check(self, raw: bytes | str, position: int, ring: KeyRing, nonces: set[str]) -> Fact:
+        try:
+            fact = read_fact(raw.encode() if isinstance(raw, str) else raw, strict=True)
+        except (EnvelopeError, CanonicalFormError) as exc:
+            raise MalformedFact(str(exc)) from None
+        who = {"fact_type": fact.type, "actor": fact.actor}
+        original = self.sealed.nonce_seq(fact.nonce)
+        if original is not None or fact.nonce in nonces:
+            raise ReplayRefused(
+                f"nonce {fact.nonce} was already used"
+                + (f" by the entry at position {original}" if original is not None else ""),
+                original_seq=original,
+                **who,
+            )
+        if fact.type not in self.handlers:
+            raise UnknownFactType(f"no fact type {fact.type!r} is known to this ledger", **who)
+        try:
+            record = ring.signer(position, fact)
+        except KeyFactError as exc:
+            raise InvalidFact(str(exc), rule="key.rule", **who) from None
+        except SignatureError as exc:
+            raise KeyRefused(str(exc), **who) from None
+        try:
+            fact.verify_signature(record.key)
+        except SignatureError as exc:
+            raise SignatureRefused(str(exc), **who) from None
+        return fact
+
+    def _save(
+        self,
+        pending: dict[UUID, SignedAggregate],
+        accepted: list[tuple[int, Fact]],
+        outcomes: list[Outcome | None],
+    ) -> None:
+        try:
+            recordings = self.save(*pending.values())
+        except ReplayedEnvelopeError as exc:  # another writer used the nonce meanwhile
+            for i, fact in accepted:
+                outcomes[i] = ReplayRefused(
+                    str(exc), original_seq=self.sealed.nonce_seq(fact.nonce),
+                    fact_type=fact.type, actor=fact.actor,
+                )
+            return
+        except IntegrityError as exc:  # a concurrent writer changed one of the streams
+            for i, fact in accepted:
+                outcomes[i] = Refusal(
+                    f"conflicting concurrent write, submit again: {exc}",
+                    rule="stream.conflict", fact_type=fact.type, actor=fact.actor,
+                )
+            return
+        by_nonce = {}
+        seqs = self.sealed.seqs_for_notifications([r.notification.id for r in recordings])
+        for r in recordings:
+            event = r.domain_event
+            by_nonce[event.fact.nonce] = Appended(  # type: ignore[attr-defined]
+                seq=seqs[r.notification.id],
+                stream=str(event.originator_id),
+                version=event.originator_version,
+                type=r.notification.topic,
+                nonce=event.fact.nonce,  # type: ignore[attr-defined]
+            )
+        for i, fact in accepted:
+            outcomes[i] = by_nonce[fact.nonce]
+
+
+def _handle_key_fact(
+    app: LedgerService, fact: Fact, pending: dict[UUID, SignedAggregate]
+) -> SignedAggregate:
+    if fact.type == KEY_REGISTERED:
+        principal_name = fact.data["principal"]
+    elif "principal" in fact.data:
+        principal_name = fact.data["principal"]
+    else:  # key.revoked names only the key
+        record = app.working_keyring.keys.get(fact.data["keyid"])
+        if record is None:
+            raise InvalidFact(f"unknown key {fact.data['keyid']!r}", fact_type=fact.type,
+                              actor=fact.actor)
+        principal_name = record.principal
+    principal: Principal | None = app.get_or_none(Principal.id_for(principal_name), pending)
+    if principal is None:
+        if fact.type != KEY_REGISTERED:
+            raise InvalidFact(f"no principal {principal_name!r}", fact_type=fact.type,
+                              actor=fact.actor)
+        return Principal.enrol(fact)
+    principal.record(fact)
+    return principal
+
+
+def _handle_attestation(
+    app: LedgerService, fact: Fact, pending: dict[UUID, SignedAggregate]
+) -> SignedAggregate:
+    try:
+        return Attestation.attest(fact)
+    except InvalidAttestation as exc:
+        raise InvalidFact(str(exc), fact_type=fact.type, actor=fact.actor) from None
