@@ -1,0 +1,431 @@
+"""``kpi-ledger``: the command line.
+
+Every command takes ``--db URL`` (or ``KPI_LEDGER_DB``; default ``sqlite:///kpi-ledger.db``)
+and ``--home DIR`` (or ``KPI_LEDGER_HOME``; default ``./.kpi-ledger``, where the ledger's
+checkpoint key and the first administrator key live). Exit status: 0 on success, 1 when a
+fact is refused or verification finds a problem, 2 on bad usage or input.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import secrets
+import sys
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+from typing import TextIO
+
+from api.progress import ProgressBar
+from domain.errors import Refusal
+from domain.service import LedgerService
+from ledger.checkpoints import Checkpointer, InconsistentLogError
+from ledger.config import ConfigError, database_url, parse_database
+from ledger.export import export_bundle
+from ledger.home import LedgerHome, home_path
+from ledger.online import DatabaseSource
+from signing.bundle import BundleError, ExportSource
+from signing.canonical import loads_strict
+from signing.checkpoint import log_verifier_keys, verify_checkpoint
+from signing.errors import IntegrityError
+from signing.facts import make_payload, sign_fact, sign_payload
+from signing.keys import (
+    SigningKey,
+    VerifierKey,
+    read_signing_key,
+    read_verifier_keys,
+    write_key_pair,
+)
+from signing.receipt import TlogProof
+from signing.verify import Report, verify
+
+APPEND_BATCH = 100
+
+
+class UsageError(Exception):
+    """Bad input from the command line: exit 2 with the message."""
+
+
+# -- helpers --------------------------------------------------------------------------------
+
+
+def _service(args: argparse.Namespace) -> LedgerService:
+    home = LedgerHome(home_path(args.home))
+    database = parse_database(database_url(args.db))
+    every = int(os.environ.get("KPI_LEDGER_CHECKPOINT_EVERY", "0") or 0)
+    every = args.checkpoint_every if getattr(args, "checkpoint_every", None) else every
+    service = LedgerService(database)
+    if every and home.exists():
+        checkpointer = _checkpointer(service, home, every)
+        service.after_append = lambda size: (checkpointer.maybe_checkpoint(size), None)[1]
+    return service
+
+
+def _checkpointer(service: LedgerService, home: LedgerHome, every: int | None = None
+                  ) -> Checkpointer:
+    return Checkpointer(service.sealed, home.ledger_key(), home.state_path, every_entries=every)
+
+
+def _read_lines(source: str) -> Iterator[tuple[int, str]]:
+    handle: TextIO = sys.stdin if source == "-" else open(source, encoding="utf-8")  # noqa: SIM115
+    try:
+        for number, line in enumerate(handle, 1):
+            if line.strip():
+                yield number, line.strip()
+    finally:
+        if handle is not sys.stdin:
+            handle.close()
+
+
+def _print_report(report: Report, out: TextIO) -> None:
+    if report.ok:
+        out.write(
+            f"OK: {report.size} entries, {report.signatures_checked} signatures, "
+            f"{len(report.checkpoints)} checkpoints verified"
+            + (f" (latest size {report.checkpoints[-1].checkpoint.size})"
+               if report.checkpoints else "")
+            + "\n"
+        )
+        return
+    out.write(f"FAILED: {len(report.problems)} problem(s) in {report.size} entries\n")
+    out.write("seq\tkind\tdetail\n")
+    for problem in report.problems:
+        out.write(problem.line() + "\n")
+
+
+# -- commands -------------------------------------------------------------------------------
+
+
+def cmd_init(args: argparse.Namespace) -> int:
+    home = LedgerHome(home_path(args.home))
+    database = parse_database(database_url(args.db))
+    origin = args.origin or f"kpi-ledger.local/{secrets.token_hex(4)}"
+    service = LedgerService(database)
+    try:
+        if service.sealed.log_size() > 0:
+            raise UsageError(f"{database.display} already holds a ledger; nothing was changed")
+        ledger_key = home.create(origin)
+        admin = SigningKey.generate(args.admin)
+        write_key_pair(admin, home.path)
+        registration = sign_fact(
+            admin,
+            "key.registered",
+            {"principal": admin.name, "public_key": admin.verifier().to_text(), "admin": True},
+        )
+        appended = service.submit(registration.to_bytes())
+        service.sealed.set_meta("origin", origin)
+        service.sealed.set_meta(
+            "log_vkeys", "".join(k.to_text() + "\n" for k in log_verifier_keys(ledger_key))
+        )
+        signed = _checkpointer(service, home).checkpoint()
+    finally:
+        service.close()
+    print(f"ledger initialised at {database.display}")
+    print(f"  origin:          {origin}")
+    print(f"  home:            {home.path}")
+    print(f"  log verifier:    {home.vkey_path}")
+    print(f"  administrator:   {home.path / (admin.name + '.key')} (entry {appended.seq})")
+    print(f"  first checkpoint: size {signed.checkpoint.size}")
+    return 0
+
+
+def cmd_keygen(args: argparse.Namespace) -> int:
+    key = SigningKey.generate(args.name)
+    private, public = write_key_pair(key, Path(args.out))
+    print(f"private key: {private}\npublic key:  {public}\nkey id:      {key.keyid}")
+    return 0
+
+
+def _admin_key(args: argparse.Namespace) -> SigningKey:
+    path = Path(args.admin_key) if args.admin_key else None
+    if path is None:
+        home = LedgerHome(home_path(args.home))
+        candidates = sorted(home.path.glob("*.key")) if home.path.exists() else []
+        candidates = [p for p in candidates if p.name != "ledger.key"]
+        if len(candidates) != 1:
+            raise UsageError("say which administrator key signs: --admin-key FILE")
+        path = candidates[0]
+    return read_signing_key(path)
+
+
+def cmd_register_key(args: argparse.Namespace) -> int:
+    public = VerifierKey.parse(Path(args.pubfile).read_text())
+    if public.name != args.name:
+        raise UsageError(f"{args.pubfile} holds a key named {public.name!r}, not {args.name!r}")
+    admin = _admin_key(args)
+    envelope = sign_fact(
+        admin, "key.registered",
+        {"principal": args.name, "public_key": public.to_text(), "admin": bool(args.admin)},
+    )
+    service = _service(args)
+    try:
+        appended = service.submit(envelope.to_bytes())
+    finally:
+        service.close()
+    print(f"{appended.seq}\tkey {public.keyid} registered for {args.name}")
+    return 0
+
+
+def cmd_revoke_key(args: argparse.Namespace) -> int:
+    signer = read_signing_key(Path(args.signer)) if args.signer else _admin_key(args)
+    envelope = sign_fact(signer, "key.revoked", {"keyid": args.keyid, "reason": args.reason})
+    service = _service(args)
+    try:
+        appended = service.submit(envelope.to_bytes())
+    finally:
+        service.close()
+    print(f"{appended.seq}\tkey {args.keyid} revoked")
+    return 0
+
+
+def cmd_sign(args: argparse.Namespace) -> int:
+    key = read_signing_key(Path(args.keyfile))
+    text = sys.stdin.read() if args.payload == "-" else Path(args.payload).read_text("utf-8")
+    try:
+        body = loads_strict(text, what=args.payload)
+    except IntegrityError as exc:
+        raise UsageError(str(exc)) from None
+    if not isinstance(body, dict) or "type" not in body or "data" not in body:
+        raise UsageError('the payload file must be {"type": "...", "data": {...}}')
+    unknown = set(body) - {"type", "data", "actor", "idempotency_key"}
+    if unknown:
+        raise UsageError(f"unexpected fields {sorted(unknown)}: key id, time and nonce are added")
+    payload = make_payload(
+        key, body["type"], body["data"], actor=body.get("actor"),
+        idempotency_key=body.get("idempotency_key"),
+    )
+    sys.stdout.write(sign_payload(key, payload).to_bytes().decode() + "\n")
+    return 0
+
+
+def cmd_append(args: argparse.Namespace) -> int:
+    service = _service(args)
+    refused = 0
+    try:
+        batch: list[tuple[int, str]] = []
+
+        def flush() -> None:
+            nonlocal refused
+            outcomes = service.submit_many([line for _, line in batch])
+            for (number, _), outcome in zip(batch, outcomes, strict=True):
+                if isinstance(outcome, Refusal):
+                    refused += 1
+                    sys.stderr.write(f"line {number}: refused {outcome}\n")
+                else:
+                    sys.stdout.write(f"{outcome.seq}\n")
+            batch.clear()
+
+        for number, line in _read_lines(args.file):
+            batch.append((number, line))
+            if len(batch) >= APPEND_BATCH:
+                flush()
+        if batch:
+            flush()
+    finally:
+        service.close()
+    return 1 if refused else 0
+
+
+def cmd_checkpoint(args: argparse.Namespace) -> int:
+    home = LedgerHome(home_path(args.home))
+    service = LedgerService(parse_database(database_url(args.db)))
+    try:
+        checkpointer = _checkpointer(service, home)
+        if args.every_seconds:
+            import time
+
+            thread = checkpointer.run_every(args.every_seconds)
+            sys.stderr.write(f"signing a checkpoint every {args.every_seconds}s (Ctrl-C stops)\n")
+            try:
+                while thread.is_alive():
+                    time.sleep(0.5)
+            except KeyboardInterrupt:
+                checkpointer.stop()
+            return 0
+        signed = checkpointer.checkpoint()
+    except InconsistentLogError as exc:
+        sys.stderr.write(f"refused to sign: {exc}\n")
+        return 1
+    finally:
+        service.close()
+    sys.stdout.write(signed.note)
+    return 0
+
+
+def cmd_receipt(args: argparse.Namespace) -> int:
+    service = LedgerService(parse_database(database_url(args.db)))
+    try:
+        latest = service.sealed.latest_checkpoint()
+        if latest is None or latest.size <= args.seq:
+            raise UsageError(
+                f"entry {args.seq} is not sealed by a checkpoint yet: run 'kpi-ledger checkpoint'"
+            )
+        proof = service.sealed.inclusion_proof(args.seq, latest.size)
+    finally:
+        service.close()
+    sys.stdout.write(TlogProof(args.seq, tuple(proof), latest.note).format())
+    return 0
+
+
+def cmd_export(args: argparse.Namespace) -> int:
+    service = LedgerService(parse_database(database_url(args.db)))
+    bar = ProgressBar("export", enabled=None if args.progress else False)
+    try:
+        counts = export_bundle(service.sealed, Path(args.dir), progress=bar)
+    finally:
+        bar.close()
+        service.close()
+    print(f"exported {counts['entries']} entries and {counts['checkpoints']} checkpoints "
+          f"to {args.dir}")
+    return 0
+
+
+def cmd_verify(args: argparse.Namespace) -> int:
+    keys = _trusted_keys(args)
+    bar = ProgressBar("verify", enabled=None if args.progress else False)
+    workers = args.workers
+    try:
+        if args.dir:
+            with ExportSource(Path(args.dir)) as source:
+                report = verify(source, keys, workers=workers, progress=bar)
+        else:
+            service = LedgerService(parse_database(database_url(args.db)))
+            try:
+                report = verify(DatabaseSource(service.sealed), keys, workers=workers,
+                                progress=bar)
+            finally:
+                service.close()
+    finally:
+        bar.close()
+    _print_report(report, sys.stdout)
+    return 0 if report.ok else 1
+
+
+def _trusted_keys(args: argparse.Namespace) -> list[VerifierKey]:
+    if args.log_key:
+        return read_verifier_keys(Path(args.log_key))
+    if args.dir:
+        raise UsageError("offline verification needs --log-key VKEY from a source you trust")
+    home = LedgerHome(home_path(args.home))
+    if home.vkey_path.exists():
+        return home.log_keys()
+    raise UsageError("no --log-key given and no log.vkey in the ledger home")
+
+
+def cmd_verify_receipt(args: argparse.Namespace) -> int:
+    from signing.merkle import leaf_hash, verify_inclusion
+
+    keys = read_verifier_keys(Path(args.log_key))
+    proof = TlogProof.parse(Path(args.receipt).read_text())
+    signed = verify_checkpoint(proof.checkpoint, keys)
+    entry = Path(args.entry).read_bytes()
+    verify_inclusion(leaf_hash(entry), proof.index, signed.checkpoint.size, proof.proof,
+                     signed.checkpoint.root)
+    print(f"OK: entry {proof.index} is in the log of size {signed.checkpoint.size}")
+    return 0
+
+
+# -- parser ---------------------------------------------------------------------------------
+
+
+def build_parser() -> argparse.ArgumentParser:
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("--db", default=argparse.SUPPRESS,
+                        help="database URL (default: $KPI_LEDGER_DB or sqlite:///kpi-ledger.db)")
+    common.add_argument("--home", default=argparse.SUPPRESS,
+                        help="ledger home with the signing keys (default: $KPI_LEDGER_HOME "
+                        "or ./.kpi-ledger)")
+    parser = argparse.ArgumentParser(
+        prog="kpi-ledger", parents=[common],
+        description="Audit-grade evaluation ledger: signed facts in a verifiable log.",
+    )
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("init", parents=[common], help="create the schema, keys and first entry")
+    p.add_argument("--origin", help="the log's name in checkpoints (e.g. kpi.example.gov.vn/hr)")
+    p.add_argument("--admin", default="admin", help="name of the first administrator")
+    p.set_defaults(func=cmd_init)
+
+    p = sub.add_parser("keygen", parents=[common], help="make a key pair NAME.key / NAME.pub")
+    p.add_argument("name")
+    p.add_argument("--out", required=True, help="directory for the key files")
+    p.set_defaults(func=cmd_keygen)
+
+    p = sub.add_parser("register-key", parents=[common], help="register NAME's public key")
+    p.add_argument("name")
+    p.add_argument("pubfile")
+    p.add_argument("--admin", action="store_true", help="the key may register and revoke keys")
+    p.add_argument("--admin-key", help="administrator private key (default: the one in home)")
+    p.set_defaults(func=cmd_register_key)
+
+    p = sub.add_parser("revoke-key", parents=[common], help="revoke a key from now on")
+    p.add_argument("keyid")
+    p.add_argument("--reason", required=True)
+    p.add_argument("--signer", help="private key signing the revocation (the key itself or an "
+                   "administrator; default: the administrator key in home)")
+    p.add_argument("--admin-key", help=argparse.SUPPRESS)
+    p.set_defaults(func=cmd_revoke_key)
+
+    p = sub.add_parser("sign", parents=[common], help="sign a payload file as a DSSE envelope")
+    p.add_argument("keyfile")
+    p.add_argument("payload", help='JSON {"type": ..., "data": {...}} or - for stdin')
+    p.set_defaults(func=cmd_sign)
+
+    p = sub.add_parser("append", parents=[common], help="append envelopes, one JSON per line")
+    p.add_argument("file", help="file of envelopes, or - for stdin")
+    p.add_argument("--checkpoint-every", type=int, default=None,
+                   help="sign a checkpoint every N entries (default $KPI_LEDGER_CHECKPOINT_EVERY)")
+    p.set_defaults(func=cmd_append)
+
+    p = sub.add_parser("checkpoint", parents=[common], help="seal and print a signed checkpoint")
+    p.add_argument("--every-seconds", type=float, default=None,
+                   help="keep running, signing every T seconds when the log grew")
+    p.set_defaults(func=cmd_checkpoint)
+
+    p = sub.add_parser("receipt", parents=[common], help="inclusion proof (tlog-proof) of SEQ")
+    p.add_argument("seq", type=int)
+    p.set_defaults(func=cmd_receipt)
+
+    p = sub.add_parser("export", parents=[common], help="write the export bundle to DIR")
+    p.add_argument("dir")
+    p.add_argument("--progress", action="store_true", help="show progress even when piped")
+    p.set_defaults(func=cmd_export)
+
+    p = sub.add_parser("verify", parents=[common],
+                       help="verify a bundle offline (DIR --log-key) or the database (--db)")
+    p.add_argument("dir", nargs="?", help="export bundle (directory or tar); omit for --db")
+    p.add_argument("--log-key", help="the ledger's verifier key file (log.vkey) you trust")
+    p.add_argument("--workers", type=int, default=None, help="processes (default: all cores)")
+    p.add_argument("--progress", action="store_true", help="show progress even when piped")
+    p.set_defaults(func=cmd_verify)
+
+    p = sub.add_parser("verify-receipt", parents=[common],
+                       help="check a receipt against an entry file and the log key, offline")
+    p.add_argument("receipt")
+    p.add_argument("entry", help="file with the exact entry bytes")
+    p.add_argument("--log-key", required=True)
+    p.set_defaults(func=cmd_verify_receipt)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    for name in ("db", "home"):
+        if not hasattr(args, name):
+            setattr(args, name, None)
+    try:
+        code: int = args.func(args)
+        return code
+    except Refusal as refusal:
+        sys.stderr.write(f"refused: {refusal}\n")
+        return 1
+    except (UsageError, ConfigError, IntegrityError, BundleError, FileNotFoundError,
+            FileExistsError, json.JSONDecodeError) as exc:
+        sys.stderr.write(f"kpi-ledger {args.command}: {exc}\n")
+        return 2
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,456 @@
+"""The verifier: one entry point that checks a log against its signed checkpoints.
+
+``verify(source, log_keys)`` reads a log (an export bundle or a database, through the
+``LogSource`` protocol) and returns a ``Report`` listing every problem with the first
+sequence number it affects and its kind:
+
+``changed``        an entry's bytes differ from what was sealed (payload or metadata);
+``deleted``        an entry is missing (a gap, a lost event, or the log shorter than a checkpoint);
+``swapped``        two entries exchanged places;
+``inserted``       an entry that was never sealed there (forged, replayed, or shifted in);
+``forked``         the log no longer extends a signed checkpoint (tail truncated and re-written);
+``bad signature``  a signature that does not verify, or a key fact that breaks the key rules;
+``revoked key``    a signature by a key revoked before the entry's position;
+``bad checkpoint`` a checkpoint note that is malformed or not signed by the log's key.
+
+Trust comes only from the log's verifier keys (given by the inspector, not read from the
+source) and the signatures. The leaf hashes a source *claims* are trusted only for the
+prefix whose root a signed checkpoint confirms; inside it, a mismatch names the exact entry.
+
+Signatures are verified in worker processes (all cores by default); the main process applies
+the order-dependent rules (sequence, key ring, nonces, tree) as results arrive, in order,
+holding only a bounded window of work in memory.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import multiprocessing
+import os
+from collections import deque
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+from signing.canonical import parse_time
+from signing.checkpoint import SignedCheckpoint, verify_checkpoint
+from signing.entry import decode_entry, encode_entry
+from signing.errors import (
+    IntegrityError,
+    KeyFactError,
+    NoteError,
+    RevokedKeyError,
+    SignatureError,
+    UnknownKeyError,
+)
+from signing.facts import Fact, read_fact
+from signing.keyring import KEY_FACT_TYPES, KeyRing
+from signing.keys import VerifierKey
+from signing.merkle import CompactRange, leaf_hash
+
+CHANGED = "changed"
+DELETED = "deleted"
+SWAPPED = "swapped"
+INSERTED = "inserted"
+FORKED = "forked"
+BAD_SIGNATURE = "bad signature"
+REVOKED_KEY = "revoked key"
+BAD_CHECKPOINT = "bad checkpoint"
+KINDS = (CHANGED, DELETED, SWAPPED, INSERTED, FORKED, BAD_SIGNATURE, REVOKED_KEY, BAD_CHECKPOINT)
+
+CHUNK = 512
+ProgressFn = Callable[[int, int], None]
+
+
+class LogSource(Protocol):
+    """Where the verifier reads a log from (export bundle or database)."""
+
+    def checkpoint_notes(self) -> list[str]: ...
+
+    def claimed_leaves(self) -> Iterator[bytes]: ...
+
+    def entries(self) -> Iterator[tuple[int, bytes | None]]: ...
+
+    def size_hint(self) -> int: ...
+
+
+@dataclass(frozen=True, order=True)
+class Problem:
+    seq: int
+    kind: str
+    detail: str
+
+    def line(self) -> str:
+        return f"{self.seq}\t{self.kind}\t{self.detail}"
+
+
+@dataclass
+class Report:
+    size: int = 0
+    checkpoints: list[SignedCheckpoint] = field(default_factory=list)
+    authenticated_prefix: int = 0
+    signatures_checked: int = 0
+    problems: list[Problem] = field(default_factory=list)
+
+    @property
+    def ok(self) -> bool:
+        return not self.problems
+
+    def add(self, seq: int, kind: str, detail: str) -> None:
+        self.problems.append(Problem(seq, kind, detail))
+
+
+# ---------------------------------------------------------------------------------------
+# Worker side: decode, hash and verify one chunk (pure, picklable results)
+# ---------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Checked:
+    row_seq: int
+    entry: bytes | None
+    leaf: bytes | None
+    error: str | None = None  # entry or envelope unreadable
+    entry_seq: int = -1
+    recorded_at: str = ""
+    fact: Fact | None = None
+    signature_ok: bool | None = None  # None: key unknown to the worker, check in main
+
+
+_worker_keys: dict[str, VerifierKey] = {}
+_worker_version = -1
+
+
+def _learn_key(fact: Fact) -> None:
+    public = fact.data.get("public_key")
+    if fact.type in KEY_FACT_TYPES and isinstance(public, str):
+        try:
+            key = VerifierKey.parse(public)
+        except ValueError:
+            return
+        _worker_keys.setdefault(key.keyid, key)
+
+
+def check_chunk(
+    chunk: Sequence[tuple[int, bytes | None]], keys: tuple[int, bytes] | None = None
+) -> list[Checked]:
+    """Decode entries, compute leaf hashes, verify signatures with the keys known so far.
+
+    ``keys`` is ``(version, blob)``: the main process's key ring as 32-byte public keys
+    concatenated; a worker re-reads it only when the version changed.
+    """
+    global _worker_version
+    if keys is not None and keys[0] != _worker_version:
+        _worker_version, blob = keys
+        for i in range(0, len(blob), 32):
+            key = VerifierKey("k", blob[i : i + 32])
+            _worker_keys.setdefault(key.keyid, key)
+    out: list[Checked] = []
+    for row_seq, data in chunk:
+        if data is None:
+            out.append(Checked(row_seq, None, None, "the entry's event is missing"))
+            continue
+        leaf = leaf_hash(data)
+        try:
+            entry = decode_entry(data)
+            fact = read_fact(entry.envelope, strict=False)
+        except (IntegrityError, ValueError) as exc:
+            out.append(Checked(row_seq, data, leaf, str(exc)))
+            continue
+        _learn_key(fact)
+        key = _worker_keys.get(fact.keyid)
+        ok: bool | None = None
+        if key is not None:
+            ok = key.verify(fact.signature.sig, fact.envelope.pae())
+        out.append(Checked(row_seq, data, leaf, None, entry.seq, entry.recorded_at, fact, ok))
+    return out
+
+
+# ---------------------------------------------------------------------------------------
+# Main side
+# ---------------------------------------------------------------------------------------
+
+
+def _checkpoints(notes: Iterable[str], log_keys: Sequence[VerifierKey], report: Report
+                 ) -> list[SignedCheckpoint]:
+    good: dict[int, SignedCheckpoint] = {}
+    for note in notes:
+        try:
+            signed = verify_checkpoint(note, log_keys)
+        except NoteError as exc:
+            report.add(0, BAD_CHECKPOINT, f"checkpoint rejected: {exc}")
+            continue
+        other = good.get(signed.checkpoint.size)
+        if other is not None and other.checkpoint.root != signed.checkpoint.root:
+            report.add(signed.checkpoint.size, FORKED,
+                       f"two signed checkpoints of size {signed.checkpoint.size} disagree")
+        good[signed.checkpoint.size] = signed
+    origins = {s.checkpoint.origin for s in good.values()}
+    if len(origins) > 1:
+        report.add(0, BAD_CHECKPOINT, f"checkpoints name several origins: {sorted(origins)}")
+    return [good[size] for size in sorted(good)]
+
+
+def _authenticated_prefix(leaves: Iterator[bytes], checkpoints: list[SignedCheckpoint]) -> int:
+    """The largest checkpoint size up to which the claimed leaf hashes are confirmed."""
+    if not checkpoints:
+        return 0
+    frontier = CompactRange()
+    confirmed = 0
+    targets = deque(cp for cp in checkpoints if cp.checkpoint.size > 0)
+    for leaf in leaves:
+        if not targets:
+            break
+        frontier.append(leaf)
+        while targets and targets[0].checkpoint.size == frontier.size:
+            if frontier.root() != targets[0].checkpoint.root:
+                return confirmed
+            confirmed = targets.popleft().checkpoint.size
+    return confirmed
+
+
+class _Main:
+    """Order-dependent checks, fed with worker results in sequence order."""
+
+    def __init__(self, report: Report, checkpoints: list[SignedCheckpoint],
+                 claimed: Callable[[int], bytes | None]) -> None:
+        self.report = report
+        self.ring = KeyRing()
+        self.frontier = CompactRange()
+        self.expected = 0
+        self.nonces: dict[bytes, int] = {}
+        self.claimed = claimed
+        self.pending_checkpoints = deque(checkpoints)
+        self.last_good_checkpoint = 0
+        self.flagged: set[int] = set()
+        self.mismatches: list[Checked] = []
+        self.window: deque[Checked] = deque(maxlen=2)  # recent entries, for shift checks
+        self.recorded: dict[int, str] = {}
+
+    def flag(self, seq: int, kind: str, detail: str) -> None:
+        if seq not in self.flagged:
+            self.flagged.add(seq)
+            self.report.add(seq, kind, detail)
+
+    def feed(self, item: Checked) -> None:
+        seq = item.row_seq
+        if seq > self.expected:
+            self.flag(self.expected, DELETED,
+                      f"entries {self.expected}..{seq - 1} are missing (the sequence jumps)")
+            # The tree is built over what is present; roots will not match beyond this point.
+        elif seq < self.expected:
+            self.flag(seq, INSERTED, f"a second entry claims position {seq}")
+            return
+        self.expected = seq + 1
+        if item.leaf is None:
+            self.flag(seq, DELETED, item.error or "entry missing")
+            self._grow(seq, None)
+            return
+        self._grow(seq, item.leaf)
+        authentic = self.claimed(seq)
+        leaf_changed = authentic is not None and authentic != item.leaf
+        if leaf_changed:
+            self.mismatches.append(item)
+        if item.error is not None or item.fact is None:
+            if not leaf_changed:
+                self.flag(seq, CHANGED, f"entry unreadable: {item.error}")
+            return
+        if item.entry_seq != seq:
+            self.flag(seq, SWAPPED if not leaf_changed else CHANGED,
+                      f"entry at position {seq} says it is entry {item.entry_seq}")
+        self.recorded[seq] = item.recorded_at
+        self._check_fact(seq, item, leaf_changed)
+
+    def _check_fact(self, seq: int, item: Checked, leaf_changed: bool) -> None:
+        fact = item.fact
+        assert fact is not None
+        nonce = hashlib.sha256(fact.nonce.encode()).digest()[:12]
+        first = self.nonces.get(nonce)
+        if first is not None:
+            self.flag(seq, INSERTED, f"replays the envelope of entry {first} (same nonce)")
+            return
+        self.nonces[nonce] = seq
+        try:
+            record = self.ring.signer(seq, fact)
+        except RevokedKeyError as exc:
+            self.flag(seq, REVOKED_KEY, str(exc))
+            return
+        except UnknownKeyError as exc:
+            self.flag(seq, CHANGED if leaf_changed else INSERTED,
+                      f"signed by a key the log never gave this actor: {exc}")
+            return
+        except KeyFactError as exc:
+            self.flag(seq, BAD_SIGNATURE, f"key rule broken: {exc}")
+            return
+        ok = item.signature_ok
+        if ok is None:
+            ok = record.key.verify(fact.signature.sig, fact.envelope.pae())
+        self.report.signatures_checked += 1
+        if not ok:
+            if leaf_changed:
+                self.flag(seq, CHANGED, "payload altered after signing (signature fails)")
+            else:
+                self.flag(seq, BAD_SIGNATURE, f"signature by {fact.actor!r} does not verify")
+            return
+        if fact.type in KEY_FACT_TYPES:
+            self.ring.apply(seq, fact)
+
+    def _grow(self, seq: int, leaf: bytes | None) -> None:
+        self.frontier.append(leaf if leaf is not None else b"\0" * 32)
+        while self.pending_checkpoints and (
+            self.pending_checkpoints[0].checkpoint.size == self.frontier.size
+        ):
+            cp = self.pending_checkpoints.popleft()
+            if self.frontier.root() == cp.checkpoint.root:
+                self.last_good_checkpoint = cp.checkpoint.size
+            else:
+                self._root_mismatch(cp)
+
+    def _root_mismatch(self, cp: SignedCheckpoint) -> None:
+        size = cp.checkpoint.size
+        if any(s < size for s in self.flagged) or any(m.row_seq < size for m in self.mismatches):
+            return  # already explained entry by entry
+        start = self.last_good_checkpoint
+        first = start
+        if cp.timestamp is not None:
+            for s in range(start, size):
+                at = self.recorded.get(s)
+                if at and parse_time(at).timestamp() > cp.timestamp:
+                    first = s
+                    break
+        self.flag(first, FORKED,
+                  f"the log does not extend the signed checkpoint of size {size}: "
+                  f"entries from {first} were rewritten after it was signed")
+
+    def finish(self) -> None:
+        for cp in self.pending_checkpoints:
+            self.flag(self.frontier.size, DELETED,
+                      f"the log has {self.frontier.size} entries but a checkpoint "
+                      f"of size {cp.checkpoint.size} was signed: the tail was truncated")
+        self._classify_mismatches()
+        self.report.size = self.frontier.size
+        self.report.problems.sort()
+
+    def _classify_mismatches(self) -> None:
+        by_seq = {m.row_seq: m for m in self.mismatches}
+        done: set[int] = set()
+        for m in self.mismatches:
+            seq = m.row_seq
+            if seq in done:
+                continue
+            entry = decode_entry(m.entry) if m.error is None and m.entry else None
+            partner = self._swap_partner(seq, entry, by_seq) if entry else None
+            if partner is not None:
+                done.update({seq, partner})
+                self._replace(seq, SWAPPED, f"swapped with entry {partner}")
+                self._replace(partner, SWAPPED, f"swapped with entry {seq}")
+                continue
+            if entry is not None and self._shifted(entry, +1):
+                self._replace(seq, DELETED, f"the entry sealed at {seq} was deleted; "
+                              "later entries moved down")
+                done.update(s for s in by_seq if s >= seq)
+                continue
+            if entry is not None and self._shifted(entry, -1):
+                self._replace(seq, INSERTED, f"an entry was inserted at {seq}; "
+                              "later entries moved up")
+                done.update(s for s in by_seq if s >= seq)
+                continue
+            done.add(seq)
+            self._replace(seq, CHANGED, "entry bytes differ from the sealed leaf hash")
+
+    def _replace(self, seq: int, kind: str, detail: str) -> None:
+        self.report.problems = [p for p in self.report.problems if p.seq != seq]
+        self.flagged.add(seq)
+        self.report.add(seq, kind, detail)
+
+    def _shifted(self, entry: Any, delta: int) -> bool:
+        target = entry.seq + delta
+        authentic = self.claimed(target) if target >= 0 else None
+        if authentic is None:
+            return False
+        moved = encode_entry(target, entry.stream, entry.version, entry.type,
+                             entry.recorded_at, entry.envelope)
+        return leaf_hash(moved) == authentic
+
+    def _swap_partner(self, seq: int, entry: Any, by_seq: dict[int, Checked]) -> int | None:
+        for other_seq, other in by_seq.items():
+            if other_seq == seq or other.error is not None or other.entry is None:
+                continue
+            o = decode_entry(other.entry)
+            here = encode_entry(seq, o.stream, o.version, o.type, entry.recorded_at, o.envelope)
+            there = encode_entry(other_seq, entry.stream, entry.version, entry.type,
+                                 o.recorded_at, entry.envelope)
+            if leaf_hash(here) == self.claimed(seq) and leaf_hash(there) == self.claimed(other_seq):
+                return other_seq
+        return None
+
+
+def _chunks(entries: Iterator[tuple[int, bytes | None]]) -> Iterator[list[tuple[int, bytes | None]]]:
+    chunk: list[tuple[int, bytes | None]] = []
+    for item in entries:
+        chunk.append(item)
+        if len(chunk) >= CHUNK:
+            yield chunk
+            chunk = []
+    if chunk:
+        yield chunk
+
+
+def verify(
+    source: LogSource,
+    log_keys: Sequence[VerifierKey],
+    *,
+    workers: int | None = None,
+    progress: ProgressFn | None = None,
+) -> Report:
+    """Check everything; ``report.ok`` only when every entry and checkpoint holds."""
+    report = Report()
+    checkpoints = _checkpoints(source.checkpoint_notes(), log_keys, report)
+    report.checkpoints = checkpoints
+    prefix = _authenticated_prefix(source.claimed_leaves(), checkpoints)
+    report.authenticated_prefix = prefix
+    store = bytearray()
+    if prefix:
+        leaves = source.claimed_leaves()
+        for _ in range(prefix):
+            store += next(leaves)
+
+    def claimed(seq: int) -> bytes | None:
+        return bytes(store[32 * seq : 32 * seq + 32]) if 0 <= seq < prefix else None
+    main = _Main(report, checkpoints, claimed)
+    total = source.size_hint()
+    done = 0
+    workers = workers if workers is not None else (os.cpu_count() or 1)
+    for checked in _run(source.entries(), main, workers):
+        for item in checked:
+            main.feed(item)
+        done += len(checked)
+        if progress:
+            progress(done, total)
+    main.finish()
+    return report
+
+
+def _run(entries: Iterator[tuple[int, bytes | None]], main: _Main, workers: int
+         ) -> Iterator[list[Checked]]:
+    chunks = _chunks(entries)
+    if workers <= 1:
+        for chunk in chunks:
+            yield check_chunk(chunk)
+        return
+    ctx = multiprocessing.get_context("fork")
+    with ctx.Pool(workers) as pool:
+        window: deque[Any] = deque()
+        keys: tuple[int, bytes] = (0, b"")
+        for chunk in chunks:
+            if len(main.ring.keys) != keys[0]:
+                blob = b"".join(r.key.public_raw for r in main.ring.keys.values())
+                keys = (len(main.ring.keys), blob)
+            window.append(pool.apply_async(check_chunk, (chunk, keys)))
+            if len(window) >= workers * 3:
+                yield window.popleft().get()
+        while window:
+            yield window.popleft().get()
+
+
+__all__ = ["KINDS", "LogSource", "Problem", "Report", "SignatureError", "verify"]
