@@ -20,7 +20,7 @@ from __future__ import annotations
 import threading
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, ClassVar
 from uuid import UUID
 
 from eventsourcing.application import AggregateNotFoundError, Application
@@ -79,7 +79,7 @@ Handler = Callable[["LedgerService", Fact, dict[UUID, SignedAggregate]], SignedA
 
 class LedgerService(Application[UUID]):
     name = "KpiLedger"
-    env = {
+    env: ClassVar[dict[str, str]] = {
         "MAPPER_TOPIC": "ledger.mapper:EnvelopeMapper",
         "IS_SNAPSHOTTING_ENABLED": "no",
     }
@@ -233,9 +233,7 @@ class LedgerService(Application[UUID]):
 def _handle_key_fact(
     app: LedgerService, fact: Fact, pending: dict[UUID, SignedAggregate]
 ) -> SignedAggregate:
-    if fact.type == KEY_REGISTERED:
-        principal_name = fact.data["principal"]
-    elif "principal" in fact.data:
+    if fact.type == KEY_REGISTERED or "principal" in fact.data:
         principal_name = fact.data["principal"]
     else:  # key.revoked names only the key
         record = app.working_keyring.keys.get(fact.data["keyid"])

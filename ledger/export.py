@@ -33,8 +33,8 @@ def export_bundle(
     if target.name.endswith((".tar", ".tar.gz", ".tgz")):
         with tempfile.TemporaryDirectory() as tmp:
             counts = _export_dir(log, Path(tmp) / "bundle", progress)
-            mode = "w:gz" if target.name.endswith(("gz", "tgz")) else "w"
-            with tarfile.open(target, mode) as tar:
+            compress = target.name.endswith(("gz", "tgz"))
+            with tarfile.open(target, "w:gz" if compress else "w") as tar:
                 tar.add(Path(tmp) / "bundle", arcname=".")
         return counts
     return _export_dir(log, target, progress)

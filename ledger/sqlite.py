@@ -135,10 +135,8 @@ class SealedSQLiteRecorder(SQLiteApplicationRecorder, SealedLog):
         leaves = [i for level, i in coords if level == 0]
         inner = [(level, i) for level, i in coords if level > 0]
         for chunk in _chunks(leaves, 500):
-            c.execute(
-                f"SELECT seq, leaf_hash FROM log_entries WHERE seq IN ({','.join('?' * len(chunk))})",
-                chunk,
-            )
+            marks = ",".join("?" * len(chunk))
+            c.execute(f"SELECT seq, leaf_hash FROM log_entries WHERE seq IN ({marks})", chunk)
             out.update({(0, int(r[0])): bytes(r[1]) for r in c.fetchall()})
         for chunk in _chunks(inner, 400):
             where = " OR ".join("(level = ? AND idx = ?)" for _ in chunk)

@@ -50,17 +50,11 @@ def encode_entry(
     seq: int, stream: str, version: int, type_: str, recorded_at: str, envelope: bytes
 ) -> bytes:
     """Canonical entry bytes (fast path; see module docstring)."""
+    b64 = base64.b64encode(envelope).decode("ascii")
     return (
-        '{"envelope":"%s","recorded_at":%s,"seq":%d,"stream":%s,"type":%s,"version":%d}'
-        % (
-            base64.b64encode(envelope).decode("ascii"),
-            _string(recorded_at),
-            seq,
-            _string(stream),
-            _string(type_),
-            version,
-        )
-    ).encode("utf-8")
+        f'{{"envelope":"{b64}","recorded_at":{_string(recorded_at)},"seq":{int(seq)},'
+        f'"stream":{_string(stream)},"type":{_string(type_)},"version":{int(version)}}}'
+    ).encode()
 
 
 def decode_entry(data: bytes) -> Entry:

@@ -158,10 +158,10 @@ def check_chunk(
             out.append(Checked(row_seq, data, leaf, str(exc)))
             continue
         _learn_key(fact)
-        key = _worker_keys.get(fact.keyid)
+        known = _worker_keys.get(fact.keyid)
         ok: bool | None = None
-        if key is not None:
-            ok = key.verify(fact.signature.sig, fact.envelope.pae())
+        if known is not None:
+            ok = known.verify(fact.signature.sig, fact.envelope.pae())
         out.append(Checked(row_seq, data, leaf, None, entry.seq, entry.recorded_at, fact, ok))
     return out
 
@@ -315,7 +315,8 @@ class _Main:
         if cp.timestamp is not None:
             for s in range(start, size):
                 at = self.recorded.get(s)
-                if at and parse_time(at).timestamp() > cp.timestamp:
+                # Signed at T (whole seconds) means signed before T + 1.
+                if at and parse_time(at).timestamp() >= cp.timestamp + 1:
                     first = s
                     break
         self.flag(first, FORKED,
@@ -385,8 +386,11 @@ class _Main:
         return None
 
 
-def _chunks(entries: Iterator[tuple[int, bytes | None]]) -> Iterator[list[tuple[int, bytes | None]]]:
-    chunk: list[tuple[int, bytes | None]] = []
+Row = tuple[int, bytes | None]
+
+
+def _chunks(entries: Iterator[Row]) -> Iterator[list[Row]]:
+    chunk: list[Row] = []
     for item in entries:
         chunk.append(item)
         if len(chunk) >= CHUNK:

@@ -23,7 +23,7 @@ from eventsourcing.tests.persistence import (
 from eventsourcing.utils import Environment
 
 from ledger.config import parse_database
-from ledger.postgres import SealedPostgresFactory, SealedPostgresRecorder
+from ledger.postgres import SealedPostgresRecorder
 from ledger.sqlite import SealedSQLiteFactory, SealedSQLiteRecorder
 
 

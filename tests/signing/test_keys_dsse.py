@@ -113,7 +113,7 @@ def test_malformed_envelopes(raw: bytes, error: type[Exception], words: str) -> 
 
 def test_payload_schema_is_enforced() -> None:
     key = SigningKey.from_seed("lan.nguyen", SEED)
-    with pytest.raises(CanonicalFormError, match="payload.type"):
+    with pytest.raises(CanonicalFormError, match=r"payload\.type"):
         sign_fact(key, "NotDotted", {})
     with pytest.raises(CanonicalFormError, match="floating-point"):
         sign_fact(key, "work.declared", {"hours": 7.5})
