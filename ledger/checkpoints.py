@@ -98,8 +98,9 @@ class Checkpointer:
             stamp = int(self.clock())
             note = sign_checkpoint(Checkpoint(self.origin, size, root), self.key, stamp)
             self.log.add_checkpoint(
-                StoredCheckpoint(size, root, note, time.strftime(
-                    "%Y-%m-%dT%H:%M:%SZ", time.gmtime(stamp)))
+                StoredCheckpoint(
+                    size, root, note, time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(stamp))
+                )
             )
             self._save_state(SignerState(self.origin, size, root))
             return SignedCheckpoint(Checkpoint(self.origin, size, root), note, stamp)

@@ -21,9 +21,9 @@ class DatabaseSource:
         for row in self.log.read_rows(0, self._size):
             yield row.leaf_hash
 
-    def entries(self) -> Iterator[tuple[int, bytes | None]]:
+    def entries(self) -> Iterator[tuple[int, bytes | None, bytes | None]]:
         for row in self.log.read_rows(0, self._size):
-            yield row.seq, row.entry
+            yield row.seq, row.entry, row.leaf_hash
 
     def size_hint(self) -> int:
         return self._size

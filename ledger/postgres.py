@@ -258,4 +258,3 @@ class SealedPostgresFactory(PostgresFactory):
     """Infrastructure factory whose application recorder seals the log."""
 
     application_recorder_class = SealedPostgresRecorder
-

@@ -202,4 +202,3 @@ class SealedSQLiteFactory(SQLiteFactory):
     """Infrastructure factory whose application recorder seals the log."""
 
     application_recorder_class = SealedSQLiteRecorder
-

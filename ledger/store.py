@@ -150,8 +150,9 @@ class SealedLog:
     def consistency_proof(self, size1: int, size2: int) -> list[bytes]:
         return consistency_proof(size1, size2, self.read_nodes)
 
-    def checkpoints(self, *, newest_first: bool = False, limit: int | None = None
-                    ) -> list[StoredCheckpoint]:
+    def checkpoints(
+        self, *, newest_first: bool = False, limit: int | None = None
+    ) -> list[StoredCheckpoint]:
         return [
             StoredCheckpoint(int(r[0]), bytes(r[1]), str(r[2]), str(r[3]))
             for r in self._sql_checkpoints(newest_first, limit)

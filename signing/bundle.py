@@ -10,7 +10,6 @@ from __future__ import annotations
 import base64
 import binascii
 import json
-import os
 import tarfile
 import tempfile
 from collections.abc import Iterator
@@ -71,7 +70,8 @@ class ExportSource:
                 for i in range(0, len(block) - 31, 32):
                     yield block[i : i + 32]
 
-    def entries(self) -> Iterator[tuple[int, bytes | None]]:
+    def entries(self) -> Iterator[tuple[int, bytes | None, bytes | None]]:
+        leaves = self.claimed_leaves()
         with open(self.path / "entries.jsonl", encoding="utf-8") as handle:
             for number, line in enumerate(handle, 1):
                 try:
@@ -83,8 +83,12 @@ class ExportSource:
                     entry = base64.b64decode(text, validate=True) if text else None
                 except (ValueError, KeyError, TypeError, binascii.Error) as exc:
                     raise BundleError(f"entries.jsonl line {number} is malformed: {exc}") from None
-                yield seq, entry
+                yield seq, entry, next(leaves, None)
 
     def size_hint(self) -> int:
-        size = os.path.getsize(self.path / "entries.jsonl")
-        return max(1, size // 900)
+        """The number of entries (lines), counted without parsing."""
+        count = 0
+        with open(self.path / "entries.jsonl", "rb") as handle:
+            while block := handle.read(1 << 20):
+                count += block.count(b"\n")
+        return count

@@ -60,6 +60,7 @@ KINDS = (CHANGED, DELETED, SWAPPED, INSERTED, FORKED, BAD_SIGNATURE, REVOKED_KEY
 
 CHUNK = 512
 ProgressFn = Callable[[int, int], None]
+Row = tuple[int, bytes | None, bytes | None]  # position, entry bytes, claimed leaf hash
 
 
 class LogSource(Protocol):
@@ -69,7 +70,9 @@ class LogSource(Protocol):
 
     def claimed_leaves(self) -> Iterator[bytes]: ...
 
-    def entries(self) -> Iterator[tuple[int, bytes | None]]: ...
+    def entries(self) -> Iterator[tuple[int, bytes | None, bytes | None]]:
+        """(position, entry bytes or None if lost, the leaf hash stored with it or None)."""
+        ...
 
     def size_hint(self) -> int: ...
 
@@ -110,6 +113,7 @@ class Checked:
     row_seq: int
     entry: bytes | None
     leaf: bytes | None
+    claimed: bytes | None
     error: str | None = None  # entry or envelope unreadable
     entry_seq: int = -1
     recorded_at: str = ""
@@ -131,9 +135,7 @@ def _learn_key(fact: Fact) -> None:
         _worker_keys.setdefault(key.keyid, key)
 
 
-def check_chunk(
-    chunk: Sequence[tuple[int, bytes | None]], keys: tuple[int, bytes] | None = None
-) -> list[Checked]:
+def check_chunk(chunk: Sequence[Row], keys: tuple[int, bytes] | None = None) -> list[Checked]:
     """Decode entries, compute leaf hashes, verify signatures with the keys known so far.
 
     ``keys`` is ``(version, blob)``: the main process's key ring as 32-byte public keys
@@ -146,23 +148,25 @@ def check_chunk(
             key = VerifierKey("k", blob[i : i + 32])
             _worker_keys.setdefault(key.keyid, key)
     out: list[Checked] = []
-    for row_seq, data in chunk:
+    for row_seq, data, claimed in chunk:
         if data is None:
-            out.append(Checked(row_seq, None, None, "the entry's event is missing"))
+            out.append(Checked(row_seq, None, None, claimed, "the entry's event is missing"))
             continue
         leaf = leaf_hash(data)
         try:
             entry = decode_entry(data)
             fact = read_fact(entry.envelope, strict=False)
         except (IntegrityError, ValueError) as exc:
-            out.append(Checked(row_seq, data, leaf, str(exc)))
+            out.append(Checked(row_seq, data, leaf, claimed, str(exc)))
             continue
         _learn_key(fact)
         known = _worker_keys.get(fact.keyid)
         ok: bool | None = None
         if known is not None:
             ok = known.verify(fact.signature.sig, fact.envelope.pae())
-        out.append(Checked(row_seq, data, leaf, None, entry.seq, entry.recorded_at, fact, ok))
+        out.append(
+            Checked(row_seq, data, leaf, claimed, None, entry.seq, entry.recorded_at, fact, ok)
+        )
     return out
 
 
@@ -171,8 +175,9 @@ def check_chunk(
 # ---------------------------------------------------------------------------------------
 
 
-def _checkpoints(notes: Iterable[str], log_keys: Sequence[VerifierKey], report: Report
-                 ) -> list[SignedCheckpoint]:
+def _checkpoints(
+    notes: Iterable[str], log_keys: Sequence[VerifierKey], report: Report
+) -> list[SignedCheckpoint]:
     good: dict[int, SignedCheckpoint] = {}
     for note in notes:
         try:
@@ -182,8 +187,11 @@ def _checkpoints(notes: Iterable[str], log_keys: Sequence[VerifierKey], report: 
             continue
         other = good.get(signed.checkpoint.size)
         if other is not None and other.checkpoint.root != signed.checkpoint.root:
-            report.add(signed.checkpoint.size, FORKED,
-                       f"two signed checkpoints of size {signed.checkpoint.size} disagree")
+            report.add(
+                signed.checkpoint.size,
+                FORKED,
+                f"two signed checkpoints of size {signed.checkpoint.size} disagree",
+            )
         good[signed.checkpoint.size] = signed
     origins = {s.checkpoint.origin for s in good.values()}
     if len(origins) > 1:
@@ -212,9 +220,15 @@ def _authenticated_prefix(leaves: Iterator[bytes], checkpoints: list[SignedCheck
 class _Main:
     """Order-dependent checks, fed with worker results in sequence order."""
 
-    def __init__(self, report: Report, checkpoints: list[SignedCheckpoint],
-                 claimed: Callable[[int], bytes | None]) -> None:
+    def __init__(
+        self,
+        report: Report,
+        checkpoints: list[SignedCheckpoint],
+        claimed: Callable[[int], bytes | None],
+        prefix: int,
+    ) -> None:
         self.report = report
+        self.prefix = prefix
         self.ring = KeyRing()
         self.frontier = CompactRange()
         self.expected = 0
@@ -235,9 +249,13 @@ class _Main:
     def feed(self, item: Checked) -> None:
         seq = item.row_seq
         if seq > self.expected:
-            self.flag(self.expected, DELETED,
-                      f"entries {self.expected}..{seq - 1} are missing (the sequence jumps)")
-            # The tree is built over what is present; roots will not match beyond this point.
+            self.flag(
+                self.expected,
+                DELETED,
+                f"entries {self.expected}..{seq - 1} are missing (the sequence jumps)",
+            )
+            for missing in range(self.expected, seq):  # keep positions aligned in the tree
+                self._grow(missing, None)
         elif seq < self.expected:
             self.flag(seq, INSERTED, f"a second entry claims position {seq}")
             return
@@ -247,8 +265,8 @@ class _Main:
             self._grow(seq, None)
             return
         self._grow(seq, item.leaf)
-        authentic = self.claimed(seq)
-        leaf_changed = authentic is not None and authentic != item.leaf
+        # The ledger writes each leaf hash with its entry: any difference means tampering.
+        leaf_changed = item.claimed is not None and item.claimed != item.leaf
         if leaf_changed:
             self.mismatches.append(item)
         if item.error is not None or item.fact is None:
@@ -256,8 +274,11 @@ class _Main:
                 self.flag(seq, CHANGED, f"entry unreadable: {item.error}")
             return
         if item.entry_seq != seq:
-            self.flag(seq, SWAPPED if not leaf_changed else CHANGED,
-                      f"entry at position {seq} says it is entry {item.entry_seq}")
+            self.flag(
+                seq,
+                SWAPPED if not leaf_changed else CHANGED,
+                f"entry at position {seq} says it is entry {item.entry_seq}",
+            )
         self.recorded[seq] = item.recorded_at
         self._check_fact(seq, item, leaf_changed)
 
@@ -276,8 +297,11 @@ class _Main:
             self.flag(seq, REVOKED_KEY, str(exc))
             return
         except UnknownKeyError as exc:
-            self.flag(seq, CHANGED if leaf_changed else INSERTED,
-                      f"signed by a key the log never gave this actor: {exc}")
+            self.flag(
+                seq,
+                CHANGED if leaf_changed else INSERTED,
+                f"signed by a key the log never gave this actor: {exc}",
+            )
             return
         except KeyFactError as exc:
             self.flag(seq, BAD_SIGNATURE, f"key rule broken: {exc}")
@@ -319,15 +343,21 @@ class _Main:
                 if at and parse_time(at).timestamp() >= cp.timestamp + 1:
                     first = s
                     break
-        self.flag(first, FORKED,
-                  f"the log does not extend the signed checkpoint of size {size}: "
-                  f"entries from {first} were rewritten after it was signed")
+        self.flag(
+            first,
+            FORKED,
+            f"the log does not extend the signed checkpoint of size {size}: "
+            f"entries from {first} were rewritten after it was signed",
+        )
 
     def finish(self) -> None:
         for cp in self.pending_checkpoints:
-            self.flag(self.frontier.size, DELETED,
-                      f"the log has {self.frontier.size} entries but a checkpoint "
-                      f"of size {cp.checkpoint.size} was signed: the tail was truncated")
+            self.flag(
+                self.frontier.size,
+                DELETED,
+                f"the log has {self.frontier.size} entries but a checkpoint "
+                f"of size {cp.checkpoint.size} was signed: the tail was truncated",
+            )
         self._classify_mismatches()
         self.report.size = self.frontier.size
         self.report.problems.sort()
@@ -346,32 +376,38 @@ class _Main:
                 self._replace(seq, SWAPPED, f"swapped with entry {partner}")
                 self._replace(partner, SWAPPED, f"swapped with entry {seq}")
                 continue
-            if entry is not None and self._shifted(entry, +1):
-                self._replace(seq, DELETED, f"the entry sealed at {seq} was deleted; "
-                              "later entries moved down")
+            if entry is not None and self._shifted(entry, m.claimed, +1):
+                self._replace(
+                    seq, DELETED, f"the entry sealed at {seq} was deleted; later entries moved down"
+                )
                 done.update(s for s in by_seq if s >= seq)
                 continue
-            if entry is not None and self._shifted(entry, -1):
-                self._replace(seq, INSERTED, f"an entry was inserted at {seq}; "
-                              "later entries moved up")
+            if entry is not None and self._shifted(entry, m.claimed, -1):
+                self._replace(
+                    seq, INSERTED, f"an entry was inserted at {seq}; later entries moved up"
+                )
                 done.update(s for s in by_seq if s >= seq)
                 continue
             done.add(seq)
-            self._replace(seq, CHANGED, "entry bytes differ from the sealed leaf hash")
+            confirmed = " (confirmed by a signed checkpoint)" if seq < self.prefix else ""
+            self._replace(seq, CHANGED, f"entry bytes differ from the sealed leaf hash{confirmed}")
 
     def _replace(self, seq: int, kind: str, detail: str) -> None:
         self.report.problems = [p for p in self.report.problems if p.seq != seq]
         self.flagged.add(seq)
         self.report.add(seq, kind, detail)
 
-    def _shifted(self, entry: Any, delta: int) -> bool:
+    def _shifted(self, entry: Any, own_claim: bytes | None, delta: int) -> bool:
+        """Was this entry sealed at ``seq + delta`` (its row renumbered, or the log shifted)?"""
         target = entry.seq + delta
-        authentic = self.claimed(target) if target >= 0 else None
-        if authentic is None:
+        if target < 0:
             return False
-        moved = encode_entry(target, entry.stream, entry.version, entry.type,
-                             entry.recorded_at, entry.envelope)
-        return leaf_hash(moved) == authentic
+        moved = leaf_hash(
+            encode_entry(
+                target, entry.stream, entry.version, entry.type, entry.recorded_at, entry.envelope
+            )
+        )
+        return moved in (own_claim, self.claimed(target))
 
     def _swap_partner(self, seq: int, entry: Any, by_seq: dict[int, Checked]) -> int | None:
         for other_seq, other in by_seq.items():
@@ -379,14 +415,12 @@ class _Main:
                 continue
             o = decode_entry(other.entry)
             here = encode_entry(seq, o.stream, o.version, o.type, entry.recorded_at, o.envelope)
-            there = encode_entry(other_seq, entry.stream, entry.version, entry.type,
-                                 o.recorded_at, entry.envelope)
-            if leaf_hash(here) == self.claimed(seq) and leaf_hash(there) == self.claimed(other_seq):
+            there = encode_entry(
+                other_seq, entry.stream, entry.version, entry.type, o.recorded_at, entry.envelope
+            )
+            if leaf_hash(here) == by_seq[seq].claimed and leaf_hash(there) == other.claimed:
                 return other_seq
         return None
-
-
-Row = tuple[int, bytes | None]
 
 
 def _chunks(entries: Iterator[Row]) -> Iterator[list[Row]]:
@@ -421,7 +455,8 @@ def verify(
 
     def claimed(seq: int) -> bytes | None:
         return bytes(store[32 * seq : 32 * seq + 32]) if 0 <= seq < prefix else None
-    main = _Main(report, checkpoints, claimed)
+
+    main = _Main(report, checkpoints, claimed, prefix)
     total = source.size_hint()
     done = 0
     workers = workers if workers is not None else (os.cpu_count() or 1)
@@ -435,8 +470,7 @@ def verify(
     return report
 
 
-def _run(entries: Iterator[tuple[int, bytes | None]], main: _Main, workers: int
-         ) -> Iterator[list[Checked]]:
+def _run(entries: Iterator[Row], main: _Main, workers: int) -> Iterator[list[Checked]]:
     chunks = _chunks(entries)
     if workers <= 1:
         for chunk in chunks:

@@ -51,8 +51,13 @@ class _PostgresDatabase:
     def datastore(self) -> PostgresDatastore:
         env = parse_database(self.pg_url).env
         return PostgresDatastore(
-            env["POSTGRES_DBNAME"], env["POSTGRES_HOST"], env["POSTGRES_PORT"],
-            env["POSTGRES_USER"], env["POSTGRES_PASSWORD"], pool_size=4, max_overflow=10,
+            env["POSTGRES_DBNAME"],
+            env["POSTGRES_HOST"],
+            env["POSTGRES_PORT"],
+            env["POSTGRES_USER"],
+            env["POSTGRES_PASSWORD"],
+            pool_size=4,
+            max_overflow=10,
         )
 
 
