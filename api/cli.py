@@ -33,6 +33,7 @@ from signing.facts import make_payload, sign_fact, sign_payload
 from signing.keys import (
     SigningKey,
     VerifierKey,
+    key_file_stem,
     read_signing_key,
     read_verifier_keys,
     write_key_pair,
@@ -62,8 +63,9 @@ def _service(args: argparse.Namespace) -> LedgerService:
     return service
 
 
-def _checkpointer(service: LedgerService, home: LedgerHome, every: int | None = None
-                  ) -> Checkpointer:
+def _checkpointer(
+    service: LedgerService, home: LedgerHome, every: int | None = None
+) -> Checkpointer:
     return Checkpointer(service.sealed, home.ledger_key(), home.state_path, every_entries=every)
 
 
@@ -83,8 +85,11 @@ def _print_report(report: Report, out: TextIO) -> None:
         out.write(
             f"OK: {report.size} entries, {report.signatures_checked} signatures, "
             f"{len(report.checkpoints)} checkpoints verified"
-            + (f" (latest size {report.checkpoints[-1].checkpoint.size})"
-               if report.checkpoints else "")
+            + (
+                f" (latest size {report.checkpoints[-1].checkpoint.size})"
+                if report.checkpoints
+                else ""
+            )
             + "\n"
         )
         return
@@ -125,7 +130,10 @@ def cmd_init(args: argparse.Namespace) -> int:
     print(f"  origin:          {origin}")
     print(f"  home:            {home.path}")
     print(f"  log verifier:    {home.vkey_path}")
-    print(f"  administrator:   {home.path / (admin.name + '.key')} (entry {appended.seq})")
+    print(
+        f"  administrator:   {home.path / (key_file_stem(admin.name) + '.key')} "
+        f"(entry {appended.seq})"
+    )
     print(f"  first checkpoint: size {signed.checkpoint.size}")
     return 0
 
@@ -155,7 +163,8 @@ def cmd_register_key(args: argparse.Namespace) -> int:
         raise UsageError(f"{args.pubfile} holds a key named {public.name!r}, not {args.name!r}")
     admin = _admin_key(args)
     envelope = sign_fact(
-        admin, "key.registered",
+        admin,
+        "key.registered",
         {"principal": args.name, "public_key": public.to_text(), "admin": bool(args.admin)},
     )
     service = _service(args)
@@ -192,7 +201,10 @@ def cmd_sign(args: argparse.Namespace) -> int:
     if unknown:
         raise UsageError(f"unexpected fields {sorted(unknown)}: key id, time and nonce are added")
     payload = make_payload(
-        key, body["type"], body["data"], actor=body.get("actor"),
+        key,
+        body["type"],
+        body["data"],
+        actor=body.get("actor"),
         idempotency_key=body.get("idempotency_key"),
     )
     sys.stdout.write(sign_payload(key, payload).to_bytes().decode() + "\n")
@@ -276,8 +288,10 @@ def cmd_export(args: argparse.Namespace) -> int:
     finally:
         bar.close()
         service.close()
-    print(f"exported {counts['entries']} entries and {counts['checkpoints']} checkpoints "
-          f"to {args.dir}")
+    print(
+        f"exported {counts['entries']} entries and {counts['checkpoints']} checkpoints "
+        f"to {args.dir}"
+    )
     return 0
 
 
@@ -292,8 +306,7 @@ def cmd_verify(args: argparse.Namespace) -> int:
         else:
             service = LedgerService(parse_database(database_url(args.db)))
             try:
-                report = verify(DatabaseSource(service.sealed), keys, workers=workers,
-                                progress=bar)
+                report = verify(DatabaseSource(service.sealed), keys, workers=workers, progress=bar)
             finally:
                 service.close()
     finally:
@@ -320,8 +333,9 @@ def cmd_verify_receipt(args: argparse.Namespace) -> int:
     proof = TlogProof.parse(Path(args.receipt).read_text())
     signed = verify_checkpoint(proof.checkpoint, keys)
     entry = Path(args.entry).read_bytes()
-    verify_inclusion(leaf_hash(entry), proof.index, signed.checkpoint.size, proof.proof,
-                     signed.checkpoint.root)
+    verify_inclusion(
+        leaf_hash(entry), proof.index, signed.checkpoint.size, proof.proof, signed.checkpoint.root
+    )
     print(f"OK: entry {proof.index} is in the log of size {signed.checkpoint.size}")
     return 0
 
@@ -331,13 +345,19 @@ def cmd_verify_receipt(args: argparse.Namespace) -> int:
 
 def build_parser() -> argparse.ArgumentParser:
     common = argparse.ArgumentParser(add_help=False)
-    common.add_argument("--db", default=argparse.SUPPRESS,
-                        help="database URL (default: $KPI_LEDGER_DB or sqlite:///kpi-ledger.db)")
-    common.add_argument("--home", default=argparse.SUPPRESS,
-                        help="ledger home with the signing keys (default: $KPI_LEDGER_HOME "
-                        "or ./.kpi-ledger)")
+    common.add_argument(
+        "--db",
+        default=argparse.SUPPRESS,
+        help="database URL (default: $KPI_LEDGER_DB or sqlite:///kpi-ledger.db)",
+    )
+    common.add_argument(
+        "--home",
+        default=argparse.SUPPRESS,
+        help="ledger home with the signing keys (default: $KPI_LEDGER_HOME or ./.kpi-ledger)",
+    )
     parser = argparse.ArgumentParser(
-        prog="kpi-ledger", parents=[common],
+        prog="kpi-ledger",
+        parents=[common],
         description="Audit-grade evaluation ledger: signed facts in a verifiable log.",
     )
     sub = parser.add_subparsers(dest="command", required=True)
@@ -362,8 +382,11 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("revoke-key", parents=[common], help="revoke a key from now on")
     p.add_argument("keyid")
     p.add_argument("--reason", required=True)
-    p.add_argument("--signer", help="private key signing the revocation (the key itself or an "
-                   "administrator; default: the administrator key in home)")
+    p.add_argument(
+        "--signer",
+        help="private key signing the revocation (the key itself or an "
+        "administrator; default: the administrator key in home)",
+    )
     p.add_argument("--admin-key", help=argparse.SUPPRESS)
     p.set_defaults(func=cmd_revoke_key)
 
@@ -374,13 +397,21 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("append", parents=[common], help="append envelopes, one JSON per line")
     p.add_argument("file", help="file of envelopes, or - for stdin")
-    p.add_argument("--checkpoint-every", type=int, default=None,
-                   help="sign a checkpoint every N entries (default $KPI_LEDGER_CHECKPOINT_EVERY)")
+    p.add_argument(
+        "--checkpoint-every",
+        type=int,
+        default=None,
+        help="sign a checkpoint every N entries (default $KPI_LEDGER_CHECKPOINT_EVERY)",
+    )
     p.set_defaults(func=cmd_append)
 
     p = sub.add_parser("checkpoint", parents=[common], help="seal and print a signed checkpoint")
-    p.add_argument("--every-seconds", type=float, default=None,
-                   help="keep running, signing every T seconds when the log grew")
+    p.add_argument(
+        "--every-seconds",
+        type=float,
+        default=None,
+        help="keep running, signing every T seconds when the log grew",
+    )
     p.set_defaults(func=cmd_checkpoint)
 
     p = sub.add_parser("receipt", parents=[common], help="inclusion proof (tlog-proof) of SEQ")
@@ -392,16 +423,22 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--progress", action="store_true", help="show progress even when piped")
     p.set_defaults(func=cmd_export)
 
-    p = sub.add_parser("verify", parents=[common],
-                       help="verify a bundle offline (DIR --log-key) or the database (--db)")
+    p = sub.add_parser(
+        "verify",
+        parents=[common],
+        help="verify a bundle offline (DIR --log-key) or the database (--db)",
+    )
     p.add_argument("dir", nargs="?", help="export bundle (directory or tar); omit for --db")
     p.add_argument("--log-key", help="the ledger's verifier key file (log.vkey) you trust")
     p.add_argument("--workers", type=int, default=None, help="processes (default: all cores)")
     p.add_argument("--progress", action="store_true", help="show progress even when piped")
     p.set_defaults(func=cmd_verify)
 
-    p = sub.add_parser("verify-receipt", parents=[common],
-                       help="check a receipt against an entry file and the log key, offline")
+    p = sub.add_parser(
+        "verify-receipt",
+        parents=[common],
+        help="check a receipt against an entry file and the log key, offline",
+    )
     p.add_argument("receipt")
     p.add_argument("entry", help="file with the exact entry bytes")
     p.add_argument("--log-key", required=True)
@@ -421,8 +458,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     except Refusal as refusal:
         sys.stderr.write(f"refused: {refusal}\n")
         return 1
-    except (UsageError, ConfigError, IntegrityError, BundleError, FileNotFoundError,
-            FileExistsError, json.JSONDecodeError) as exc:
+    except (
+        UsageError,
+        ConfigError,
+        IntegrityError,
+        BundleError,
+        FileNotFoundError,
+        FileExistsError,
+        json.JSONDecodeError,
+    ) as exc:
         sys.stderr.write(f"kpi-ledger {args.command}: {exc}\n")
         return 2
 

@@ -30,8 +30,7 @@ class ProgressBar:
         filled = int(width * done / total)
         rate = done / max(now - self.started, 1e-9)
         self.stream.write(
-            f"\r{self.label} [{'#' * filled}{'.' * (width - filled)}] "
-            f"{done}/{total} {rate:,.0f}/s"
+            f"\r{self.label} [{'#' * filled}{'.' * (width - filled)}] {done}/{total} {rate:,.0f}/s"
         )
         self.stream.flush()
 

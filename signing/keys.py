@@ -170,11 +170,17 @@ class SigningKey:
         return f"SigningKey(name={self.name!r}, keyid={self.keyid[:16]}…)"
 
 
+def key_file_stem(name: str) -> str:
+    """File name for a key: names may be schema-less URLs, so '/' becomes '_'."""
+    return name.replace("/", "_").replace("\\", "_")
+
+
 def write_key_pair(key: SigningKey, directory: Path) -> tuple[Path, Path]:
-    """Write ``NAME.key`` (mode 0600) and ``NAME.pub`` into ``directory``."""
+    """Write ``NAME.key`` (mode 0600) and ``NAME.pub`` into ``directory`` ('/' → '_')."""
     directory.mkdir(parents=True, exist_ok=True)
-    private_path = directory / f"{key.name}.key"
-    public_path = directory / f"{key.name}.pub"
+    stem = key_file_stem(key.name)
+    private_path = directory / f"{stem}.key"
+    public_path = directory / f"{stem}.pub"
     if private_path.exists():
         raise KeyFormatError(f"{private_path} already exists; refusing to overwrite a key")
     fd = os.open(private_path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
