@@ -150,3 +150,40 @@ def test_factory_from_url_builds_sealed_recorders(db_url: str) -> None:
         assert recorder.log_size() == 0
     finally:
         factory.close()
+
+
+def test_refused_writes_never_leave_a_gap_in_seq(db_url: str) -> None:
+    """A version conflict or a replayed nonce may burn a notification id, never a seq."""
+    import uuid
+
+    from eventsourcing.persistence import IntegrityError
+
+    from ledger.sealer import SealedStoredEvent
+    from ledger.store import ReplayedEnvelopeError
+    from signing.merkle import leaf_hash, root_of
+
+    env = Environment("Ledger", parse_database(db_url).env)
+    factory = InfrastructureFactory.construct(env)
+    recorder = factory.application_recorder()
+    assert isinstance(recorder, SealedSQLiteRecorder | SealedPostgresRecorder)
+    try:
+        stream = uuid.uuid4()
+
+        def event(version: int, nonce: str) -> SealedStoredEvent:
+            return SealedStoredEvent(stream, version, "t", b'{"v":%d}' % version, nonce=nonce)
+
+        recorder.insert_events([event(1, "a" * 32), event(2, "b" * 32)])
+        with pytest.raises(IntegrityError):
+            recorder.insert_events([event(2, "c" * 32)])  # version conflict
+        with pytest.raises(ReplayedEnvelopeError):
+            recorder.insert_events([event(3, "a" * 32)])  # nonce already sealed
+        ids = recorder.insert_events([event(3, "d" * 32), event(4, "e" * 32)])
+        rows = list(recorder.read_rows())
+        assert [r.seq for r in rows] == [0, 1, 2, 3]
+        assert [r.notification_id for r in rows][2:] == list(ids or [])
+        assert all(r.entry is not None and leaf_hash(r.entry) == r.leaf_hash for r in rows)
+        assert recorder.root() == root_of([r.leaf_hash for r in rows])
+        if isinstance(recorder, SealedPostgresRecorder):
+            assert ids is not None and ids[0] > 3  # the refused writes burned sequence values
+    finally:
+        factory.close()
