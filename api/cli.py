@@ -19,7 +19,7 @@ from typing import TextIO
 
 from api.progress import ProgressBar
 from domain.errors import Refusal
-from domain.service import LedgerService
+from domain.service import Appended, LedgerService
 from ledger.checkpoints import Checkpointer, InconsistentLogError
 from ledger.config import ConfigError, database_url, parse_database
 from ledger.export import export_bundle
@@ -61,6 +61,14 @@ def _service(args: argparse.Namespace) -> LedgerService:
         checkpointer = _checkpointer(service, home, every)
         service.after_append = lambda size: (checkpointer.maybe_checkpoint(size), None)[1]
     return service
+
+
+def _submit_one(args: argparse.Namespace, envelope: bytes) -> Appended:
+    service = _service(args)
+    try:
+        return service.submit(envelope)
+    finally:
+        service.close()
 
 
 def _checkpointer(
@@ -167,11 +175,7 @@ def cmd_register_key(args: argparse.Namespace) -> int:
         "key.registered",
         {"principal": args.name, "public_key": public.to_text(), "admin": bool(args.admin)},
     )
-    service = _service(args)
-    try:
-        appended = service.submit(envelope.to_bytes())
-    finally:
-        service.close()
+    appended = _submit_one(args, envelope.to_bytes())
     print(f"{appended.seq}\tkey {public.keyid} registered for {args.name}")
     return 0
 
@@ -179,11 +183,7 @@ def cmd_register_key(args: argparse.Namespace) -> int:
 def cmd_revoke_key(args: argparse.Namespace) -> int:
     signer = read_signing_key(Path(args.signer)) if args.signer else _admin_key(args)
     envelope = sign_fact(signer, "key.revoked", {"keyid": args.keyid, "reason": args.reason})
-    service = _service(args)
-    try:
-        appended = service.submit(envelope.to_bytes())
-    finally:
-        service.close()
+    appended = _submit_one(args, envelope.to_bytes())
     print(f"{appended.seq}\tkey {args.keyid} revoked")
     return 0
 

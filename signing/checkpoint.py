@@ -15,12 +15,12 @@ signed it. Verifiers that know only the 0x01 key ignore the second line.
 from __future__ import annotations
 
 import base64
-import binascii
 import datetime as dt
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 
+from signing.encoding import b64decode_strict
 from signing.errors import NoteError
 from signing.keys import COSIGNATURE_V1, ED25519, SigningKey, VerifierKey, check_key_name
 from signing.note import assemble, cosign_line, open_note, sign_line
@@ -49,10 +49,7 @@ class Checkpoint:
             raise NoteError("checkpoint extension lines must not be empty")
         if not _SIZE_RE.match(size_text):
             raise NoteError(f"checkpoint size {size_text!r} is not a decimal without leading 0")
-        try:
-            root = base64.b64decode(root_text, validate=True)
-        except (binascii.Error, ValueError):
-            raise NoteError("checkpoint root is not base64") from None
+        root = b64decode_strict(root_text, "checkpoint root", NoteError)
         if len(root) != 32:
             raise NoteError("checkpoint root must be 32 bytes")
         return cls(origin, int(size_text), root)

@@ -12,11 +12,11 @@ bytes (``Envelope.to_bytes``) exactly and never re-serialises it before hashing 
 from __future__ import annotations
 
 import base64
-import binascii
 import json
 from dataclasses import dataclass
 from typing import Any
 
+from signing.encoding import b64decode_strict
 from signing.errors import EnvelopeError
 
 PAYLOAD_TYPE = "application/vnd.kpi-ledger.fact+json"
@@ -34,12 +34,7 @@ def _b64(data: bytes) -> str:
 
 
 def _unb64(text: Any, what: str) -> bytes:
-    if not isinstance(text, str):
-        raise EnvelopeError(f"{what} must be a base64 string")
-    try:
-        return base64.b64decode(text, validate=True)
-    except (binascii.Error, ValueError) as exc:
-        raise EnvelopeError(f"{what} is not standard padded base64") from exc
+    return b64decode_strict(text, what, EnvelopeError)
 
 
 @dataclass(frozen=True)

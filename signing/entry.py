@@ -20,11 +20,11 @@ check it against the ``rfc8785`` package.
 from __future__ import annotations
 
 import base64
-import binascii
 import json
 from dataclasses import dataclass
 
 from signing.canonical import MAX_SAFE_INTEGER, parse_time
+from signing.encoding import b64decode_strict
 from signing.errors import CanonicalFormError, EntryError
 
 ENTRY_FIELDS = ("envelope", "recorded_at", "seq", "stream", "type", "version")
@@ -72,10 +72,7 @@ def decode_entry(data: bytes) -> Entry:
     for name in ("envelope", "recorded_at", "stream", "type"):
         if not isinstance(obj[name], str):
             raise EntryError(f"entry.{name} must be a string")
-    try:
-        envelope = base64.b64decode(obj["envelope"], validate=True)
-    except (binascii.Error, ValueError):
-        raise EntryError("entry.envelope is not standard padded base64") from None
+    envelope = b64decode_strict(obj["envelope"], "entry.envelope", EntryError)
     try:
         parse_time(obj["recorded_at"], field="entry.recorded_at")
     except CanonicalFormError as exc:

@@ -17,7 +17,6 @@ Key files use the signed-note text formats, so that standard tools read them:
 from __future__ import annotations
 
 import base64
-import binascii
 import hashlib
 import os
 import unicodedata
@@ -27,6 +26,7 @@ from pathlib import Path
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
+from signing.encoding import b64decode_strict
 from signing.errors import KeyFormatError
 
 ED25519 = 0x01
@@ -53,13 +53,6 @@ def fact_keyid(public_raw: bytes) -> str:
 def note_key_id(name: str, public_raw: bytes, sig_type: int = ED25519) -> bytes:
     """The 4-byte signed-note key id: SHA-256(name ‖ '\\n' ‖ type ‖ key)[:4]."""
     return hashlib.sha256(name.encode() + b"\n" + bytes([sig_type]) + public_raw).digest()[:4]
-
-
-def _b64decode(text: str, what: str) -> bytes:
-    try:
-        return base64.b64decode(text, validate=True)
-    except (binascii.Error, ValueError) as exc:
-        raise KeyFormatError(f"{what}: invalid base64") from exc
 
 
 @dataclass(frozen=True)
@@ -112,7 +105,7 @@ class VerifierKey:
         if len(parts) != 3:
             raise KeyFormatError(f"verifier key must be name+hexid+base64, got {text[:60]!r}")
         name, hex_id, blob = parts
-        raw = _b64decode(blob, "verifier key")
+        raw = b64decode_strict(blob, "verifier key", KeyFormatError)
         if len(raw) != 33:
             raise KeyFormatError("verifier key must hold a type byte and a 32-byte key")
         key = cls(name, raw[1:], raw[0])
@@ -158,7 +151,7 @@ class SigningKey:
         if len(parts) != 5 or parts[0] != "PRIVATE" or parts[1] != "KEY":
             raise KeyFormatError("private key must be PRIVATE+KEY+name+hexid+base64")
         _, _, name, hex_id, blob = parts
-        raw = _b64decode(blob, "private key")
+        raw = b64decode_strict(blob, "private key", KeyFormatError)
         if len(raw) != 33 or raw[0] != ED25519:
             raise KeyFormatError("private key must hold type byte 0x01 and a 32-byte seed")
         key = cls.from_seed(name, raw[1:])

@@ -9,11 +9,11 @@ reject the note if a known key's signature fails, and require at least one known
 from __future__ import annotations
 
 import base64
-import binascii
 import struct
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
+from signing.encoding import b64decode_strict
 from signing.errors import NoteError
 from signing.keys import COSIGNATURE_V1, ED25519, SigningKey, VerifierKey
 
@@ -90,10 +90,7 @@ def split(note: str) -> tuple[str, list[NoteSignature]]:
         parts = line[2:].split(" ")
         if len(parts) != 2 or not parts[0]:
             raise NoteError(f"malformed signature line {line[:40]!r}")
-        try:
-            blob = base64.b64decode(parts[1], validate=True)
-        except (binascii.Error, ValueError):
-            raise NoteError("signature line is not base64") from None
+        blob = b64decode_strict(parts[1], "signature line", NoteError)
         if len(blob) < 5:
             raise NoteError("signature line too short")
         signatures.append(NoteSignature(parts[0], blob[:4], blob[4:]))

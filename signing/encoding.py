@@ -1,0 +1,18 @@
+"""Strict base64: standard alphabet, padded (RFC 4648 §4), as every format here requires."""
+
+from __future__ import annotations
+
+import base64
+import binascii
+
+from signing.errors import IntegrityError
+
+
+def b64decode_strict(text: object, what: str, error: type[IntegrityError]) -> bytes:
+    """Decode ``text`` or raise ``error`` saying that ``what`` is not standard padded base64."""
+    if not isinstance(text, str):
+        raise error(f"{what} must be a base64 string")
+    try:
+        return base64.b64decode(text, validate=True)
+    except (binascii.Error, ValueError):
+        raise error(f"{what} is not standard padded base64") from None
