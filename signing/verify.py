@@ -327,6 +327,7 @@ class _Main:
             cp = self.pending_checkpoints.popleft()
             if self.frontier.root() == cp.checkpoint.root:
                 self.last_good_checkpoint = cp.checkpoint.size
+                self.recorded.clear()  # fork localisation looks only past the last good one
             else:
                 self._root_mismatch(cp)
 
