@@ -20,7 +20,7 @@ from typing import TextIO
 from api.progress import ProgressBar
 from domain.errors import Refusal
 from domain.service import Appended, LedgerService
-from ledger.checkpoints import Checkpointer, InconsistentLogError
+from ledger.checkpoints import Checkpointer, EmptyLogError, InconsistentLogError
 from ledger.config import ConfigError, database_url, parse_database
 from ledger.export import export_bundle
 from ledger.home import LedgerHome, home_path
@@ -28,7 +28,7 @@ from ledger.online import DatabaseSource
 from signing.bundle import BundleError, ExportSource
 from signing.canonical import loads_strict
 from signing.checkpoint import log_verifier_keys, verify_checkpoint
-from signing.errors import IntegrityError
+from signing.errors import IntegrityError, NoteError, ProofError
 from signing.facts import make_payload, sign_fact, sign_payload
 from signing.keys import (
     SigningKey,
@@ -251,14 +251,18 @@ def cmd_checkpoint(args: argparse.Namespace) -> int:
             sys.stderr.write(f"signing a checkpoint every {args.every_seconds}s (Ctrl-C stops)\n")
             try:
                 while thread.is_alive():
-                    time.sleep(0.5)
+                    time.sleep(0.2)
             except KeyboardInterrupt:
                 checkpointer.stop()
+            if checkpointer.error is not None:
+                raise checkpointer.error
             return 0
         signed = checkpointer.checkpoint()
     except InconsistentLogError as exc:
         sys.stderr.write(f"refused to sign: {exc}\n")
         return 1
+    except EmptyLogError as exc:
+        raise UsageError(str(exc)) from None
     finally:
         service.close()
     sys.stdout.write(signed.note)
@@ -331,11 +335,19 @@ def cmd_verify_receipt(args: argparse.Namespace) -> int:
 
     keys = read_verifier_keys(Path(args.log_key))
     proof = TlogProof.parse(Path(args.receipt).read_text())
-    signed = verify_checkpoint(proof.checkpoint, keys)
     entry = Path(args.entry).read_bytes()
-    verify_inclusion(
-        leaf_hash(entry), proof.index, signed.checkpoint.size, proof.proof, signed.checkpoint.root
-    )
+    try:
+        signed = verify_checkpoint(proof.checkpoint, keys)
+        verify_inclusion(
+            leaf_hash(entry),
+            proof.index,
+            signed.checkpoint.size,
+            proof.proof,
+            signed.checkpoint.root,
+        )
+    except (NoteError, ProofError) as exc:
+        print(f"FAILED: {exc}")
+        return 1
     print(f"OK: entry {proof.index} is in the log of size {signed.checkpoint.size}")
     return 0
 

@@ -55,6 +55,8 @@ class Attestation(SignedAggregate):
     def attest(cls, fact: Fact) -> Attestation:
         cls.check(fact)
         return cls._create(
-            cls.Attested, id=cls.id_for(fact), envelope=fact.envelope_bytes,
+            cls.Attested,
+            id=cls.id_for(fact),
+            envelope=fact.envelope_bytes,
             timestamp=fact.claimed_at,
         )

@@ -18,7 +18,8 @@ A batch is saved in one transaction; a refused fact is reported and records noth
 from __future__ import annotations
 
 import threading
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any, ClassVar
 from uuid import UUID
@@ -40,6 +41,7 @@ from domain.errors import (
 from domain.keys import Principal
 from domain.signed import SignedAggregate
 from ledger.config import Database
+from ledger.postgres import SealedPostgresRecorder
 from ledger.store import ReplayedEnvelopeError, SealedLog
 from signing.errors import (
     CanonicalFormError,
@@ -60,6 +62,7 @@ KEY_TOPICS = [
     )
 ]
 MAX_BATCH = 1000
+WRITER_LOCK_ID = 0x6B70696C  # pg_advisory_lock key of the ledger's writer ("kpil")
 
 
 @dataclass(frozen=True)
@@ -138,13 +141,14 @@ class LedgerService(Application[UUID]):
         """Record a batch in one transaction; each fact is accepted or refused on its own."""
         if len(envelopes) > MAX_BATCH:
             raise ValueError(f"at most {MAX_BATCH} envelopes per batch")
-        with self._lock:
+        with self.exclusive_writer():
             ring = self.refresh_keyring().copy()
             self.working_keyring = ring
             head = self.sealed.log_size()
             outcomes: list[Outcome | None] = [None] * len(envelopes)
             accepted: list[tuple[int, Fact]] = []
             pending: dict[UUID, SignedAggregate] = {}
+            events: list[Any] = []  # in intake order: the order they are sealed in
             nonces: set[str] = set()
             for i, raw in enumerate(envelopes):
                 try:
@@ -154,12 +158,13 @@ class LedgerService(Application[UUID]):
                     outcomes[i] = refusal
                     continue
                 pending[aggregate.id] = aggregate
+                events.extend(aggregate.collect_events())
                 if fact.type in KEY_FACT_TYPES:
                     ring.apply(head + len(accepted), fact)
                 nonces.add(fact.nonce)
                 accepted.append((i, fact))
             if accepted:
-                self._save(pending, accepted, outcomes)
+                self._save(events, accepted, outcomes)
                 self.keyring = ring
         if accepted and self.after_append is not None:
             self.after_append(head + len(accepted))
@@ -193,26 +198,48 @@ class LedgerService(Application[UUID]):
             raise SignatureRefused(str(exc), **who) from None
         return fact
 
+    @contextmanager
+    def exclusive_writer(self) -> Iterator[None]:
+        """One writer at a time, across threads and (on PostgreSQL) processes.
+
+        Keys are checked at the positions the facts will take; holding this from the check
+        to the commit makes those the positions they get.
+        """
+        with self._lock:
+            if not isinstance(self.sealed, SealedPostgresRecorder):
+                yield
+                return
+            with self.sealed.datastore.get_connection() as conn:
+                conn.execute("SELECT pg_advisory_lock(%s)", (WRITER_LOCK_ID,))
+                try:
+                    yield
+                finally:
+                    conn.execute("SELECT pg_advisory_unlock(%s)", (WRITER_LOCK_ID,))
+
     def _save(
         self,
-        pending: dict[UUID, SignedAggregate],
+        events: list[Any],
         accepted: list[tuple[int, Fact]],
         outcomes: list[Outcome | None],
     ) -> None:
         try:
-            recordings = self.save(*pending.values())
+            recordings = self.save(*events)
         except ReplayedEnvelopeError as exc:  # another writer used the nonce meanwhile
             for i, fact in accepted:
                 outcomes[i] = ReplayRefused(
-                    str(exc), original_seq=self.sealed.nonce_seq(fact.nonce),
-                    fact_type=fact.type, actor=fact.actor,
+                    str(exc),
+                    original_seq=self.sealed.nonce_seq(fact.nonce),
+                    fact_type=fact.type,
+                    actor=fact.actor,
                 )
             return
         except IntegrityError as exc:  # a concurrent writer changed one of the streams
             for i, fact in accepted:
                 outcomes[i] = Refusal(
                     f"conflicting concurrent write, submit again: {exc}",
-                    rule="stream.conflict", fact_type=fact.type, actor=fact.actor,
+                    rule="stream.conflict",
+                    fact_type=fact.type,
+                    actor=fact.actor,
                 )
             return
         by_nonce = {}
@@ -238,14 +265,16 @@ def _handle_key_fact(
     else:  # key.revoked names only the key
         record = app.working_keyring.keys.get(fact.data["keyid"])
         if record is None:
-            raise InvalidFact(f"unknown key {fact.data['keyid']!r}", fact_type=fact.type,
-                              actor=fact.actor)
+            raise InvalidFact(
+                f"unknown key {fact.data['keyid']!r}", fact_type=fact.type, actor=fact.actor
+            )
         principal_name = record.principal
     principal: Principal | None = app.get_or_none(Principal.id_for(principal_name), pending)
     if principal is None:
         if fact.type != KEY_REGISTERED:
-            raise InvalidFact(f"no principal {principal_name!r}", fact_type=fact.type,
-                              actor=fact.actor)
+            raise InvalidFact(
+                f"no principal {principal_name!r}", fact_type=fact.type, actor=fact.actor
+            )
         return Principal.enrol(fact)
     principal.record(fact)
     return principal

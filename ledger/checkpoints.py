@@ -21,13 +21,24 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ledger.store import SealedLog, StoredCheckpoint
-from signing.checkpoint import Checkpoint, SignedCheckpoint, sign_checkpoint
+from signing.checkpoint import (
+    Checkpoint,
+    SignedCheckpoint,
+    log_verifier_keys,
+    sign_checkpoint,
+    verify_checkpoint,
+)
+from signing.errors import NoteError
 from signing.keys import SigningKey
 from signing.merkle import EMPTY_ROOT, CompactRange, leaf_hash
 
 
 class InconsistentLogError(Exception):
     """The log no longer extends the last checkpoint this ledger signed."""
+
+
+class EmptyLogError(ValueError):
+    """There is nothing to checkpoint yet."""
 
 
 @dataclass(frozen=True)
@@ -65,11 +76,26 @@ class Checkpointer:
         self.clock = clock
         self._lock = threading.Lock()
         self._stop = threading.Event()
+        self.error: InconsistentLogError | None = None
 
     # -- state ---------------------------------------------------------------------------
     def state(self) -> SignerState:
+        """What this ledger last signed: its state file, else its newest checkpoint in the DB.
+
+        Without the file (a new home, or a lost one), the newest checkpoint in the database
+        that verifies under this ledger's key is the floor: the next one must extend it.
+        """
         if not self.state_path.exists():
-            return SignerState(self.origin, 0, EMPTY_ROOT)
+            latest = self.log.latest_checkpoint()
+            if latest is None:
+                return SignerState(self.origin, 0, EMPTY_ROOT)
+            try:
+                signed = verify_checkpoint(latest.note, log_verifier_keys(self.key))
+            except NoteError as exc:
+                raise InconsistentLogError(
+                    f"the newest checkpoint in the database is not this ledger's: {exc}"
+                ) from None
+            return SignerState(self.origin, signed.checkpoint.size, signed.checkpoint.root)
         state = SignerState.from_json(self.state_path.read_text())
         if state.origin != self.origin:
             raise InconsistentLogError(
@@ -88,7 +114,9 @@ class Checkpointer:
         with self._lock:
             state = self.state()
             size = self.log.log_size()
-            if size == state.size and size > 0:
+            if size == 0:
+                raise EmptyLogError("the log is empty: there is nothing to seal yet")
+            if size == state.size:
                 latest = self.log.latest_checkpoint()
                 if latest is not None and latest.size == size and latest.root == state.root:
                     return SignedCheckpoint(
@@ -138,13 +166,25 @@ class Checkpointer:
             return self.checkpoint()
         return None
 
-    def run_every(self, seconds: float) -> threading.Thread:
-        """Sign a checkpoint every ``seconds`` (when the log grew) in a daemon thread."""
+    def run_every(
+        self, seconds: float, on_error: Callable[[Exception], None] | None = None
+    ) -> threading.Thread:
+        """Sign a checkpoint every ``seconds`` (when the log grew) in a daemon thread.
+
+        A refusal (``InconsistentLogError``) stops the loop and is passed to ``on_error``:
+        a ledger that finds its log altered must stop sealing and say so.
+        """
 
         def loop() -> None:
             while not self._stop.wait(seconds):
-                if self.log.log_size() != self.state().size:
-                    self.checkpoint()
+                try:
+                    if self.log.log_size() != self.state().size:
+                        self.checkpoint()
+                except InconsistentLogError as exc:
+                    self.error = exc
+                    if on_error is not None:
+                        on_error(exc)
+                    return
 
         thread = threading.Thread(target=loop, name="checkpointer", daemon=True)
         thread.start()

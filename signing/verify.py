@@ -46,7 +46,7 @@ from signing.errors import (
 from signing.facts import Fact, read_fact
 from signing.keyring import KEY_FACT_TYPES, KeyRing
 from signing.keys import VerifierKey
-from signing.merkle import CompactRange, leaf_hash
+from signing.merkle import EMPTY_ROOT, CompactRange, leaf_hash
 
 CHANGED = "changed"
 DELETED = "deleted"
@@ -234,7 +234,11 @@ class _Main:
         self.expected = 0
         self.nonces: dict[bytes, int] = {}
         self.claimed = claimed
-        self.pending_checkpoints = deque(checkpoints)
+        # A checkpoint of size 0 commits to nothing but the empty root.
+        for cp in checkpoints:
+            if cp.checkpoint.size == 0 and cp.checkpoint.root != EMPTY_ROOT:
+                report.add(0, BAD_CHECKPOINT, "a checkpoint of size 0 with a non-empty root")
+        self.pending_checkpoints = deque(cp for cp in checkpoints if cp.checkpoint.size > 0)
         self.last_good_checkpoint = 0
         self.flagged: set[int] = set()
         self.mismatches: list[Checked] = []

@@ -176,3 +176,29 @@ def test_sqlite_is_the_default(
     assert SealedSQLiteRecorder.__name__ in db.env["PERSISTENCE_MODULE"].replace(
         "Factory", "Recorder"
     )
+
+
+def test_verify_receipt_fails_with_exit_1_for_the_wrong_entry(
+    cli: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    Path("envs.jsonl").write_text(_sign(capsys, {"sha256": "cc" * 32}))
+    assert main(["append", "envs.jsonl"]) == 0
+    assert main(["checkpoint"]) == 0
+    capsys.readouterr()
+    assert main(["receipt", "2"]) == 0
+    Path("r.tlog-proof").write_text(capsys.readouterr().out)
+    Path("wrong.bin").write_bytes(b"not the entry")
+    assert main(["verify-receipt", "r.tlog-proof", "wrong.bin", "--log-key", "home/log.vkey"]) == 1
+    assert "FAILED" in capsys.readouterr().out
+
+
+def test_checkpoint_on_an_empty_ledger_is_a_usage_error(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("KPI_LEDGER_DB", f"sqlite:///{tmp_path}/x.db")
+    from ledger.home import LedgerHome
+
+    LedgerHome(tmp_path / ".kpi-ledger").create("kpi.test/empty")
+    assert main(["checkpoint"]) == 2
+    assert "nothing to seal" in capsys.readouterr().err

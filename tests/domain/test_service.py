@@ -1,0 +1,137 @@
+"""The application service: intake order is seal order; every refusal records nothing."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from domain.errors import (
+    InvalidFact,
+    KeyRefused,
+    MalformedFact,
+    Refusal,
+    ReplayRefused,
+    SignatureRefused,
+    UnknownFactType,
+)
+from domain.keys import Principal
+from domain.service import Appended, LedgerService
+from ledger.config import parse_database
+from ledger.online import DatabaseSource
+from signing.dsse import Envelope, Signature
+from signing.facts import sign_fact
+from signing.keys import SigningKey
+from signing.verify import verify
+
+
+@pytest.fixture
+def service(db_url: str) -> LedgerService:
+    app = LedgerService(parse_database(db_url))
+    admin = SigningKey.generate("admin")
+    app.submit(
+        sign_fact(
+            admin,
+            "key.registered",
+            {
+                "principal": "admin",
+                "public_key": admin.verifier().to_text(),
+                "admin": True,
+            },
+        ).to_bytes()
+    )
+    app.admin = admin  # type: ignore[attr-defined]
+    return app
+
+
+def _register(admin: SigningKey, key: SigningKey) -> bytes:
+    return sign_fact(
+        admin,
+        "key.registered",
+        {
+            "principal": key.name,
+            "public_key": key.verifier().to_text(),
+            "admin": False,
+        },
+    ).to_bytes()
+
+
+def test_a_batch_is_sealed_in_the_order_it_was_checked(service: LedgerService) -> None:
+    admin: SigningKey = service.admin  # type: ignore[attr-defined]
+    lan = SigningKey.generate("lan")
+    batch = [
+        _register(admin, lan),
+        sign_fact(lan, "document.attested", {"sha256": "aa" * 32}).to_bytes(),
+        sign_fact(admin, "key.revoked", {"keyid": lan.keyid, "reason": "left"}).to_bytes(),
+        sign_fact(lan, "document.attested", {"sha256": "bb" * 32}).to_bytes(),
+    ]
+    outcomes = service.submit_many(batch)
+    assert [o.seq for o in outcomes[:3]] == [1, 2, 3]  # type: ignore[union-attr]
+    assert isinstance(outcomes[3], KeyRefused)
+    report = verify(DatabaseSource(service.sealed), [], workers=1)
+    assert report.problems == [] and report.signatures_checked == 4
+
+
+def test_each_refusal_records_nothing(service: LedgerService) -> None:
+    admin: SigningKey = service.admin  # type: ignore[attr-defined]
+    lan = SigningKey.generate("lan")
+    service.submit(_register(admin, lan))
+    good = sign_fact(lan, "document.attested", {"sha256": "aa" * 32})
+    service.submit(good.to_bytes())
+    size = service.sealed.log_size()
+    stranger = SigningKey.generate("lan")
+    fresh = sign_fact(lan, "document.attested", {"sha256": "dd" * 32})
+    forged = Envelope(
+        fresh.payload_type, fresh.payload, (Signature(lan.keyid, stranger.sign(fresh.pae())),)
+    )
+    cases: list[tuple[bytes, type[Refusal]]] = [
+        (good.to_bytes(), ReplayRefused),
+        (b'{"payloadType":', MalformedFact),
+        (sign_fact(lan, "work.teleported", {}).to_bytes(), UnknownFactType),
+        (sign_fact(lan, "document.attested", {"sha256": "zz"}).to_bytes(), InvalidFact),
+        (sign_fact(stranger, "document.attested", {"sha256": "cc" * 32}).to_bytes(), KeyRefused),
+        (forged.to_bytes(), SignatureRefused),
+        (_register(lan, SigningKey.generate("minh")), InvalidFact),  # lan is no administrator
+    ]
+    for raw, error in cases:
+        with pytest.raises(error) as caught:
+            service.submit(raw)
+        assert caught.value.rule and caught.value.detail
+    assert service.sealed.log_size() == size
+
+
+def test_key_rotation_through_the_service(service: LedgerService) -> None:
+    admin: SigningKey = service.admin  # type: ignore[attr-defined]
+    lan, lan2 = SigningKey.generate("lan"), SigningKey.generate("lan")
+    service.submit(_register(admin, lan))
+    rotated = service.submit(
+        sign_fact(
+            lan,
+            "key.rotated",
+            {
+                "principal": "lan",
+                "old_keyid": lan.keyid,
+                "public_key": lan2.verifier().to_text(),
+            },
+        ).to_bytes()
+    )
+    assert isinstance(rotated, Appended) and rotated.version == 2
+    with pytest.raises(KeyRefused):
+        service.submit(sign_fact(lan, "document.attested", {"sha256": "aa" * 32}).to_bytes())
+    service.submit(sign_fact(lan2, "document.attested", {"sha256": "aa" * 32}).to_bytes())
+    principal = service.repository.get(Principal.id_for("lan"))
+    assert principal.active_keys == [lan2.keyid]
+
+
+def test_a_restarted_service_rebuilds_its_key_ring(
+    db_url: str, service: LedgerService, tmp_path: Path
+) -> None:
+    admin: SigningKey = service.admin  # type: ignore[attr-defined]
+    lan = SigningKey.generate("lan")
+    service.submit(_register(admin, lan))
+    service.submit(sign_fact(admin, "key.revoked", {"keyid": lan.keyid, "reason": "x"}).to_bytes())
+    service.close()
+    again = LedgerService(parse_database(db_url))
+    with pytest.raises(KeyRefused, match="revoked"):
+        again.submit(sign_fact(lan, "document.attested", {"sha256": "aa" * 32}).to_bytes())
+    again.close()
