@@ -1,4 +1,4 @@
-"""The export bundle: what an inspector takes away (docs/integrity.md §4).
+"""The export bundle: what an inspector takes away (docs/integrity.md, "Export bundle").
 
 ``DIR/log.vkey``             the ledger's verifier keys, one per line (signed-note format);
 ``DIR/checkpoints/N.note``   every signed checkpoint, verbatim, named by tree size (20 digits);
