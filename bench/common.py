@@ -110,16 +110,16 @@ def verdict(ratio: float, target: float, *, higher_is_better: bool = True) -> st
 
 
 def machine_info() -> dict[str, Any]:
-    import cryptography
-    import eventsourcing
+    from importlib.metadata import version
 
     return {
         "date": dt.datetime.now(dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ"),
         "cpu_count": os.cpu_count(),
         "platform": platform.platform(),
         "python": sys.version.split()[0],
-        "cryptography": cryptography.__version__,
-        "eventsourcing": getattr(eventsourcing, "__version__", "?"),
+        "cryptography": version("cryptography"),
+        "eventsourcing": version("eventsourcing"),
+        "psycopg": version("psycopg"),
     }
 
 
