@@ -1,8 +1,8 @@
 """Reading an export bundle (a directory, or a tar of one) for the offline verifier.
 
-Layout (docs/integrity.md, "Export bundle"): ``log.vkey``, ``checkpoints/*``, ``entries.jsonl`` with lines
-``{"seq": N, "entry": "<base64>"}``, and optionally ``extra/leaf-hashes.bin``. Entries are
-streamed; nothing is loaded whole.
+Layout (docs/integrity.md, "Export bundle"): ``log.vkey``, ``checkpoints/*``,
+``entries.jsonl`` with lines ``{"seq": N, "entry": "<base64>"}``, and optionally
+``extra/leaf-hashes.bin``. Entries are streamed; nothing is loaded whole.
 """
 
 from __future__ import annotations

@@ -21,16 +21,19 @@ from signing.canonical import (
 )
 from signing.errors import CanonicalFormError
 
-nfc_text = st.text(max_size=12).map(lambda s: unicodedata.normalize("NFC", s)).filter(
-    lambda s: not any(0xD800 <= ord(c) <= 0xDFFF for c in s)
+nfc_text = (
+    st.text(max_size=12)
+    .map(lambda s: unicodedata.normalize("NFC", s))
+    .filter(lambda s: not any(0xD800 <= ord(c) <= 0xDFFF for c in s))
 )
 json_values = st.recursive(
     st.none()
     | st.booleans()
     | st.integers(-MAX_SAFE_INTEGER, MAX_SAFE_INTEGER)
     | nfc_text.filter(lambda s: not s[:4].isdigit()),
-    lambda children: st.lists(children, max_size=4)
-    | st.dictionaries(nfc_text, children, max_size=4),
+    lambda children: (
+        st.lists(children, max_size=4) | st.dictionaries(nfc_text, children, max_size=4)
+    ),
     max_leaves=12,
 )
 

@@ -23,13 +23,25 @@ from signing.keys import SigningKey
     envelope=st.binary(max_size=64),
 )
 def test_entry_encoding_is_jcs(seq: int, version: int, type_: str, envelope: bytes) -> None:
-    entry = Entry(seq, "3f2c1c2e-0000-4000-8000-000000000001", version, type_,
-                  "2026-03-05T08:00:00.000001Z", envelope)
+    entry = Entry(
+        seq,
+        "3f2c1c2e-0000-4000-8000-000000000001",
+        version,
+        type_,
+        "2026-03-05T08:00:00.000001Z",
+        envelope,
+    )
     data = entry.to_bytes()
-    assert data == rfc8785.dumps({
-        "envelope": base64.b64encode(envelope).decode(), "recorded_at": entry.recorded_at,
-        "seq": seq, "stream": entry.stream, "type": type_, "version": version,
-    })
+    assert data == rfc8785.dumps(
+        {
+            "envelope": base64.b64encode(envelope).decode(),
+            "recorded_at": entry.recorded_at,
+            "seq": seq,
+            "stream": entry.stream,
+            "type": type_,
+            "version": version,
+        }
+    )
     assert decode_entry(data) == entry
 
 
@@ -52,14 +64,18 @@ def test_malformed_entries(raw: bytes) -> None:
         decode_entry(raw)
 
 
-def _fact(key: SigningKey, fact_type: str, data: dict[str, object], actor: str | None = None
-          ) -> Fact:
+def _fact(
+    key: SigningKey, fact_type: str, data: dict[str, object], actor: str | None = None
+) -> Fact:
     return read_fact(sign_fact(key, fact_type, data, actor=actor).to_bytes())
 
 
 def _register(admin: SigningKey, key: SigningKey, is_admin: bool = False) -> Fact:
-    return _fact(admin, "key.registered", {
-        "principal": key.name, "public_key": key.verifier().to_text(), "admin": is_admin})
+    return _fact(
+        admin,
+        "key.registered",
+        {"principal": key.name, "public_key": key.verifier().to_text(), "admin": is_admin},
+    )
 
 
 def _authorise(ring: KeyRing, seq: int, fact: Fact) -> None:
@@ -83,8 +99,15 @@ def test_key_lifecycle() -> None:
         ring.signer(3, _fact(lan, "document.attested", {}, actor="admin"))
     # Rotation by the old key: old key valid up to and including the rotation.
     lan2 = SigningKey("lan", SigningKey.generate("lan")._private)
-    _authorise(ring, 3, _fact(lan, "key.rotated", {
-        "principal": "lan", "old_keyid": lan.keyid, "public_key": lan2.verifier().to_text()}))
+    _authorise(
+        ring,
+        3,
+        _fact(
+            lan,
+            "key.rotated",
+            {"principal": "lan", "old_keyid": lan.keyid, "public_key": lan2.verifier().to_text()},
+        ),
+    )
     with pytest.raises(RevokedKeyError, match="revoked at position 3"):
         ring.signer(4, _fact(lan, "document.attested", {}))
     _authorise(ring, 4, _fact(lan2, "document.attested", {}))
