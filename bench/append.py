@@ -37,6 +37,7 @@ from eventsourcing.persistence import JSONTranscoder, StoredEvent, Transcoding
 from eventsourcing.utils import get_topic
 
 from bench.common import (
+    PLAIN_MODULES,
     attestations,
     bootstrap,
     check_appended,
@@ -257,10 +258,7 @@ class PlainApp(Application[UUID]):
 def plain_env(url: str) -> dict[str, str]:
     database = parse_database(url)
     env = dict(database.env)
-    env["PERSISTENCE_MODULE"] = {
-        "sqlite": "eventsourcing.sqlite:SQLiteFactory",
-        "postgres": "eventsourcing.postgres:PostgresFactory",
-    }[database.backend]
+    env["PERSISTENCE_MODULE"] = PLAIN_MODULES[database.backend]
     return env
 
 
