@@ -15,13 +15,20 @@ BENCHMARKS = ("append", "verify", "proofs")
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m bench", description=__doc__)
-    parser.add_argument("--quick", action="store_true",
-                        help="small sizes (about a minute in all)")
-    parser.add_argument("--only", action="append", choices=BENCHMARKS, metavar="NAME",
-                        help=f"run only this benchmark (repeatable): {', '.join(BENCHMARKS)}")
-    parser.add_argument("--pg", default=DEFAULT_PG,
-                        help="PostgreSQL server URL on which kpi_bench_* databases are created "
-                        f"and dropped (default {DEFAULT_PG}); 'none' skips PostgreSQL")
+    parser.add_argument("--quick", action="store_true", help="small sizes (about a minute in all)")
+    parser.add_argument(
+        "--only",
+        action="append",
+        choices=BENCHMARKS,
+        metavar="NAME",
+        help=f"run only this benchmark (repeatable): {', '.join(BENCHMARKS)}",
+    )
+    parser.add_argument(
+        "--pg",
+        default=DEFAULT_PG,
+        help="PostgreSQL server URL on which kpi_bench_* databases are created "
+        f"and dropped (default {DEFAULT_PG}); 'none' skips PostgreSQL",
+    )
     args = parser.parse_args(argv)
     mode = "quick" if args.quick else "full"
     pg_url = None if args.pg.lower() == "none" else args.pg
@@ -44,8 +51,13 @@ def main(argv: Sequence[str] | None = None) -> int:
             results[name] = runners[name]()
             say(f"({name}: {time.perf_counter() - t0:.0f}s)")
     say()
-    say(render_table("summary: ratio vs target", ["benchmark", "figure", "ratio", "target", ""],
-                     summary_rows(results)))
+    say(
+        render_table(
+            "summary: ratio vs target",
+            ["benchmark", "figure", "ratio", "target", ""],
+            summary_rows(results),
+        )
+    )
     say(f"\ntotal {time.perf_counter() - start:.0f}s; results in {RESULTS_DIR}/")
     return 0
 
@@ -54,25 +66,46 @@ def summary_rows(results: dict[str, dict[str, Any]]) -> list[list[Any]]:
     rows: list[list[Any]] = []
     for r in results.get("append", {}).get("recorder", []):
         target = r["target"]
-        rows.append(["append", f"{r['backend']} recorder, {r['per_transaction']}/txn",
-                     r["ratio"], "-" if target is None else f">= {target}",
-                     "-" if target is None else ("meets" if r["meets_target"] else "MISSES")])
+        rows.append(
+            [
+                "append",
+                f"{r['backend']} recorder, {r['per_transaction']}/txn",
+                r["ratio"],
+                "-" if target is None else f">= {target}",
+                "-" if target is None else ("meets" if r["meets_target"] else "MISSES"),
+            ]
+        )
     for r in results.get("append", {}).get("application", []):
-        rows.append(["append", f"{r['backend']} submit_many vs Application.save", r["ratio"],
-                     "-", "-"])
+        rows.append(
+            ["append", f"{r['backend']} submit_many vs Application.save", r["ratio"], "-", "-"]
+        )
     if "verify" in results:
         v = results["verify"]
         a = v["all_cores"]
-        rows.append(["verify", f"all {v['workers']} cores vs bare Ed25519", a["ratio"],
-                     f">= {a['target']}", "meets" if a["meets_target"] else "MISSES"])
-        rows.append(["verify", "1 worker vs bare Ed25519 on 1 core", v["one_core"]["ratio"],
-                     "-", "-"])
+        rows.append(
+            [
+                "verify",
+                f"all {v['workers']} cores vs bare Ed25519",
+                a["ratio"],
+                f">= {a['target']}",
+                "meets" if a["meets_target"] else "MISSES",
+            ]
+        )
+        rows.append(
+            ["verify", "1 worker vs bare Ed25519 on 1 core", v["one_core"]["ratio"], "-", "-"]
+        )
     for r in results.get("proofs", {}).get("backends", []):
         for kind in ("inclusion", "consistency"):
             p99 = r[f"{kind}_ms"]["p99"]
-            rows.append(["proofs", f"{r['backend']} {kind} p99 {p99:.2f} ms (ratio: p50/PK)",
-                         r[f"{kind}_ratio_to_pk_select"], f"< {r['target_ms']:.0f} ms",
-                         "meets" if p99 < r["target_ms"] else "MISSES"])
+            rows.append(
+                [
+                    "proofs",
+                    f"{r['backend']} {kind} p99 {p99:.2f} ms (ratio: p50/PK)",
+                    r[f"{kind}_ratio_to_pk_select"],
+                    f"< {r['target_ms']:.0f} ms",
+                    "meets" if p99 < r["target_ms"] else "MISSES",
+                ]
+            )
     return rows
 
 

@@ -145,8 +145,9 @@ def pg_stores(db_url: str) -> StoreFactory:
 # -- table 1: recorders -------------------------------------------------------------------------
 
 
-def interleaved_rates(plain_url: str, sealed_url: str, specs: Sequence[Spec], per_txn: int
-                      ) -> tuple[float, float]:
+def interleaved_rates(
+    plain_url: str, sealed_url: str, specs: Sequence[Spec], per_txn: int
+) -> tuple[float, float]:
     """Events per second (plain, sealed) into two fresh stores, transactions alternating.
 
     After one warm-up transaction on each (prepared statements, first pages, frontier), the
@@ -162,7 +163,7 @@ def interleaved_rates(plain_url: str, sealed_url: str, specs: Sequence[Spec], pe
             stores[sealed].recorder.insert_events(batches[sealed].pop(0))
         seconds = {False: 0.0, True: 0.0}
         for k in range(len(batches[False])):
-            for sealed in ((False, True) if k % 2 == 0 else (True, False)):
+            for sealed in (False, True) if k % 2 == 0 else (True, False):
                 recorder = stores[sealed].recorder
                 batch = batches[sealed][k]
                 start = time.perf_counter()
@@ -175,8 +176,9 @@ def interleaved_rates(plain_url: str, sealed_url: str, specs: Sequence[Spec], pe
     return count / seconds[False], count / seconds[True]
 
 
-def recorder_rows(backend: str, fresh: StoreFactory, specs: Sequence[Spec], scale: Scale
-                  ) -> list[dict[str, Any]]:
+def recorder_rows(
+    backend: str, fresh: StoreFactory, specs: Sequence[Spec], scale: Scale
+) -> list[dict[str, Any]]:
     rows = []
     for per_txn, count in ((1, scale.single), (100, scale.batched)):
         chosen = specs[: count + per_txn]
@@ -191,24 +193,26 @@ def recorder_rows(backend: str, fresh: StoreFactory, specs: Sequence[Spec], scal
         ratio = median(ratios)
         target = TARGET_100 if per_txn == 100 else None
         plain_rate, sealed_rate = median(plain_samples), median(sealed_samples)
-        rows.append({
-            "backend": backend,
-            "per_transaction": per_txn,
-            "events_timed": count,
-            "repetitions": scale.reps,
-            "plain_events_per_s": plain_rate,
-            "sealed_events_per_s": sealed_rate,
-            "plain_us_per_event": 1e6 / plain_rate,
-            "sealed_us_per_event": 1e6 / sealed_rate,
-            "ratio": ratio,
-            "ratio_min": min(ratios),
-            "ratio_max": max(ratios),
-            "ratio_of_medians": sealed_rate / plain_rate,
-            "target": target,
-            "meets_target": None if target is None else ratio >= target,
-            "plain_samples": plain_samples,
-            "sealed_samples": sealed_samples,
-        })
+        rows.append(
+            {
+                "backend": backend,
+                "per_transaction": per_txn,
+                "events_timed": count,
+                "repetitions": scale.reps,
+                "plain_events_per_s": plain_rate,
+                "sealed_events_per_s": sealed_rate,
+                "plain_us_per_event": 1e6 / plain_rate,
+                "sealed_us_per_event": 1e6 / sealed_rate,
+                "ratio": ratio,
+                "ratio_min": min(ratios),
+                "ratio_max": max(ratios),
+                "ratio_of_medians": sealed_rate / plain_rate,
+                "target": target,
+                "meets_target": None if target is None else ratio >= target,
+                "plain_samples": plain_samples,
+                "sealed_samples": sealed_samples,
+            }
+        )
     return rows
 
 
@@ -287,8 +291,9 @@ class SealedAppRun:
     profile: dict[str, Any]
 
 
-def app_sealed_rate(url: str, work: Path, n_signers: int, count: int, *, profile: bool
-                    ) -> SealedAppRun:
+def app_sealed_rate(
+    url: str, work: Path, n_signers: int, count: int, *, profile: bool
+) -> SealedAppRun:
     ledger = bootstrap(url, work, n_signers)
     try:
         envelopes = attestations(ledger.signers, count + APP_BATCH)
@@ -308,8 +313,10 @@ def app_sealed_rate(url: str, work: Path, n_signers: int, count: int, *, profile
                 check_appended(ledger.service.submit_many(batch))
             profiler.disable()
             stats = pstats.Stats(profiler)
-            top = {"self": profile_rows(stats, 15), "cumulative": cumulative(
-                stats, [(f, n) for f, n, _ in APP_STEPS])}
+            top = {
+                "self": profile_rows(stats, 15),
+                "cumulative": cumulative(stats, [(f, n) for f, n, _ in APP_STEPS]),
+            }
     finally:
         ledger.close()
     return SealedAppRun(count / elapsed, lookup, top)
@@ -338,23 +345,30 @@ def step_costs_us(envelopes: Sequence[bytes], keys: Sequence[SigningKey]) -> dic
     for fact in facts:
         Attestation.attest(fact)
     handle = (time.perf_counter() - start) / len(facts) * 1e6
-    return {"parse_envelope_and_payload": parse, "ed25519_verify": verify,
-            "attestation_handler": handle}
+    return {
+        "parse_envelope_and_payload": parse,
+        "ed25519_verify": verify,
+        "attestation_handler": handle,
+    }
 
 
-def application_rows(backend: str, fresh: StoreFactory, work: Path, scale: Scale,
-                     *, profile: bool) -> tuple[list[dict[str, Any]], dict[str, Any]]:
+def application_rows(
+    backend: str, fresh: StoreFactory, work: Path, scale: Scale, *, profile: bool
+) -> tuple[list[dict[str, Any]], dict[str, Any]]:
     keys = signers(4)
     plain_envelopes = attestations(keys, scale.app_events + APP_BATCH)
     plain_samples: list[float] = []
     sealed_runs: list[SealedAppRun] = []
     for rep in range(scale.app_reps):
-        for sealed in ((False, True) if rep % 2 == 0 else (True, False)):
+        for sealed in (False, True) if rep % 2 == 0 else (True, False):
             with fresh() as url:
                 if sealed:
                     home = work / f"home-{backend}-{rep}"
-                    sealed_runs.append(app_sealed_rate(
-                        url, home, 4, scale.app_events, profile=profile and rep == 0))
+                    sealed_runs.append(
+                        app_sealed_rate(
+                            url, home, 4, scale.app_events, profile=profile and rep == 0
+                        )
+                    )
                 else:
                     plain_samples.append(app_plain_rate(url, plain_envelopes))
     plain = median(plain_samples)
@@ -378,8 +392,13 @@ def application_rows(backend: str, fresh: StoreFactory, work: Path, scale: Scale
 # -- entry point --------------------------------------------------------------------------------
 
 
-def run(mode: str = "full", pg_url: str | None = None, *, pg_is_database: bool = False,
-        results_dir: Path | None = None) -> dict[str, Any]:
+def run(
+    mode: str = "full",
+    pg_url: str | None = None,
+    *,
+    pg_is_database: bool = False,
+    results_dir: Path | None = None,
+) -> dict[str, Any]:
     """Run the benchmark; ``pg_url`` is a server (a fresh database is made) or, with
     ``pg_is_database``, a database to use as is (fresh schemas are made in it)."""
     scale = SCALES[mode]
@@ -394,18 +413,19 @@ def run(mode: str = "full", pg_url: str | None = None, *, pg_is_database: bool =
     with tempfile.TemporaryDirectory(prefix="kpi-bench-") as tmp:
         work = Path(tmp)
         backends: list[tuple[str, AbstractContextManager[str | None]]] = [
-            ("sqlite", nullcontext(None))]
+            ("sqlite", nullcontext(None))
+        ]
         if pg_url is not None:
-            backends.append(("postgres", nullcontext(pg_url) if pg_is_database
-                             else pg_database(pg_url)))
+            backends.append(
+                ("postgres", nullcontext(pg_url) if pg_is_database else pg_database(pg_url))
+            )
         for backend, database in backends:
             with database as db_url:
                 fresh = sqlite_stores(work) if db_url is None else pg_stores(db_url)
                 say(f"append: {backend} recorders ...")
                 recorder += recorder_rows(backend, fresh, specs, scale)
                 say(f"append: {backend} application path ...")
-                rows, extra = application_rows(backend, fresh, work, scale,
-                                               profile=mode != "tiny")
+                rows, extra = application_rows(backend, fresh, work, scale, profile=mode != "tiny")
                 application += rows
                 if extra:
                     profiles[backend] = extra["profile"]
@@ -413,8 +433,7 @@ def run(mode: str = "full", pg_url: str | None = None, *, pg_is_database: bool =
     costs["sealer_python"] = sealer_cpu_us(specs[: min(len(specs), 2000)])
     result = {
         "mode": mode,
-        "envelope_bytes": {"min": min(sizes), "max": max(sizes),
-                           "mean": sum(sizes) / len(sizes)},
+        "envelope_bytes": {"min": min(sizes), "max": max(sizes), "mean": sum(sizes) / len(sizes)},
         "recorder": recorder,
         "application": application,
         "step_costs_us": costs,
@@ -429,37 +448,76 @@ def report(result: dict[str, Any]) -> None:
     rows = []
     for r in result["recorder"]:
         target = r["target"]
-        rows.append([
-            r["backend"], r["per_transaction"], r["plain_events_per_s"],
-            r["sealed_events_per_s"], r["ratio"], f"{r['ratio_min']:.2f}-{r['ratio_max']:.2f}",
-            "-" if target is None else f">= {target}",
-            "-" if target is None else verdict(r["ratio"], target),
-        ])
+        rows.append(
+            [
+                r["backend"],
+                r["per_transaction"],
+                r["plain_events_per_s"],
+                r["sealed_events_per_s"],
+                r["ratio"],
+                f"{r['ratio_min']:.2f}-{r['ratio_max']:.2f}",
+                "-" if target is None else f">= {target}",
+                "-" if target is None else verdict(r["ratio"], target),
+            ]
+        )
     say()
-    say(render_table(
-        "append / recorder: sealed vs plain library recorder (events/s and ratio: medians"
-        " over repetitions)",
-        ["backend", "per txn", "plain ev/s", "sealed ev/s", "ratio", "range", "target", ""],
-        rows))
+    say(
+        render_table(
+            "append / recorder: sealed vs plain library recorder (events/s and ratio: medians"
+            " over repetitions)",
+            ["backend", "per txn", "plain ev/s", "sealed ev/s", "ratio", "range", "target", ""],
+            rows,
+        )
+    )
     say()
-    say(render_table(
-        "append / application: LedgerService.submit_many vs plain Application.save "
-        f"({APP_BATCH} per call)",
-        ["backend", "plain ev/s", "ledger ev/s", "ratio", "µs/ev plain", "µs/ev ledger",
-         "nonce query µs"],
-        [[r["backend"], r["plain_events_per_s"], r["sealed_events_per_s"], r["ratio"],
-          r["plain_us_per_event"], r["sealed_us_per_event"], r["nonce_lookup_us"]]
-         for r in result["application"]]))
+    say(
+        render_table(
+            "append / application: LedgerService.submit_many vs plain Application.save "
+            f"({APP_BATCH} per call)",
+            [
+                "backend",
+                "plain ev/s",
+                "ledger ev/s",
+                "ratio",
+                "µs/ev plain",
+                "µs/ev ledger",
+                "nonce query µs",
+            ],
+            [
+                [
+                    r["backend"],
+                    r["plain_events_per_s"],
+                    r["sealed_events_per_s"],
+                    r["ratio"],
+                    r["plain_us_per_event"],
+                    r["sealed_us_per_event"],
+                    r["nonce_lookup_us"],
+                ]
+                for r in result["application"]
+            ],
+        )
+    )
     say()
-    say(render_table("append / per-event CPU cost of the intake steps (µs, this run)",
-                     ["step", "µs/event"],
-                     [[k, v] for k, v in result["step_costs_us"].items()]))
+    say(
+        render_table(
+            "append / per-event CPU cost of the intake steps (µs, this run)",
+            ["step", "µs/event"],
+            [[k, v] for k, v in result["step_costs_us"].items()],
+        )
+    )
     for backend, profile in result["application_profile"].items():
         depth = {f"{f}:{n}": d for f, n, d in APP_STEPS}
-        rows = [["  " * depth.get(name, 0) + name, v["calls"], v["cum_s"], v["share"]]
-                for name, v in profile["cumulative"].items() if v["calls"]]
+        rows = [
+            ["  " * depth.get(name, 0) + name, v["calls"], v["cum_s"], v["share"]]
+            for name, v in profile["cumulative"].items()
+            if v["calls"]
+        ]
         say()
-        say(render_table(
-            f"append / where submit_many's time goes on {backend} (cProfile, 500 envelopes;"
-            " read_fact counts both parses)", ["function (callees indented)", "calls", "cum s",
-                                               "share"], rows))
+        say(
+            render_table(
+                f"append / where submit_many's time goes on {backend} (cProfile, 500 envelopes;"
+                " read_fact counts both parses)",
+                ["function (callees indented)", "calls", "cum s", "share"],
+                rows,
+            )
+        )

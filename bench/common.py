@@ -81,8 +81,11 @@ def render_table(title: str, headers: Sequence[str], rows: Sequence[Sequence[Any
     lines = [title, "  ".join(h.ljust(w) for h, w in zip(headers, widths, strict=True))]
     lines.append("  ".join("-" * w for w in widths))
     for row in cells:
-        lines.append("  ".join(c.rjust(w) if _numeric(c) else c.ljust(w)
-                               for c, w in zip(row, widths, strict=True)))
+        lines.append(
+            "  ".join(
+                c.rjust(w) if _numeric(c) else c.ljust(w) for c, w in zip(row, widths, strict=True)
+            )
+        )
     return "\n".join(lines)
 
 
@@ -127,8 +130,10 @@ def write_result(name: str, data: dict[str, Any], results_dir: Path | None = Non
     folder = RESULTS_DIR if results_dir is None else results_dir
     folder.mkdir(parents=True, exist_ok=True)
     path = folder / f"{name}.json"
-    path.write_text(json.dumps({"benchmark": name, "machine": machine_info(), **data},
-                               indent=2, sort_keys=True) + "\n")
+    path.write_text(
+        json.dumps({"benchmark": name, "machine": machine_info(), **data}, indent=2, sort_keys=True)
+        + "\n"
+    )
     return path
 
 
@@ -165,15 +170,19 @@ def pg_database(server_url: str) -> Iterator[str]:
     name = DB_PREFIX + secrets.token_hex(6)
     admin = libpq_url(server_url)
     with psycopg.connect(admin, autocommit=True) as conn:
-        conn.execute(sql.SQL("CREATE DATABASE {} TEMPLATE template0 ENCODING 'UTF8'"
-                             " LC_COLLATE 'C' LC_CTYPE 'C'").format(sql.Identifier(name)))
+        conn.execute(
+            sql.SQL(
+                "CREATE DATABASE {} TEMPLATE template0 ENCODING 'UTF8' LC_COLLATE 'C' LC_CTYPE 'C'"
+            ).format(sql.Identifier(name))
+        )
     parts = urlsplit(admin)
     try:
         yield urlunsplit(parts._replace(path="/" + name))
     finally:
         with psycopg.connect(admin, autocommit=True) as conn:
-            conn.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(
-                sql.Identifier(name)))
+            conn.execute(
+                sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name))
+            )
 
 
 @contextlib.contextmanager
@@ -186,8 +195,7 @@ def pg_schema(db_url: str) -> Iterator[str]:
         yield with_query(db_url, schema=name)
     finally:
         with psycopg.connect(libpq_url(db_url), autocommit=True) as conn:
-            conn.execute(sql.SQL("DROP SCHEMA IF EXISTS {} CASCADE").format(
-                sql.Identifier(name)))
+            conn.execute(sql.SQL("DROP SCHEMA IF EXISTS {} CASCADE").format(sql.Identifier(name)))
 
 
 @dataclass
@@ -266,18 +274,32 @@ def bootstrap(url: str, home_dir: Path, signer_count: int) -> Ledger:
         origin = f"bench.kpi-ledger.local/{secrets.token_hex(4)}"
         ledger_key = home.create(origin)
         admin = SigningKey.generate("admin")
-        service.submit(sign_fact(admin, "key.registered", {
-            "principal": admin.name, "public_key": admin.verifier().to_text(), "admin": True,
-        }).to_bytes())
+        service.submit(
+            sign_fact(
+                admin,
+                "key.registered",
+                {
+                    "principal": admin.name,
+                    "public_key": admin.verifier().to_text(),
+                    "admin": True,
+                },
+            ).to_bytes()
+        )
         service.sealed.set_meta("origin", origin)
         service.sealed.set_meta(
             "log_vkeys", "".join(k.to_text() + "\n" for k in log_verifier_keys(ledger_key))
         )
         keys = signers(signer_count)
         registrations = [
-            sign_fact(admin, "key.registered", {
-                "principal": k.name, "public_key": k.verifier().to_text(), "admin": False,
-            }).to_bytes()
+            sign_fact(
+                admin,
+                "key.registered",
+                {
+                    "principal": k.name,
+                    "public_key": k.verifier().to_text(),
+                    "admin": False,
+                },
+            ).to_bytes()
             for k in keys
         ]
         check_appended(service.submit_many(registrations))
@@ -305,8 +327,12 @@ def profile_rows(stats: Any, limit: int) -> list[dict[str, Any]]:
     total = sum(v[2] for v in raw.values()) or 1.0
     ordered = sorted(raw.items(), key=lambda kv: kv[1][2], reverse=True)[:limit]
     return [
-        {"function": f"{Path(k[0]).name}:{k[1]}({k[2]})", "calls": v[1],
-         "self_s": round(v[2], 4), "self_share": round(v[2] / total, 3)}
+        {
+            "function": f"{Path(k[0]).name}:{k[1]}({k[2]})",
+            "calls": v[1],
+            "self_s": round(v[2], 4),
+            "self_share": round(v[2] / total, 3),
+        }
         for k, v in ordered
     ]
 
@@ -322,6 +348,9 @@ def cumulative(stats: Any, names: Sequence[tuple[str, str]]) -> dict[str, dict[s
             if name == function and filename.endswith(suffix):
                 calls += v[1]
                 seconds += v[3]
-        out[f"{suffix}:{function}"] = {"calls": calls, "cum_s": round(seconds, 4),
-                                       "share": round(seconds / total, 3)}
+        out[f"{suffix}:{function}"] = {
+            "calls": calls,
+            "cum_s": round(seconds, 4),
+            "share": round(seconds / total, 3),
+        }
     return out

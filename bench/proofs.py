@@ -102,7 +102,8 @@ def pk_select(recorder: Sealed) -> Callable[[int, int], bytes]:
         return sqlite_select
     pg_recorder = recorder
     statement = SQL("SELECT hash FROM {}.log_nodes WHERE level = %s AND idx = %s").format(
-        Identifier(pg_recorder.datastore.schema))
+        Identifier(pg_recorder.datastore.schema)
+    )
 
     def pg_select(level: int, idx: int) -> bytes:
         with pg_recorder.datastore.get_connection() as conn, conn.cursor() as curs:
@@ -122,8 +123,12 @@ def ms(fn: Callable[..., object], *args: Any) -> float:
 
 
 def summary(values: list[float]) -> dict[str, float]:
-    return {"p50": percentile(values, 50), "p95": percentile(values, 95),
-            "p99": percentile(values, 99), "max": max(values)}
+    return {
+        "p50": percentile(values, 50),
+        "p95": percentile(values, 95),
+        "p99": percentile(values, 99),
+        "max": max(values),
+    }
 
 
 def measure(recorder: Sealed, size: int, samples: int, seed: int) -> dict[str, Any]:
@@ -175,9 +180,13 @@ def node_counts(all_ranges: list[list[tuple[int, int]]]) -> dict[str, float]:
         needed = nodes_needed(ranges)
         totals.append(float(len(needed)))
         leaves.append(float(sum(1 for level, _ in needed if level == 0)))
-    return {"median": median(totals), "max": max(totals), "min": min(totals),
-            "leaf_rows_median": median(leaves), "proof_hashes_median":
-            median([float(len(r)) for r in all_ranges])}
+    return {
+        "median": median(totals),
+        "max": max(totals),
+        "min": min(totals),
+        "leaf_rows_median": median(leaves),
+        "proof_hashes_median": median([float(len(r)) for r in all_ranges]),
+    }
 
 
 # -- backends -----------------------------------------------------------------------------------
@@ -195,8 +204,9 @@ def analyze(url: str, recorder: SealedPostgresRecorder) -> None:
             conn.execute(SQL("ANALYZE {}.{}").format(Identifier(schema), Identifier(table)))
 
 
-def bench_backend(backend: str, database: AbstractContextManager[str], scale: Scale
-                  ) -> dict[str, Any]:
+def bench_backend(
+    backend: str, database: AbstractContextManager[str], scale: Scale
+) -> dict[str, Any]:
     with database as url:
         store = open_store(url, sealed=True)
         try:
@@ -210,21 +220,27 @@ def bench_backend(backend: str, database: AbstractContextManager[str], scale: Sc
             row = measure(recorder, size, scale.samples, seed=size)
         finally:
             store.close()
-    row.update({"backend": backend, "fill_seconds": seconds,
-                "fill_events_per_s": scale.entries / seconds})
+    row.update(
+        {"backend": backend, "fill_seconds": seconds, "fill_events_per_s": scale.entries / seconds}
+    )
     return row
 
 
-def run(mode: str = "full", pg_url: str | None = None, *, results_dir: Path | None = None
-        ) -> dict[str, Any]:
+def run(
+    mode: str = "full", pg_url: str | None = None, *, results_dir: Path | None = None
+) -> dict[str, Any]:
     scale = SCALES[mode]
     rows = []
     with tempfile.TemporaryDirectory(prefix="kpi-bench-proofs-") as tmp:
         rows.append(bench_backend("sqlite", sqlite_log(Path(tmp)), scale))
     if pg_url is not None:
         rows.append(bench_backend("postgres", pg_database(pg_url), scale))
-    result = {"mode": mode, "entries": scale.entries, "fill_per_transaction": FILL_BATCH,
-              "backends": rows}
+    result = {
+        "mode": mode,
+        "entries": scale.entries,
+        "fill_per_transaction": FILL_BATCH,
+        "backends": rows,
+    }
     report(result)
     write_result(NAME, result, results_dir)
     return result
@@ -236,17 +252,41 @@ def report(result: dict[str, Any]) -> None:
         for kind in ("inclusion", "consistency"):
             t = r[f"{kind}_ms"]
             n = r[f"{kind}_nodes"]
-            lines.append([
-                r["backend"], kind, t["p50"], t["p95"], t["p99"],
-                r["pk_select_ms"]["p50"], r[f"{kind}_ratio_to_pk_select"],
-                f"{n['median']:.0f} ({n['leaf_rows_median']:.0f} leaf)",
-                f"< {r['target_ms']:.0f} ms", "meets" if t["p99"] < r["target_ms"] else "MISSES",
-            ])
+            lines.append(
+                [
+                    r["backend"],
+                    kind,
+                    t["p50"],
+                    t["p95"],
+                    t["p99"],
+                    r["pk_select_ms"]["p50"],
+                    r[f"{kind}_ratio_to_pk_select"],
+                    f"{n['median']:.0f} ({n['leaf_rows_median']:.0f} leaf)",
+                    f"< {r['target_ms']:.0f} ms",
+                    "meets" if t["p99"] < r["target_ms"] else "MISSES",
+                ]
+            )
     say()
-    say(render_table(
-        f"proofs at {result['entries']:,} entries (ms; ratio = proof p50 / PK select p50)",
-        ["backend", "proof", "p50", "p95", "p99", "pk p50", "ratio", "nodes read", "target",
-         ""], lines))
+    say(
+        render_table(
+            f"proofs at {result['entries']:,} entries (ms; ratio = proof p50 / PK select p50)",
+            [
+                "backend",
+                "proof",
+                "p50",
+                "p95",
+                "p99",
+                "pk p50",
+                "ratio",
+                "nodes read",
+                "target",
+                "",
+            ],
+            lines,
+        )
+    )
     for r in result["backends"]:
-        say(f"  {r['backend']}: filled at {r['fill_events_per_s']:,.0f} events/s "
-            f"({FILL_BATCH} per transaction) in {r['fill_seconds']:.0f}s")
+        say(
+            f"  {r['backend']}: filled at {r['fill_events_per_s']:,.0f} events/s "
+            f"({FILL_BATCH} per transaction) in {r['fill_seconds']:.0f}s"
+        )

@@ -152,8 +152,11 @@ class _Clock:
         return self
 
     def __exit__(self, *exc: object) -> None:
-        self.timing = Timing(time.perf_counter() - self.start, time.process_time() - self.main,
-                             _children_cpu() - self.children)
+        self.timing = Timing(
+            time.perf_counter() - self.start,
+            time.process_time() - self.main,
+            _children_cpu() - self.children,
+        )
 
 
 def _children_cpu() -> float:
@@ -186,8 +189,7 @@ def bare_parallel(jobs: list[Job], workers: int) -> Timing:
 # -- the verifier -------------------------------------------------------------------------------
 
 
-def run_verify(bundle: Path, log_keys: list[VerifierKey], workers: int
-               ) -> tuple[Timing, Report]:
+def run_verify(bundle: Path, log_keys: list[VerifierKey], workers: int) -> tuple[Timing, Report]:
     with ExportSource(bundle) as source, _Clock() as clock:
         report = verify(source, log_keys, workers=workers)
     return clock.timing, report
@@ -206,8 +208,9 @@ def profile_single(bundle: Path, log_keys: list[VerifierKey]) -> dict[str, Any]:
 # -- entry point --------------------------------------------------------------------------------
 
 
-def run(mode: str = "full", *, workers: int | None = None, results_dir: Path | None = None
-        ) -> dict[str, Any]:
+def run(
+    mode: str = "full", *, workers: int | None = None, results_dir: Path | None = None
+) -> dict[str, Any]:
     scale = SCALES[mode]
     cores = workers or os.cpu_count() or 1
     with tempfile.TemporaryDirectory(prefix="kpi-bench-verify-") as tmp:
@@ -232,15 +235,21 @@ def run(mode: str = "full", *, workers: int | None = None, results_dir: Path | N
             reports += [report_all, report_one]
         profile = profile_single(bundle, log_keys) if mode != "tiny" else {}
     samples = {k: [n / t.wall for t in v] for k, v in timings.items()}
-    cpu_us = {k: {"main": median([t.main_cpu / n * 1e6 for t in v]),
-                  "workers": median([t.children_cpu / n * 1e6 for t in v]),
-                  "total": median([(t.main_cpu + t.children_cpu) / n * 1e6 for t in v])}
-              for k, v in timings.items()}
+    cpu_us = {
+        k: {
+            "main": median([t.main_cpu / n * 1e6 for t in v]),
+            "workers": median([t.children_cpu / n * 1e6 for t in v]),
+            "total": median([(t.main_cpu + t.children_cpu) / n * 1e6 for t in v]),
+        }
+        for k, v in timings.items()
+    }
     rates = {k: median(v) for k, v in samples.items()}
-    ratio_all = median([v / b for v, b in zip(samples["verify_all"], samples["bare_all"],
-                                               strict=True)])
-    ratio_one = median([v / b for v, b in zip(samples["verify_one"], samples["bare_one"],
-                                               strict=True)])
+    ratio_all = median(
+        [v / b for v, b in zip(samples["verify_all"], samples["bare_all"], strict=True)]
+    )
+    ratio_one = median(
+        [v / b for v, b in zip(samples["verify_one"], samples["bare_one"], strict=True)]
+    )
     ok = all(r.ok and r.signatures_checked == n and r.size == n for r in reports)
     result: dict[str, Any] = {
         "mode": mode,
@@ -278,16 +287,31 @@ def run(mode: str = "full", *, workers: int | None = None, results_dir: Path | N
 def report(result: dict[str, Any]) -> None:
     a, o = result["all_cores"], result["one_core"]
     say()
-    say(render_table(
-        f"verify: {result['entries']:,} entries, {result['signers']} signing keys, "
-        f"report ok = {result['report_ok']}",
-        ["cores", "verify entries/s", "bare Ed25519 sig/s", "ratio", "target", ""],
-        [[f"all ({result['workers']})", a["verify_entries_per_s"], a["bare_signatures_per_s"],
-          a["ratio"], f">= {a['target']}", verdict(a["ratio"], a["target"])],
-         ["1", o["verify_entries_per_s"], o["bare_signatures_per_s"], o["ratio"], "-", "-"]]))
+    say(
+        render_table(
+            f"verify: {result['entries']:,} entries, {result['signers']} signing keys, "
+            f"report ok = {result['report_ok']}",
+            ["cores", "verify entries/s", "bare Ed25519 sig/s", "ratio", "target", ""],
+            [
+                [
+                    f"all ({result['workers']})",
+                    a["verify_entries_per_s"],
+                    a["bare_signatures_per_s"],
+                    a["ratio"],
+                    f">= {a['target']}",
+                    verdict(a["ratio"], a["target"]),
+                ],
+                ["1", o["verify_entries_per_s"], o["bare_signatures_per_s"], o["ratio"], "-", "-"],
+            ],
+        )
+    )
     cpu = result["cpu_us_per_entry"]
     say()
-    say(render_table(
-        "verify: CPU µs per entry, all processes (median); on all cores the ratio can be at"
-        " most bare total / verify total", ["run", "main process", "workers", "total"],
-        [[k, v["main"], v["workers"], v["total"]] for k, v in cpu.items()]))
+    say(
+        render_table(
+            "verify: CPU µs per entry, all processes (median); on all cores the ratio can be at"
+            " most bare total / verify total",
+            ["run", "main process", "workers", "total"],
+            [[k, v["main"], v["workers"], v["total"]] for k, v in cpu.items()],
+        )
+    )

@@ -24,17 +24,31 @@ def test_append_bench_on_sqlite_and_postgres(pg_url: str, tmp_path: Path) -> Non
 
     recorder = result["recorder"]
     assert {(r["backend"], r["per_transaction"]) for r in recorder} == {
-        ("sqlite", 1), ("sqlite", 100), ("postgres", 1), ("postgres", 100)}
+        ("sqlite", 1),
+        ("sqlite", 100),
+        ("postgres", 1),
+        ("postgres", 100),
+    }
     for row in recorder:
-        assert {"plain_events_per_s", "sealed_events_per_s", "ratio", "target",
-                "meets_target"} <= row.keys()
+        assert {
+            "plain_events_per_s",
+            "sealed_events_per_s",
+            "ratio",
+            "target",
+            "meets_target",
+        } <= row.keys()
         _positive(row, "plain_events_per_s", "sealed_events_per_s", "ratio")
         assert row["target"] == (append.TARGET_100 if row["per_transaction"] == 100 else None)
     assert {r["backend"] for r in result["application"]} == {"sqlite", "postgres"}
     for row in result["application"]:
         _positive(row, "plain_events_per_s", "sealed_events_per_s", "ratio", "nonce_lookup_us")
-    _positive(result["step_costs_us"], "parse_envelope_and_payload", "ed25519_verify",
-              "attestation_handler", "sealer_python")
+    _positive(
+        result["step_costs_us"],
+        "parse_envelope_and_payload",
+        "ed25519_verify",
+        "attestation_handler",
+        "sealer_python",
+    )
     assert 600 <= result["envelope_bytes"]["min"] <= result["envelope_bytes"]["max"] <= 900
     assert json.loads((tmp_path / "append.json").read_text())["benchmark"] == "append"
 
@@ -61,7 +75,8 @@ def test_proofs_bench_on_sqlite(tmp_path: Path) -> None:
     for kind in ("inclusion_ms", "consistency_ms", "pk_select_ms"):
         assert {"p50", "p95", "p99"} <= row[kind].keys()
         _positive(row[kind], "p50", "p95", "p99")
-    _positive(row, "inclusion_ratio_to_pk_select", "consistency_ratio_to_pk_select",
-              "fill_events_per_s")
+    _positive(
+        row, "inclusion_ratio_to_pk_select", "consistency_ratio_to_pk_select", "fill_events_per_s"
+    )
     assert row["inclusion_nodes"]["max"] <= 2 * row["size"].bit_length()
     assert (tmp_path / "proofs.json").is_file()
