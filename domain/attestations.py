@@ -54,9 +54,4 @@ class Attestation(SignedAggregate):
     @classmethod
     def attest(cls, fact: Fact) -> Attestation:
         cls.check(fact)
-        return cls._create(
-            cls.Attested,
-            id=cls.id_for(fact),
-            envelope=fact.envelope_bytes,
-            timestamp=fact.claimed_at,
-        )
+        return cls._start(cls.Attested, cls.id_for(fact), fact)

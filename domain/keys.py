@@ -62,12 +62,7 @@ class Principal(SignedAggregate):
 
     @classmethod
     def enrol(cls, fact: Fact) -> Principal:
-        return cls._create(
-            cls.Enrolled,
-            id=cls.id_for(fact.data["principal"]),
-            envelope=fact.envelope_bytes,
-            timestamp=fact.claimed_at,
-        )
+        return cls._start(cls.Enrolled, cls.id_for(fact.data["principal"]), fact)
 
     def record(self, fact: Fact) -> None:
         event_class = {
@@ -75,4 +70,4 @@ class Principal(SignedAggregate):
             KEY_ROTATED: Principal.KeyRotated,
             KEY_REVOKED: Principal.KeyRevoked,
         }[fact.type]
-        self.trigger_event(event_class, envelope=fact.envelope_bytes, timestamp=fact.claimed_at)
+        self._record(event_class, fact)

@@ -150,9 +150,13 @@ class LedgerService(Application[UUID]):
             pending: dict[UUID, SignedAggregate] = {}
             events: list[Any] = []  # in intake order: the order they are sealed in
             nonces: set[str] = set()
-            for i, raw in enumerate(envelopes):
+            parsed = [self._parse(raw) for raw in envelopes]
+            used = self.sealed.nonce_seqs([p.nonce for p in parsed if isinstance(p, Fact)])
+            for i, fact_or_refusal in enumerate(parsed):
                 try:
-                    fact = self._check(raw, head + len(accepted), ring, nonces)
+                    if isinstance(fact_or_refusal, Refusal):
+                        raise fact_or_refusal
+                    fact = self._check(fact_or_refusal, head + len(accepted), ring, nonces, used)
                     aggregate = self.handlers[fact.type](self, fact, pending)
                 except Refusal as refusal:
                     outcomes[i] = refusal
@@ -170,13 +174,18 @@ class LedgerService(Application[UUID]):
             self.after_append(head + len(accepted))
         return [o for o in outcomes if o is not None]
 
-    def _check(self, raw: bytes | str, position: int, ring: KeyRing, nonces: set[str]) -> Fact:
+    @staticmethod
+    def _parse(raw: bytes | str) -> Fact | Refusal:
         try:
-            fact = read_fact(raw.encode() if isinstance(raw, str) else raw, strict=True)
+            return read_fact(raw.encode() if isinstance(raw, str) else raw, strict=True)
         except (EnvelopeError, CanonicalFormError) as exc:
-            raise MalformedFact(str(exc)) from None
+            return MalformedFact(str(exc))
+
+    def _check(
+        self, fact: Fact, position: int, ring: KeyRing, nonces: set[str], used: dict[str, int]
+    ) -> Fact:
         who = {"fact_type": fact.type, "actor": fact.actor}
-        original = self.sealed.nonce_seq(fact.nonce)
+        original = used.get(fact.nonce)
         if original is not None or fact.nonce in nonces:
             raise ReplayRefused(
                 f"nonce {fact.nonce} was already used"

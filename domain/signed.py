@@ -8,10 +8,8 @@ the store (``from_envelope``) therefore reproduces it exactly, from bytes the lo
 
 from __future__ import annotations
 
-import datetime as dt
 import uuid
-from functools import cached_property
-from typing import Any, ClassVar
+from typing import Any, ClassVar, TypeVar
 from uuid import UUID
 
 from eventsourcing.domain import Aggregate
@@ -19,6 +17,9 @@ from eventsourcing.domain import Aggregate
 from signing.facts import Fact, read_fact
 
 NAMESPACE = uuid.UUID("6f9d5a7e-3c11-4c59-9a0e-8f2b7d0e4c21")
+
+
+A = TypeVar("A", bound="SignedAggregate")
 
 
 def stream_id(kind: str, key: str) -> UUID:
@@ -31,13 +32,14 @@ def _as_uuid(originator_id: Any) -> UUID:
 
 
 class SignedEvent(Aggregate.Event):
-    """An aggregate event carrying the exact bytes of the envelope that caused it."""
+    """An aggregate event carrying the exact bytes of the envelope that caused it.
+
+    ``fact`` is that envelope parsed; it is never stored (the mapper stores ``envelope``
+    only) and is rebuilt from the envelope when the event is read back.
+    """
 
     envelope: bytes
-
-    @cached_property
-    def fact(self) -> Fact:
-        return read_fact(self.envelope, strict=False)
+    fact: Fact
 
     @property
     def data(self) -> dict[str, Any]:
@@ -82,6 +84,19 @@ class SignedAggregate(Aggregate):
 
     FACT_TYPES: ClassVar[frozenset[str]] = frozenset()
 
-    @staticmethod
-    def claimed(fact: Fact) -> dt.datetime:
-        return fact.claimed_at
+    @classmethod
+    def _start(cls: type[A], event_class: type[SignedCreated], aggregate_id: UUID, fact: Fact) -> A:
+        """Create the aggregate from the fact that starts its stream."""
+        return cls._create(
+            event_class,
+            id=aggregate_id,
+            envelope=fact.envelope_bytes,
+            fact=fact,
+            timestamp=fact.claimed_at,
+        )
+
+    def _record(self, event_class: type[SignedEvent], fact: Fact) -> None:
+        """Append the event a fact causes."""
+        self.trigger_event(
+            event_class, envelope=fact.envelope_bytes, fact=fact, timestamp=fact.claimed_at
+        )

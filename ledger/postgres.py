@@ -56,12 +56,12 @@ class SealedPostgresRecorder(PostgresApplicationRecorder, SealedLog):
         ).format(schema=schema)
         self._sql_insert_entries = SQL(
             "INSERT INTO {schema}.log_entries (seq, notification_id, recorded_at, leaf_hash, nonce)"
-            " SELECT * FROM unnest(%s::bigint[], %s::bigint[], %s::text[], %s::bytea[],"
-            " %s::text[])"
+            " SELECT * FROM unnest(%b::bigint[], %b::bigint[], %b::text[], %b::bytea[],"
+            " %b::text[])"
         ).format(schema=schema)
         self._sql_insert_nodes = SQL(
             "INSERT INTO {schema}.log_nodes (level, idx, hash)"
-            " SELECT * FROM unnest(%s::smallint[], %s::bigint[], %s::bytea[])"
+            " SELECT * FROM unnest(%b::smallint[], %b::bigint[], %b::bytea[])"
         ).format(schema=schema)
         self._sql_select_leaves = SQL(
             "SELECT seq, leaf_hash FROM {schema}.log_entries WHERE seq = ANY(%s::bigint[])"
@@ -234,14 +234,14 @@ class SealedPostgresRecorder(PostgresApplicationRecorder, SealedLog):
                 (key, value),
             )
 
-    def _sql_nonce_seq(self, nonce: str) -> int | None:
+    def _sql_nonce_seqs(self, nonces: Sequence[str]) -> dict[str, int]:
         rows = self._query(
-            SQL("SELECT seq FROM {schema}.log_entries WHERE nonce = %s").format(
+            SQL("SELECT nonce, seq FROM {schema}.log_entries WHERE nonce = ANY(%s::text[])").format(
                 schema=self._schema
             ),
-            (nonce,),
+            (list(nonces),),
         )
-        return int(rows[0]["seq"]) if rows else None
+        return {str(r["nonce"]): int(r["seq"]) for r in rows}
 
     def _sql_seqs_for_notifications(self, ids: Sequence[int]) -> dict[int, int]:
         rows = self._query(

@@ -178,9 +178,15 @@ class SealedSQLiteRecorder(SQLiteApplicationRecorder, SealedLog):
                 (key, value),
             )
 
-    def _sql_nonce_seq(self, nonce: str) -> int | None:
-        rows = self._query("SELECT seq FROM log_entries WHERE nonce = ?", (nonce,))
-        return int(rows[0][0]) if rows else None
+    def _sql_nonce_seqs(self, nonces: Sequence[str]) -> dict[str, int]:
+        out: dict[str, int] = {}
+        for chunk in _chunks(list(nonces), 500):
+            marks = ",".join("?" * len(chunk))
+            rows = self._query(
+                f"SELECT nonce, seq FROM log_entries WHERE nonce IN ({marks})", chunk
+            )
+            out.update({str(r[0]): int(r[1]) for r in rows})
+        return out
 
     def _sql_seqs_for_notifications(self, ids: Sequence[int]) -> dict[int, int]:
         out: dict[int, int] = {}

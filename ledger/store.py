@@ -101,7 +101,7 @@ class SealedLog:
     def _sql_set_meta(self, key: str, value: str) -> None:
         raise NotImplementedError
 
-    def _sql_nonce_seq(self, nonce: str) -> int | None:
+    def _sql_nonce_seqs(self, nonces: Sequence[str]) -> dict[str, int]:
         raise NotImplementedError
 
     def _sql_seqs_for_notifications(self, ids: Sequence[int]) -> dict[int, int]:
@@ -172,7 +172,11 @@ class SealedLog:
         self._sql_set_meta(key, value)
 
     def nonce_seq(self, nonce: str) -> int | None:
-        return self._sql_nonce_seq(nonce)
+        return self.nonce_seqs([nonce]).get(nonce)
+
+    def nonce_seqs(self, nonces: Sequence[str]) -> dict[str, int]:
+        """The positions of the entries that already used any of ``nonces`` (one query)."""
+        return self._sql_nonce_seqs(nonces) if nonces else {}
 
     def seqs_for_notifications(self, ids: Sequence[int]) -> dict[int, int]:
         """Map notification ids (the event store's, with gaps) to log positions."""

@@ -64,9 +64,9 @@ def parse_time(text: str, *, field: str = "time") -> dt.datetime:
         raise CanonicalFormError(
             f"{field} must be an RFC 3339 UTC time like 2026-03-05T08:00:00Z, got {text!r}"
         )
-    try:
-        head, _, frac = text[:-1].partition(".")
-        parsed = dt.datetime.strptime(head, "%Y-%m-%dT%H:%M:%S").replace(tzinfo=dt.UTC)
+    head, _, frac = text[:-1].partition(".")
+    try:  # the pattern fixed the layout: fromisoformat only checks the calendar
+        parsed = dt.datetime.fromisoformat(head).replace(tzinfo=dt.UTC)
     except ValueError as exc:
         raise CanonicalFormError(f"{field} is not a valid time: {text!r}") from exc
     if frac:
