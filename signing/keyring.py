@@ -19,16 +19,31 @@ not revoked at a position before the entry (a key may sign its own revocation).
 from __future__ import annotations
 
 from dataclasses import dataclass, replace
-from typing import Any
+from typing import Any, Protocol
 
 from signing.errors import KeyFactError, KeyFormatError, RevokedKeyError, UnknownKeyError
-from signing.facts import Fact
 from signing.keys import VerifierKey
 
 KEY_REGISTERED = "key.registered"
 KEY_ROTATED = "key.rotated"
 KEY_REVOKED = "key.revoked"
 KEY_FACT_TYPES = frozenset({KEY_REGISTERED, KEY_ROTATED, KEY_REVOKED})
+
+
+class Fact(Protocol):
+    """What the key rules read of a fact (``signing.facts.Fact`` or a verifier's claim)."""
+
+    @property
+    def actor(self) -> str: ...
+
+    @property
+    def keyid(self) -> str: ...
+
+    @property
+    def type(self) -> str: ...
+
+    @property
+    def data(self) -> dict[str, Any]: ...
 
 
 @dataclass(frozen=True)

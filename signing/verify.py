@@ -25,17 +25,21 @@ holding only a bounded window of work in memory.
 from __future__ import annotations
 
 import hashlib
+import json
 import multiprocessing
 import os
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import Any, NamedTuple, Protocol
 
-from signing.canonical import parse_time
+from signing.canonical import loads_strict, parse_time
 from signing.checkpoint import SignedCheckpoint, verify_checkpoint
-from signing.entry import decode_entry, encode_entry
+from signing.dsse import pae
+from signing.encoding import b64decode_strict
+from signing.entry import Entry, decode_entry, encode_entry
 from signing.errors import (
+    EnvelopeError,
     IntegrityError,
     KeyFactError,
     NoteError,
@@ -43,7 +47,7 @@ from signing.errors import (
     SignatureError,
     UnknownKeyError,
 )
-from signing.facts import Fact, read_fact
+from signing.facts import check_payload
 from signing.keyring import KEY_FACT_TYPES, KeyRing
 from signing.keys import VerifierKey
 from signing.merkle import EMPTY_ROOT, CompactRange, leaf_hash
@@ -108,31 +112,75 @@ class Report:
 # ---------------------------------------------------------------------------------------
 
 
-@dataclass(frozen=True)
-class Checked:
+class Claim(NamedTuple):
+    """What the order-dependent checks need of a fact (its payload's identity and data)."""
+
+    actor: str
+    keyid: str
+    type: str
+    data: dict[str, Any]
+
+
+class Checked(NamedTuple):
+    """A worker's verdict on one entry: small, so it crosses processes cheaply.
+
+    ``entry`` travels back only when the main side needs the bytes (a leaf that differs from
+    the stored one, to classify the damage); ``pae``/``sig`` only when the worker did not
+    know the key and the main process must check the signature itself.
+    """
+
     row_seq: int
-    entry: bytes | None
     leaf: bytes | None
     claimed: bytes | None
+    entry: bytes | None = None
     error: str | None = None  # entry or envelope unreadable
     entry_seq: int = -1
     recorded_at: str = ""
-    fact: Fact | None = None
-    signature_ok: bool | None = None  # None: key unknown to the worker, check in main
+    claim: Claim | None = None
+    nonce: bytes = b""  # 12-byte digest of the envelope's nonce
+    signature_ok: bool | None = None  # None: key unknown to the worker
+    pae: bytes = b""
+    sig: bytes = b""
 
 
 _worker_keys: dict[str, VerifierKey] = {}
 _worker_version = -1
 
 
-def _learn_key(fact: Fact) -> None:
-    public = fact.data.get("public_key")
-    if fact.type in KEY_FACT_TYPES and isinstance(public, str):
+def _learn_key(claim: Claim) -> None:
+    public = claim.data.get("public_key")
+    if claim.type in KEY_FACT_TYPES and isinstance(public, str):
         try:
             key = VerifierKey.parse(public)
         except ValueError:
             return
         _worker_keys.setdefault(key.keyid, key)
+
+
+def _open(data: bytes) -> tuple[Entry, Claim, str, bytes, bytes]:
+    """Entry, claim, nonce, PAE and signature of one entry; raises on anything malformed."""
+    entry = decode_entry(data)
+    envelope = json.loads(entry.envelope)
+    if not isinstance(envelope, dict):
+        raise EnvelopeError("envelope is not a JSON object")
+    payload_type = envelope.get("payloadType")
+    if not isinstance(payload_type, str):
+        raise EnvelopeError("envelope.payloadType must be a string")
+    body = b64decode_strict(envelope.get("payload"), "envelope.payload", EnvelopeError)
+    payload = loads_strict(body)
+    check_payload(payload)
+    keyid = payload["keyid"]
+    signatures = envelope.get("signatures")
+    if not isinstance(signatures, list):
+        raise EnvelopeError("envelope.signatures must be a list")
+    for item in signatures:
+        if isinstance(item, dict) and item.get("keyid") == keyid:
+            sig = b64decode_strict(item.get("sig"), "signature", EnvelopeError)
+            break
+    else:
+        raise EnvelopeError(f"no signature by the payload's key {keyid}")
+    claim = Claim(payload["actor"], keyid, payload["type"], payload["data"])
+    return entry, claim, payload["nonce"], pae(payload_type, body), sig
 
 
 def check_chunk(chunk: Sequence[Row], keys: tuple[int, bytes] | None = None) -> list[Checked]:
@@ -150,23 +198,50 @@ def check_chunk(chunk: Sequence[Row], keys: tuple[int, bytes] | None = None) -> 
     out: list[Checked] = []
     for row_seq, data, claimed in chunk:
         if data is None:
-            out.append(Checked(row_seq, None, None, claimed, "the entry's event is missing"))
+            out.append(Checked(row_seq, None, claimed, error="the entry's event is missing"))
             continue
         leaf = leaf_hash(data)
+        kept = data if claimed is not None and claimed != leaf else None
         try:
-            entry = decode_entry(data)
-            fact = read_fact(entry.envelope, strict=False)
-        except (IntegrityError, ValueError) as exc:
-            out.append(Checked(row_seq, data, leaf, claimed, str(exc)))
+            entry, claim, nonce, message, sig = _open(data)
+        except (IntegrityError, ValueError, KeyError, TypeError) as exc:
+            out.append(Checked(row_seq, leaf, claimed, data, str(exc)))
             continue
-        _learn_key(fact)
-        known = _worker_keys.get(fact.keyid)
-        ok: bool | None = None
-        if known is not None:
-            ok = known.verify(fact.signature.sig, fact.envelope.pae())
-        out.append(
-            Checked(row_seq, data, leaf, claimed, None, entry.seq, entry.recorded_at, fact, ok)
-        )
+        _learn_key(claim)
+        known = _worker_keys.get(claim.keyid)
+        digest = hashlib.sha256(nonce.encode()).digest()[:12]
+        if known is None:
+            out.append(
+                Checked(
+                    row_seq,
+                    leaf,
+                    claimed,
+                    kept,
+                    None,
+                    entry.seq,
+                    entry.recorded_at,
+                    claim,
+                    digest,
+                    None,
+                    message,
+                    sig,
+                )
+            )
+        else:
+            out.append(
+                Checked(
+                    row_seq,
+                    leaf,
+                    claimed,
+                    kept,
+                    None,
+                    entry.seq,
+                    entry.recorded_at,
+                    claim,
+                    digest,
+                    known.verify(sig, message),
+                )
+            )
     return out
 
 
@@ -273,7 +348,7 @@ class _Main:
         leaf_changed = item.claimed is not None and item.claimed != item.leaf
         if leaf_changed:
             self.mismatches.append(item)
-        if item.error is not None or item.fact is None:
+        if item.error is not None or item.claim is None:
             if not leaf_changed:
                 self.flag(seq, CHANGED, f"entry unreadable: {item.error}")
             return
@@ -287,14 +362,13 @@ class _Main:
         self._check_fact(seq, item, leaf_changed)
 
     def _check_fact(self, seq: int, item: Checked, leaf_changed: bool) -> None:
-        fact = item.fact
+        fact = item.claim
         assert fact is not None
-        nonce = hashlib.sha256(fact.nonce.encode()).digest()[:12]
-        first = self.nonces.get(nonce)
+        first = self.nonces.get(item.nonce)
         if first is not None:
             self.flag(seq, INSERTED, f"replays the envelope of entry {first} (same nonce)")
             return
-        self.nonces[nonce] = seq
+        self.nonces[item.nonce] = seq
         try:
             record = self.ring.signer(seq, fact)
         except RevokedKeyError as exc:
@@ -312,7 +386,7 @@ class _Main:
             return
         ok = item.signature_ok
         if ok is None:
-            ok = record.key.verify(fact.signature.sig, fact.envelope.pae())
+            ok = record.key.verify(item.sig, item.pae)
         self.report.signatures_checked += 1
         if not ok:
             if leaf_changed:
