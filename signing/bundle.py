@@ -10,9 +10,11 @@ from __future__ import annotations
 import base64
 import binascii
 import json
+import re
 import tarfile
 import tempfile
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 
 from signing.errors import EntryError
@@ -21,6 +23,58 @@ from signing.keys import VerifierKey, read_verifier_keys
 
 class BundleError(EntryError):
     """The bundle's files are missing or malformed."""
+
+
+@dataclass(frozen=True)
+class Slice:
+    """A run of consecutive lines of ``entries.jsonl`` that a worker process loads itself."""
+
+    entries: str  # path of entries.jsonl
+    leaves: str | None  # path of extra/leaf-hashes.bin, if any
+    offset: int  # byte offset of the first line
+    length: int  # bytes
+    first: int  # index of the first line (and of its leaf hash)
+    count: int
+
+
+_FAST_LINE = re.compile(rb'\{"seq":(0|[1-9][0-9]*),"entry":"([A-Za-z0-9+/]*={0,2})"\}\r?\n?\Z')
+
+
+def _parse_line(number: int, line: bytes | str) -> tuple[int, bytes | None]:
+    match = _FAST_LINE.match(line) if isinstance(line, bytes) else None
+    if match is not None:
+        seq, text = match.groups()
+        try:
+            return int(seq), base64.b64decode(text, validate=True) if text else None
+        except binascii.Error:
+            pass  # reported by the general path below
+    try:
+        obj = json.loads(line)
+        seq = obj["seq"]
+        text = obj["entry"]
+        if type(seq) is not int or not isinstance(text, str):
+            raise ValueError("seq must be an integer and entry a string")
+        return seq, base64.b64decode(text, validate=True) if text else None
+    except (ValueError, KeyError, TypeError, binascii.Error) as exc:
+        raise BundleError(f"entries.jsonl line {number} is malformed: {exc}") from None
+
+
+def load_slice(part: Slice) -> list[tuple[int, bytes | None, bytes | None]]:
+    """The rows of one slice: (position, entry bytes, stored leaf hash)."""
+    with open(part.entries, "rb") as handle:
+        handle.seek(part.offset)
+        lines = handle.read(part.length).splitlines()
+    leaves = b""
+    if part.leaves is not None:
+        with open(part.leaves, "rb") as handle:
+            handle.seek(32 * part.first)
+            leaves = handle.read(32 * part.count)
+    rows: list[tuple[int, bytes | None, bytes | None]] = []
+    for i, line in enumerate(lines):
+        seq, entry = _parse_line(part.first + i + 1, line)
+        claimed = leaves[32 * i : 32 * i + 32]
+        rows.append((seq, entry, claimed if len(claimed) == 32 else None))
+    return rows
 
 
 class ExportSource:
@@ -74,16 +128,24 @@ class ExportSource:
         leaves = self.claimed_leaves()
         with open(self.path / "entries.jsonl", encoding="utf-8") as handle:
             for number, line in enumerate(handle, 1):
-                try:
-                    obj = json.loads(line)
-                    seq = obj["seq"]
-                    text = obj["entry"]
-                    if type(seq) is not int or not isinstance(text, str):
-                        raise ValueError("seq must be an integer and entry a string")
-                    entry = base64.b64decode(text, validate=True) if text else None
-                except (ValueError, KeyError, TypeError, binascii.Error) as exc:
-                    raise BundleError(f"entries.jsonl line {number} is malformed: {exc}") from None
+                seq, entry = _parse_line(number, line)
                 yield seq, entry, next(leaves, None)
+
+    def slices(self, lines: int) -> Iterator[Slice]:
+        """Cut ``entries.jsonl`` into runs of ``lines`` lines (only newlines are read here)."""
+        leaves_path = self.path / "extra" / "leaf-hashes.bin"
+        leaves = str(leaves_path) if leaves_path.is_file() else None
+        path = str(self.path / "entries.jsonl")
+        offset = start = first = count = 0
+        with open(path, "rb") as handle:
+            for line in handle:
+                offset += len(line)
+                count += 1
+                if count == lines:
+                    yield Slice(path, leaves, start, offset - start, first, count)
+                    start, first, count = offset, first + count, 0
+        if count:
+            yield Slice(path, leaves, start, offset - start, first, count)
 
     def size_hint(self) -> int:
         """The number of entries (lines), counted without parsing."""

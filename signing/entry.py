@@ -21,11 +21,12 @@ from __future__ import annotations
 
 import base64
 import json
+import re
 from dataclasses import dataclass
 
-from signing.canonical import MAX_SAFE_INTEGER, parse_time
+from signing.canonical import MAX_SAFE_INTEGER, UTC_TIME
 from signing.encoding import b64decode_strict
-from signing.errors import CanonicalFormError, EntryError
+from signing.errors import EntryError
 
 ENTRY_FIELDS = ("envelope", "recorded_at", "seq", "stream", "type", "version")
 _string = json.JSONEncoder(ensure_ascii=False).encode
@@ -57,27 +58,58 @@ def encode_entry(
     ).encode()
 
 
+# The canonical entry, field by field (JSON strings without escapes; the general case falls
+# back to the full parser). Used by ``decode_entry_fast`` on the verifier's hot path.
+_FAST_ENTRY = re.compile(
+    rb'\{"envelope":"([A-Za-z0-9+/]*={0,2})","recorded_at":"([0-9T:.Z-]+)","seq":(0|[1-9][0-9]*),'
+    rb'"stream":"([^"\\\x00-\x1f]*)","type":"([^"\\\x00-\x1f]*)","version":(0|[1-9][0-9]*)\}\Z'
+)
+
+
+def decode_entry_fast(data: bytes) -> Entry:
+    """``decode_entry`` for entries whose strings need no escapes (all the ledger writes)."""
+    match = _FAST_ENTRY.match(data)
+    if match is None:
+        return decode_entry(data)
+    envelope, recorded_at, seq, stream, type_, version = match.groups()
+    entry = Entry(
+        int(seq),
+        stream.decode(),
+        int(version),
+        type_.decode(),
+        recorded_at.decode(),
+        b64decode_strict(envelope.decode(), "entry.envelope", EntryError),
+    )
+    if entry.seq > MAX_SAFE_INTEGER or entry.version > MAX_SAFE_INTEGER:
+        raise EntryError("entry.seq and entry.version must be I-JSON integers")
+    if not UTC_TIME.match(entry.recorded_at):
+        raise EntryError(f"entry.recorded_at is not an RFC 3339 UTC time: {entry.recorded_at!r}")
+    return entry
+
+
 def decode_entry(data: bytes) -> Entry:
-    """Parse entry bytes, refusing anything that is not exactly a canonical entry."""
+    """Parse entry bytes, refusing anything that is not exactly a canonical entry.
+
+    Re-encoding and comparing proves the canonical form, the field set and the JSON types
+    at once; only the value ranges need checking besides.
+    """
     try:
         obj = json.loads(data)
-    except (UnicodeDecodeError, ValueError) as exc:
-        raise EntryError(f"entry is not valid JSON: {exc}") from None
-    if not isinstance(obj, dict) or tuple(sorted(obj)) != ENTRY_FIELDS:
-        raise EntryError(f"entry must have exactly the fields {', '.join(ENTRY_FIELDS)}")
-    seq, version = obj["seq"], obj["version"]
-    for name, value in (("seq", seq), ("version", version)):
-        if type(value) is not int or not 0 <= value <= MAX_SAFE_INTEGER:
-            raise EntryError(f"entry.{name} must be a non-negative integer")
-    for name in ("envelope", "recorded_at", "stream", "type"):
-        if not isinstance(obj[name], str):
-            raise EntryError(f"entry.{name} must be a string")
-    envelope = b64decode_strict(obj["envelope"], "entry.envelope", EntryError)
-    try:
-        parse_time(obj["recorded_at"], field="entry.recorded_at")
-    except CanonicalFormError as exc:
-        raise EntryError(str(exc)) from None
-    entry = Entry(seq, obj["stream"], version, obj["type"], obj["recorded_at"], envelope)
-    if entry.to_bytes() != bytes(data):
-        raise EntryError("entry bytes are not in canonical form")
+        entry = Entry(
+            obj["seq"],
+            obj["stream"],
+            obj["version"],
+            obj["type"],
+            obj["recorded_at"],
+            b64decode_strict(obj["envelope"], "entry.envelope", EntryError),
+        )
+        same = type(entry.seq) is int and type(entry.version) is int and (entry.to_bytes() == data)
+    except (UnicodeDecodeError, ValueError, TypeError, KeyError) as exc:
+        raise EntryError(f"entry is not a JSON entry object: {exc}") from None
+    if not same:
+        raise EntryError(f"entry bytes are not the canonical entry {{{', '.join(ENTRY_FIELDS)}}}")
+    if not (0 <= entry.seq <= MAX_SAFE_INTEGER and 0 <= entry.version <= MAX_SAFE_INTEGER):
+        raise EntryError("entry.seq and entry.version must be non-negative I-JSON integers")
+    if not UTC_TIME.match(entry.recorded_at):
+        raise EntryError(f"entry.recorded_at is not an RFC 3339 UTC time: {entry.recorded_at!r}")
     return entry

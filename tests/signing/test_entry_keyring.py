@@ -124,3 +124,39 @@ def test_genesis_must_be_self_signed_admin() -> None:
         KeyRing().signer(0, _fact(admin, "document.attested", {}))
     with pytest.raises(KeyFactError, match="sign its own"):
         KeyRing().signer(0, _register(other, admin, True))
+
+
+@given(
+    seq=st.integers(0, 2**53 - 1),
+    version=st.integers(0, 2**53 - 1),
+    stream=st.text(max_size=12),
+    type_=st.text(max_size=20),
+    envelope=st.binary(max_size=64),
+)
+def test_fast_entry_decoder_agrees_with_the_strict_one(
+    seq: int, version: int, stream: str, type_: str, envelope: bytes
+) -> None:
+    from signing.entry import decode_entry_fast
+
+    data = Entry(seq, stream, version, type_, "2026-03-05T08:00:00.000001Z", envelope).to_bytes()
+    assert decode_entry_fast(data) == decode_entry(data)
+
+
+@pytest.mark.parametrize(
+    "raw",
+    [
+        b'{"envelope":"","recorded_at":"2026-03-05T08:00:00","seq":1,"stream":"s","type":"t",'
+        b'"version":1}',
+        b'{"envelope":"","recorded_at":"2026-03-05T08:00:00Z","seq":01,"stream":"s","type":"t",'
+        b'"version":1}',
+        b'{"envelope":"A","recorded_at":"2026-03-05T08:00:00Z","seq":1,"stream":"s","type":"t",'
+        b'"version":1}',
+    ],
+)
+def test_fast_entry_decoder_refuses_what_the_strict_one_refuses(raw: bytes) -> None:
+    from signing.entry import decode_entry_fast
+
+    with pytest.raises(EntryError):
+        decode_entry(raw)
+    with pytest.raises(EntryError):
+        decode_entry_fast(raw)
