@@ -45,7 +45,7 @@ def _parse_line(number: int, line: bytes | str) -> tuple[int, bytes | None]:
     if match is not None:
         seq, text = match.groups()
         try:
-            return int(seq), base64.b64decode(text, validate=True) if text else None
+            return int(seq), binascii.a2b_base64(text, strict_mode=True) if text else None
         except binascii.Error:
             pass  # reported by the general path below
     try:

@@ -78,7 +78,7 @@ def decode_entry_fast(data: bytes) -> Entry:
         int(version),
         type_.decode(),
         recorded_at.decode(),
-        b64decode_strict(envelope.decode(), "entry.envelope", EntryError),
+        b64decode_strict(envelope, "entry.envelope", EntryError),
     )
     if entry.seq > MAX_SAFE_INTEGER or entry.version > MAX_SAFE_INTEGER:
         raise EntryError("entry.seq and entry.version must be I-JSON integers")

@@ -170,7 +170,7 @@ def _envelope_parts(raw: bytes) -> tuple[bytes, str, list[tuple[str, Any]]]:
     match = _FAST_ENVELOPE.match(raw)
     if match is not None:
         body_b64, payload_type, keyid, sig = match.groups()
-        body = b64decode_strict(body_b64.decode(), "envelope.payload", EnvelopeError)
+        body = b64decode_strict(body_b64, "envelope.payload", EnvelopeError)
         return body, payload_type.decode(), [(keyid.decode(), sig.decode())]
     envelope = json.loads(raw)
     if not isinstance(envelope, dict):
