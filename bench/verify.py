@@ -53,6 +53,7 @@ VERIFY_STEPS = [
     ("signing/verify.py", "verify"),
     ("signing/bundle.py", "entries"),
     ("signing/verify.py", "check_chunk"),
+    ("signing/verify.py", "_open"),
     ("signing/entry.py", "decode_entry"),
     ("signing/facts.py", "read_fact"),
     ("signing/dsse.py", "to_bytes"),
