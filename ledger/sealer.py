@@ -17,7 +17,7 @@ from uuid import UUID
 
 from eventsourcing.persistence import StoredEvent
 
-from signing.entry import encode_entry
+from signing.entry import encode_entry_parts, json_string
 from signing.merkle import CompactRange, leaf_hash
 
 
@@ -51,6 +51,7 @@ class Sealer:
     def __init__(self) -> None:
         self._lock = threading.Lock()
         self._frontier: CompactRange | None = None
+        self._topics: dict[str, str] = {}  # topic -> its JSON string form
 
     def seal(
         self,
@@ -65,22 +66,33 @@ class Sealer:
             cached.copy() if cached is not None and cached.size == head else load_frontier(head)
         )
         recorded_at = recorded_now()
+        recorded_json = json_string(recorded_at)
+        topics = self._topics
         batch = SealedBatch(start=head)
+        entry_rows, node_rows, append = batch.entry_rows, batch.node_rows, frontier.append
         seq = head
         for stored, notification_id in zip(stored_events, notification_ids, strict=True):
-            entry = encode_entry(
-                seq,
-                stream_name(stored.originator_id),
-                stored.originator_version,
-                stored.topic,
-                recorded_at,
-                stored.state,
+            topic_json = topics.get(stored.topic)
+            if topic_json is None:
+                topic_json = topics[stored.topic] = json_string(stored.topic)
+            originator = stored.originator_id
+            stream_json = (
+                f'"{originator}"' if isinstance(originator, UUID) else json_string(str(originator))
             )
-            leaf = leaf_hash(entry)
-            batch.entry_rows.append(
+            leaf = leaf_hash(
+                encode_entry_parts(
+                    seq,
+                    stream_json,
+                    stored.originator_version,
+                    topic_json,
+                    recorded_json,
+                    stored.state,
+                )
+            )
+            entry_rows.append(
                 (seq, notification_id, recorded_at, leaf, getattr(stored, "nonce", None))
             )
-            batch.node_rows.extend(frontier.append(leaf))
+            node_rows.extend(append(leaf))
             seq += 1
         batch.frontier = frontier
         return batch

@@ -47,6 +47,28 @@ class Entry:
         )
 
 
+def json_string(text: str) -> str:
+    """A string as JSON (RFC 8785 escaping, UTF-8 kept as is)."""
+    return _string(text)
+
+
+def encode_entry_parts(
+    seq: int,
+    stream_json: str,
+    version: int,
+    type_json: str,
+    recorded_at_json: str,
+    envelope: bytes,
+) -> bytes:
+    """``encode_entry`` with the string fields already JSON-encoded (for batches that share
+    them: the sealer encodes a batch's time once and each topic once)."""
+    b64 = base64.b64encode(envelope).decode("ascii")
+    return (
+        f'{{"envelope":"{b64}","recorded_at":{recorded_at_json},"seq":{int(seq)},'
+        f'"stream":{stream_json},"type":{type_json},"version":{int(version)}}}'
+    ).encode()
+
+
 def encode_entry(
     seq: int, stream: str, version: int, type_: str, recorded_at: str, envelope: bytes
 ) -> bytes:
