@@ -286,7 +286,7 @@ def cmd_receipt(args: argparse.Namespace) -> int:
 
 def cmd_export(args: argparse.Namespace) -> int:
     service = LedgerService(parse_database(database_url(args.db)))
-    bar = ProgressBar("export", enabled=None if args.progress else False)
+    bar = ProgressBar("export", enabled=True if args.progress else None)
     try:
         counts = export_bundle(service.sealed, Path(args.dir), progress=bar)
     finally:
@@ -301,7 +301,7 @@ def cmd_export(args: argparse.Namespace) -> int:
 
 def cmd_verify(args: argparse.Namespace) -> int:
     keys = _trusted_keys(args)
-    bar = ProgressBar("verify", enabled=None if args.progress else False)
+    bar = ProgressBar("verify", enabled=True if args.progress else None)
     workers = args.workers
     try:
         if args.dir:

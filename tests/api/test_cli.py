@@ -202,3 +202,11 @@ def test_checkpoint_on_an_empty_ledger_is_a_usage_error(
     LedgerHome(tmp_path / ".kpi-ledger").create("kpi.test/empty")
     assert main(["checkpoint"]) == 2
     assert "nothing to seal" in capsys.readouterr().err
+
+
+def test_progress_bar_on_request(cli: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["export", "bundle", "--progress"]) == 0
+    assert "export [" in capsys.readouterr().err
+    assert main(["verify", "bundle", "--log-key", "home/log.vkey", "--progress"]) == 0
+    captured = capsys.readouterr()
+    assert "verify [" in captured.err and captured.out.startswith("OK")
