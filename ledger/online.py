@@ -17,10 +17,6 @@ class DatabaseSource:
     def checkpoint_notes(self) -> list[str]:
         return [cp.note for cp in self.log.checkpoints()]
 
-    def claimed_leaves(self) -> Iterator[bytes]:
-        for row in self.log.read_rows(0, self._size):
-            yield row.leaf_hash
-
     def entries(self) -> Iterator[tuple[int, bytes | None, bytes | None]]:
         for row in self.log.read_rows(0, self._size):
             yield row.seq, row.entry, row.leaf_hash

@@ -37,17 +37,20 @@ class Slice:
     count: int
 
 
-_FAST_LINE = re.compile(rb'\{"seq":(0|[1-9][0-9]*),"entry":"([A-Za-z0-9+/]*={0,2})"\}\r?\n?\Z')
+_NUMBER = re.compile(rb"(?:0|[1-9][0-9]*)\Z")
 
 
 def _parse_line(number: int, line: bytes | str) -> tuple[int, bytes | None]:
-    match = _FAST_LINE.match(line) if isinstance(line, bytes) else None
-    if match is not None:
-        seq, text = match.groups()
-        try:
-            return int(seq), binascii.a2b_base64(text, strict_mode=True) if text else None
-        except binascii.Error:
-            pass  # reported by the general path below
+    if isinstance(line, bytes) and line.startswith(b'{"seq":'):
+        # The export writes exactly {"seq":N,"entry":"<base64>"}: cut it at its delimiters.
+        cut = line.find(b',"entry":"', 7)
+        body = line.rstrip(b"\r\n")
+        if cut > 7 and body.endswith(b'"}') and _NUMBER.match(line[7:cut]):
+            text = body[cut + 10 : -2]
+            try:
+                return int(line[7:cut]), binascii.a2b_base64(text, strict_mode=True) or None
+            except binascii.Error:
+                pass  # reported by the general path below
     try:
         obj = json.loads(line)
         seq = obj["seq"]

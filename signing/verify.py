@@ -73,8 +73,6 @@ class LogSource(Protocol):
 
     def checkpoint_notes(self) -> list[str]: ...
 
-    def claimed_leaves(self) -> Iterator[bytes]: ...
-
     def entries(self) -> Iterator[tuple[int, bytes | None, bytes | None]]:
         """(position, entry bytes or None if lost, the leaf hash stored with it or None)."""
         ...
@@ -303,41 +301,20 @@ def _checkpoints(
     return [good[size] for size in sorted(good)]
 
 
-def _authenticated_prefix(leaves: Iterator[bytes], checkpoints: list[SignedCheckpoint]) -> int:
-    """The largest checkpoint size up to which the claimed leaf hashes are confirmed."""
-    if not checkpoints:
-        return 0
-    frontier = CompactRange()
-    confirmed = 0
-    targets = deque(cp for cp in checkpoints if cp.checkpoint.size > 0)
-    for leaf in leaves:
-        if not targets:
-            break
-        frontier.append(leaf)
-        while targets and targets[0].checkpoint.size == frontier.size:
-            if frontier.root() != targets[0].checkpoint.root:
-                return confirmed
-            confirmed = targets.popleft().checkpoint.size
-    return confirmed
-
-
 class _Main:
     """Order-dependent checks, fed with worker results in sequence order."""
 
-    def __init__(
-        self,
-        report: Report,
-        checkpoints: list[SignedCheckpoint],
-        claimed: Callable[[int], bytes | None],
-        prefix: int,
-    ) -> None:
+    def __init__(self, report: Report, checkpoints: list[SignedCheckpoint]) -> None:
         self.report = report
-        self.prefix = prefix
         self.ring = KeyRing()
-        self.frontier = CompactRange()
+        self.frontier = CompactRange()  # the tree of the entries as they are now
+        # The tree of the leaf hashes stored with them: the same tree until the first entry
+        # whose stored hash differs, then a separate frontier from that point on.
+        self.claims: CompactRange | None = None
+        self.prefix = 0  # the largest checkpoint size whose root the stored hashes reproduce
+        self.prefix_open = True
         self.expected = 0
         self.nonces: dict[bytes, int] = {}
-        self.claimed = claimed
         # A checkpoint of size 0 commits to nothing but the empty root.
         for cp in checkpoints:
             if cp.checkpoint.size == 0 and cp.checkpoint.root != EMPTY_ROOT:
@@ -363,16 +340,16 @@ class _Main:
                 f"entries {self.expected}..{seq - 1} are missing (the sequence jumps)",
             )
             for missing in range(self.expected, seq):  # keep positions aligned in the tree
-                self._grow(missing, None)
+                self._grow(missing, None, None)
         elif seq < self.expected:
             self.flag(seq, INSERTED, f"a second entry claims position {seq}")
             return
         self.expected = seq + 1
         if item.leaf is None:
             self.flag(seq, DELETED, item.error or "entry missing")
-            self._grow(seq, None)
+            self._grow(seq, None, item.claimed)
             return
-        self._grow(seq, item.leaf)
+        self._grow(seq, item.leaf, item.claimed)
         # The ledger writes each leaf hash with its entry: any difference means tampering.
         leaf_changed = item.claimed is not None and item.claimed != item.leaf
         if leaf_changed:
@@ -426,12 +403,24 @@ class _Main:
         if fact.type in KEY_FACT_TYPES:
             self.ring.apply(seq, fact)
 
-    def _grow(self, seq: int, leaf: bytes | None) -> None:
-        self.frontier.append(leaf if leaf is not None else b"\0" * 32)
+    def _grow(self, seq: int, leaf: bytes | None, claimed: bytes | None) -> None:
+        placeholder = b"\0" * 32
+        leaf = leaf if leaf is not None else placeholder
+        stored = claimed if claimed is not None else leaf
+        if self.claims is None and stored != leaf:
+            self.claims = self.frontier.copy()
+        if self.claims is not None:
+            self.claims.append(stored)
+        self.frontier.append(leaf)
         while self.pending_checkpoints and (
             self.pending_checkpoints[0].checkpoint.size == self.frontier.size
         ):
             cp = self.pending_checkpoints.popleft()
+            claims_root = (self.claims or self.frontier).root()
+            if self.prefix_open and claims_root == cp.checkpoint.root:
+                self.prefix = cp.checkpoint.size
+            else:
+                self.prefix_open = False
             if self.frontier.root() == cp.checkpoint.root:
                 self.last_good_checkpoint = cp.checkpoint.size
                 self.recorded.clear()  # fork localisation looks only past the last good one
@@ -468,6 +457,7 @@ class _Main:
             )
         self._classify_mismatches()
         self.report.size = self.frontier.size
+        self.report.authenticated_prefix = self.prefix
         self.report.problems.sort()
 
     def _classify_mismatches(self) -> None:
@@ -515,7 +505,7 @@ class _Main:
                 target, entry.stream, entry.version, entry.type, entry.recorded_at, entry.envelope
             )
         )
-        return moved in (own_claim, self.claimed(target))
+        return moved == own_claim
 
     def _swap_partner(self, seq: int, entry: Any, by_seq: dict[int, Checked]) -> int | None:
         for other_seq, other in by_seq.items():
@@ -553,18 +543,7 @@ def verify(
     report = Report()
     checkpoints = _checkpoints(source.checkpoint_notes(), log_keys, report)
     report.checkpoints = checkpoints
-    prefix = _authenticated_prefix(source.claimed_leaves(), checkpoints)
-    report.authenticated_prefix = prefix
-    store = bytearray()
-    if prefix:
-        leaves = source.claimed_leaves()
-        for _ in range(prefix):
-            store += next(leaves)
-
-    def claimed(seq: int) -> bytes | None:
-        return bytes(store[32 * seq : 32 * seq + 32]) if 0 <= seq < prefix else None
-
-    main = _Main(report, checkpoints, claimed, prefix)
+    main = _Main(report, checkpoints)
     total = source.size_hint()
     done = 0
     workers = workers if workers is not None else (os.cpu_count() or 1)
