@@ -23,7 +23,7 @@ from eventsourcing.tests.persistence import (
 from eventsourcing.utils import Environment
 
 from ledger.config import parse_database
-from ledger.postgres import SealedPostgresRecorder
+from ledger.postgres import SealedPostgresFactory, SealedPostgresRecorder
 from ledger.sqlite import SealedSQLiteFactory, SealedSQLiteRecorder
 
 
@@ -187,3 +187,46 @@ def test_refused_writes_never_leave_a_gap_in_seq(db_url: str) -> None:
             assert ids is not None and ids[0] > 3  # the refused writes burned sequence values
     finally:
         factory.close()
+
+
+@pytest.mark.postgres
+class TestSealedPostgresFactory(InfrastructureFactoryTestCase[SealedPostgresFactory]):
+    def expected_factory_class(self) -> type[SealedPostgresFactory]:
+        return SealedPostgresFactory
+
+    def expected_aggregate_recorder_class(self) -> type[Any]:
+        from eventsourcing.postgres import PostgresAggregateRecorder
+
+        return PostgresAggregateRecorder
+
+    def expected_application_recorder_class(self) -> type[Any]:
+        return SealedPostgresRecorder
+
+    def expected_tracking_recorder_class(self) -> type[Any]:
+        from eventsourcing.postgres import PostgresTrackingRecorder
+
+        return PostgresTrackingRecorder
+
+    def tracking_recorder_subclass(self) -> type[Any]:
+        from eventsourcing.postgres import PostgresTrackingRecorder
+
+        class Sub(PostgresTrackingRecorder):
+            pass
+
+        return Sub
+
+    def expected_process_recorder_class(self) -> type[Any]:
+        from eventsourcing.postgres import PostgresProcessRecorder
+
+        return PostgresProcessRecorder
+
+    def setUp(self) -> None:
+        self._db = pg.fresh_database(pg.server_dsn())
+        url = self._db.__enter__()
+        self.env = Environment("TestCase")
+        self.env.update(parse_database(url).env)
+        InfrastructureFactoryTestCase.setUp(self)
+
+    def tearDown(self) -> None:
+        InfrastructureFactoryTestCase.tearDown(self)
+        self._db.__exit__(None, None, None)
