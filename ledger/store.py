@@ -25,7 +25,6 @@ from signing.merkle import (
     perfect_subtrees,
 )
 
-LOG_TABLES = ("log_entries", "log_nodes", "log_checkpoints", "log_meta")
 READ_BATCH = 2000
 
 
