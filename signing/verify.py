@@ -64,6 +64,7 @@ BAD_CHECKPOINT = "bad checkpoint"
 KINDS = (CHANGED, DELETED, SWAPPED, INSERTED, FORKED, BAD_SIGNATURE, REVOKED_KEY, BAD_CHECKPOINT)
 
 CHUNK = 512
+MAX_SWAP_SEARCH = 512  # altered entries beyond which swaps are not looked for
 ProgressFn = Callable[[int, int], None]
 Row = tuple[int, bytes | None, bytes | None]  # position, entry bytes, claimed leaf hash
 
@@ -308,14 +309,13 @@ class _Main:
                 report.add(0, BAD_CHECKPOINT, "a checkpoint of size 0 with a non-empty root")
         self.pending_checkpoints = deque(cp for cp in checkpoints if cp.checkpoint.size > 0)
         self.last_good_checkpoint = 0
-        self.flagged: set[int] = set()
+        self.problems: dict[int, Problem] = {}  # one per position: the first (or reclassified)
         self.mismatches: list[Checked] = []
         self.recorded: dict[int, str] = {}
 
     def flag(self, seq: int, kind: str, detail: str) -> None:
-        if seq not in self.flagged:
-            self.flagged.add(seq)
-            self.report.add(seq, kind, detail)
+        if seq not in self.problems:
+            self.problems[seq] = Problem(seq, kind, detail)
 
     def feed(self, item: Checked) -> None:
         seq = item.row_seq
@@ -415,7 +415,7 @@ class _Main:
 
     def _root_mismatch(self, cp: SignedCheckpoint) -> None:
         size = cp.checkpoint.size
-        if any(s < size for s in self.flagged) or any(m.row_seq < size for m in self.mismatches):
+        if any(s < size for s in self.problems) or any(m.row_seq < size for m in self.mismatches):
             return  # already explained entry by entry
         start = self.last_good_checkpoint
         first = start
@@ -444,7 +444,7 @@ class _Main:
         self._classify_mismatches()
         self.report.size = self.frontier.size
         self.report.authenticated_prefix = self.prefix
-        self.report.problems.sort()
+        self.report.problems = sorted(self.report.problems + list(self.problems.values()))
 
     def _classify_mismatches(self) -> None:
         by_seq = {m.row_seq: m for m in self.mismatches}
@@ -454,7 +454,9 @@ class _Main:
             if seq in done:
                 continue
             entry = decode_entry(m.entry) if m.error is None and m.entry else None
-            partner = self._swap_partner(seq, entry, by_seq) if entry else None
+            # Pairing is quadratic: past a few hundred altered entries, call each "changed".
+            pairable = entry is not None and len(by_seq) <= MAX_SWAP_SEARCH
+            partner = self._swap_partner(seq, entry, by_seq) if pairable else None
             if partner is not None:
                 done.update({seq, partner})
                 self._replace(seq, SWAPPED, f"swapped with entry {partner}")
@@ -477,9 +479,7 @@ class _Main:
             self._replace(seq, CHANGED, f"entry bytes differ from the sealed leaf hash{confirmed}")
 
     def _replace(self, seq: int, kind: str, detail: str) -> None:
-        self.report.problems = [p for p in self.report.problems if p.seq != seq]
-        self.flagged.add(seq)
-        self.report.add(seq, kind, detail)
+        self.problems[seq] = Problem(seq, kind, detail)
 
     def _shifted(self, entry: Any, own_claim: bytes | None, delta: int) -> bool:
         """Was this entry sealed at ``seq + delta`` (its row renumbered, or the log shifted)?"""

@@ -215,3 +215,15 @@ def test_checkpoint_from_another_key_is_rejected(sealed: Ledger, tmp_path: Path)
     report = verify(DatabaseSource(sealed.service.sealed), [other], workers=1)
     assert online.ok
     assert {p.kind for p in report.problems} == {"bad checkpoint"}
+
+
+def test_many_altered_entries_are_each_reported(
+    sealed: Ledger, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import signing.verify
+
+    monkeypatch.setattr(signing.verify, "MAX_SWAP_SEARCH", 5)  # past the cap: no pairing
+    sealed.sql(
+        "UPDATE log_entries SET recorded_at = %s WHERE seq >= 3", ("2020-01-01T00:00:00.000000Z",)
+    )
+    _assert_found(sealed, tmp_path, [(s, "changed") for s in range(3, 33)])
