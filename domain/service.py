@@ -117,17 +117,22 @@ class LedgerService(Application[UUID]):
             return None
 
     def refresh_keyring(self) -> KeyRing:
-        """Bring the key ring up to date with key facts written since the last scan."""
-        while True:
+        """Bring the key ring up to date with key facts written since the last scan.
+
+        Runs under the writer lock, where notification ids are in commit order: the scan goes
+        up to the newest id at its start, and the cursor moves there even when no key fact
+        was found, so each scan reads only what is new.
+        """
+        top = self.recorder.max_notification_id() or 0
+        while self._key_cursor < top:
             notifications = self.recorder.select_notifications(
-                start=self._key_cursor + 1, limit=500, topics=KEY_TOPICS
+                start=self._key_cursor + 1, limit=500, stop=top, topics=KEY_TOPICS
             )
-            if not notifications:
-                return self.keyring
             seqs = self.sealed.seqs_for_notifications([n.id for n in notifications])
             for n in sorted(notifications, key=lambda n: seqs[n.id]):
                 self.keyring.apply(seqs[n.id], read_fact(n.state, strict=False))
-            self._key_cursor = notifications[-1].id
+            self._key_cursor = notifications[-1].id if len(notifications) == 500 else top
+        return self.keyring
 
     # -- writing -------------------------------------------------------------------------
     def submit(self, envelope: bytes | str) -> Appended:

@@ -135,3 +135,16 @@ def test_a_restarted_service_rebuilds_its_key_ring(
     with pytest.raises(KeyRefused, match="revoked"):
         again.submit(sign_fact(lan, "document.attested", {"sha256": "aa" * 32}).to_bytes())
     again.close()
+
+
+def test_the_key_scan_reads_only_what_is_new(service: LedgerService) -> None:
+    admin: SigningKey = service.admin  # type: ignore[attr-defined]
+    lan = SigningKey.generate("lan")
+    service.submit(_register(admin, lan))
+    service.submit_many(
+        [sign_fact(lan, "document.attested", {"sha256": f"{i:064x}"}).to_bytes() for i in range(5)]
+    )
+    top = service.recorder.max_notification_id()
+    assert service._key_cursor == top - 5  # scanned up to the top before that batch
+    service.refresh_keyring()
+    assert service._key_cursor == top  # no key fact since, yet the cursor moved to the top
