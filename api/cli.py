@@ -17,6 +17,8 @@ from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import TextIO
 
+from eventsourcing.persistence import PersistenceError
+
 from api.progress import ProgressBar
 from domain.errors import Refusal
 from domain.service import Appended, LedgerService
@@ -270,6 +272,8 @@ def cmd_checkpoint(args: argparse.Namespace) -> int:
 
 
 def cmd_receipt(args: argparse.Namespace) -> int:
+    if args.seq < 0:
+        raise UsageError("a sequence number is 0 or more")
     service = LedgerService(parse_database(database_url(args.db)))
     try:
         latest = service.sealed.latest_checkpoint()
@@ -470,6 +474,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     except Refusal as refusal:
         sys.stderr.write(f"refused: {refusal}\n")
         return 1
+    except PersistenceError as exc:
+        where = parse_database(database_url(args.db)).display
+        sys.stderr.write(f"kpi-ledger {args.command}: cannot use the database {where}: {exc}\n")
+        return 2
     except (
         UsageError,
         ConfigError,

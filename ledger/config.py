@@ -70,6 +70,7 @@ def parse_database(url: str) -> Database:
             "POSTGRES_USER": unquote(parts.username or "postgres"),
             "POSTGRES_PASSWORD": unquote(parts.password or ""),
             "POSTGRES_LOCK_TIMEOUT": "30",
+            "POSTGRES_CONNECT_TIMEOUT": query.get("connect_timeout", ["10"])[0],
             "POSTGRES_POOL_SIZE": query.get("pool_size", ["4"])[0],
             "POSTGRES_MAX_OVERFLOW": "8",
         }

@@ -210,3 +210,28 @@ def test_progress_bar_on_request(cli: Path, capsys: pytest.CaptureFixture[str]) 
     assert main(["verify", "bundle", "--log-key", "home/log.vkey", "--progress"]) == 0
     captured = capsys.readouterr()
     assert "verify [" in captured.err and captured.out.startswith("OK")
+
+
+@pytest.mark.parametrize(
+    ("url", "words"),
+    [
+        ("sqlite:////nonexistent/dir/ledger.db", "cannot use the database"),
+        ("postgresql://postgres@127.0.0.1:1/none?connect_timeout=1", "cannot use the database"),
+    ],
+)
+def test_an_unusable_database_is_a_clear_error(
+    url: str,
+    words: str,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    assert main(["--db", url, "init"]) == 2
+    assert words in capsys.readouterr().err
+    assert not (tmp_path / ".kpi-ledger").exists()  # nothing was created
+
+
+def test_receipt_of_a_negative_position(cli: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["receipt", "--", "-1"]) == 2
+    assert "0 or more" in capsys.readouterr().err
