@@ -58,7 +58,7 @@ def _parse_line(number: int, line: bytes | str) -> tuple[int, bytes | None]:
         if type(seq) is not int or not isinstance(text, str):
             raise ValueError("seq must be an integer and entry a string")
         return seq, base64.b64decode(text, validate=True) if text else None
-    except (ValueError, KeyError, TypeError, binascii.Error) as exc:
+    except (ValueError, KeyError, TypeError, RecursionError, binascii.Error) as exc:
         raise BundleError(f"entries.jsonl line {number} is malformed: {exc}") from None
 
 

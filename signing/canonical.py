@@ -90,8 +90,13 @@ def _check_string(value: str, path: str) -> None:
             )
 
 
-def validate(value: Any, path: str = "$") -> None:
+MAX_DEPTH = 64
+
+
+def validate(value: Any, path: str = "$", depth: int = 0) -> None:
     """Raise CanonicalFormError unless ``value`` is an acceptable payload value."""
+    if depth > MAX_DEPTH:
+        raise CanonicalFormError(f"{path}: nested deeper than {MAX_DEPTH} levels")
     if value is None or isinstance(value, bool):
         return
     if isinstance(value, int):
@@ -109,7 +114,7 @@ def validate(value: Any, path: str = "$") -> None:
         return
     if isinstance(value, list):
         for i, item in enumerate(value):
-            validate(item, f"{path}[{i}]")
+            validate(item, f"{path}[{i}]", depth + 1)
         return
     if isinstance(value, dict):
         for key, item in value.items():
@@ -117,7 +122,7 @@ def validate(value: Any, path: str = "$") -> None:
                 raise CanonicalFormError(f"{path}: object key {key!r} is not a string")
             if not unicodedata.is_normalized("NFC", key):
                 raise CanonicalFormError(f"{path}: key {key!r} is not NFC-normalised")
-            validate(item, f"{path}.{key}")
+            validate(item, f"{path}.{key}", depth + 1)
         return
     raise CanonicalFormError(f"{path}: value of type {type(value).__name__} is not JSON")
 
@@ -217,7 +222,7 @@ def loads_strict(data: bytes | str, *, what: str = "payload") -> Any:
         return _DECODER.decode(text)
     except CanonicalFormError as exc:
         raise CanonicalFormError(f"{what}: {exc}") from None
-    except (UnicodeDecodeError, ValueError) as exc:
+    except (UnicodeDecodeError, ValueError, RecursionError) as exc:
         raise CanonicalFormError(f"{what} is not valid UTF-8 JSON: {exc}") from None
 
 

@@ -107,7 +107,7 @@ class Envelope:
             raise EnvelopeError(f"envelope larger than {MAX_ENVELOPE_BYTES} bytes")
         try:
             obj = json.loads(data)
-        except (UnicodeDecodeError, ValueError) as exc:
+        except (UnicodeDecodeError, ValueError, RecursionError) as exc:
             raise EnvelopeError(f"envelope is not valid JSON: {exc}") from None
         return cls.from_json_obj(obj)
 

@@ -156,7 +156,7 @@ def decode_entry(data: bytes) -> Entry:
             b64decode_strict(obj["envelope"], "entry.envelope", EntryError),
         )
         same = type(entry.seq) is int and type(entry.version) is int and (entry.to_bytes() == data)
-    except (UnicodeDecodeError, ValueError, TypeError, KeyError) as exc:
+    except (UnicodeDecodeError, ValueError, TypeError, KeyError, RecursionError) as exc:
         raise EntryError(f"entry is not a JSON entry object: {exc}") from None
     if not same:
         raise EntryError(f"entry bytes are not the canonical entry {{{', '.join(ENTRY_FIELDS)}}}")

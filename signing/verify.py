@@ -232,7 +232,7 @@ def check_chunk(chunk: Sequence[Row], keys: tuple[int, bytes] | None = None) -> 
         kept = data if claimed is not None and claimed != leaf else None
         try:
             entry, claim, nonce, message, sig = _open(data)
-        except (IntegrityError, ValueError, KeyError, TypeError) as exc:
+        except (IntegrityError, ValueError, KeyError, TypeError, RecursionError) as exc:
             out.append(Checked(row_seq, leaf, claimed, data, str(exc)))
             continue
         _learn_key(claim)

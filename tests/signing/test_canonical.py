@@ -99,3 +99,18 @@ def test_time_round_trip() -> None:
     assert parse_time(format_time(when)) == when
     with pytest.raises(CanonicalFormError):
         parse_time("2026-02-30T08:00:00Z")
+
+
+@pytest.mark.parametrize("depth", [65, 5000])
+def test_deep_nesting_is_refused_not_crashed(depth: int) -> None:
+    text = b'{"a":' * depth + b"1" + b"}" * depth
+    with pytest.raises(CanonicalFormError):
+        parse_canonical(text)
+
+
+def test_deeply_nested_envelope_is_a_clear_refusal() -> None:
+    from signing.errors import EnvelopeError
+    from signing.facts import read_fact
+
+    with pytest.raises(EnvelopeError, match="not valid JSON"):
+        read_fact(b"[" * 100_000 + b"]" * 100_000)
