@@ -5,14 +5,16 @@ from __future__ import annotations
 
 import multiprocessing
 from pathlib import Path
-
-from conftest import Ledger
+from typing import TYPE_CHECKING
 
 from domain.service import LedgerService
 from ledger.online import DatabaseSource
 from signing.facts import sign_fact
 from signing.keys import SigningKey
 from signing.verify import verify
+
+if TYPE_CHECKING:  # the writers import this module in fresh processes: no conftest there
+    from conftest import Ledger
 
 WRITERS = 3
 BATCHES = 15
