@@ -32,6 +32,7 @@ from signing.canonical import loads_strict
 from signing.checkpoint import log_verifier_keys, verify_checkpoint
 from signing.errors import IntegrityError, NoteError, ProofError
 from signing.facts import make_payload, sign_fact, sign_payload
+from signing.keyring import key_registration
 from signing.keys import (
     SigningKey,
     VerifierKey,
@@ -123,11 +124,7 @@ def cmd_init(args: argparse.Namespace) -> int:
         ledger_key = home.create(origin)
         admin = SigningKey.generate(args.admin)
         write_key_pair(admin, home.path)
-        registration = sign_fact(
-            admin,
-            "key.registered",
-            {"principal": admin.name, "public_key": admin.verifier().to_text(), "admin": True},
-        )
+        registration = key_registration(admin, admin.verifier(), admin=True)
         appended = service.submit(registration.to_bytes())
         service.sealed.set_meta("origin", origin)
         service.sealed.set_meta(
@@ -172,11 +169,7 @@ def cmd_register_key(args: argparse.Namespace) -> int:
     if public.name != args.name:
         raise UsageError(f"{args.pubfile} holds a key named {public.name!r}, not {args.name!r}")
     admin = _admin_key(args)
-    envelope = sign_fact(
-        admin,
-        "key.registered",
-        {"principal": args.name, "public_key": public.to_text(), "admin": bool(args.admin)},
-    )
+    envelope = key_registration(admin, public, admin=bool(args.admin))
     appended = _submit_one(args, envelope.to_bytes())
     print(f"{appended.seq}\tkey {public.keyid} registered for {args.name}")
     return 0

@@ -21,8 +21,9 @@ from __future__ import annotations
 from dataclasses import dataclass, replace
 from typing import Any, Protocol
 
+from signing.dsse import Envelope
 from signing.errors import KeyFactError, KeyFormatError, RevokedKeyError, UnknownKeyError
-from signing.keys import VerifierKey
+from signing.keys import SigningKey, VerifierKey
 
 KEY_REGISTERED = "key.registered"
 KEY_ROTATED = "key.rotated"
@@ -188,3 +189,21 @@ class KeyRing:
             target = self.keys[data["keyid"]]
             self.keys[target.keyid] = replace(target, revoked_at=seq)
         self.size = max(self.size, seq + 1)
+
+
+def key_registration(
+    signer: SigningKey, key: VerifierKey, *, admin: bool = False, **fact: Any
+) -> Envelope:
+    """The signed ``key.registered`` fact for ``key`` (its name is the principal).
+
+    ``signer`` is an administrator's key — or ``key``'s own, for the genesis entry.
+    Extra keyword arguments (``time``, ``nonce``) go to ``sign_fact``.
+    """
+    from signing.facts import sign_fact
+
+    return sign_fact(
+        signer,
+        KEY_REGISTERED,
+        {"principal": key.name, "public_key": key.to_text(), "admin": admin},
+        **fact,
+    )

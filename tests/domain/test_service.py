@@ -21,6 +21,7 @@ from ledger.config import parse_database
 from ledger.online import DatabaseSource
 from signing.dsse import Envelope, Signature
 from signing.facts import sign_fact
+from signing.keyring import key_registration
 from signing.keys import SigningKey
 from signing.verify import verify
 
@@ -29,31 +30,13 @@ from signing.verify import verify
 def service(db_url: str) -> LedgerService:
     app = LedgerService(parse_database(db_url))
     admin = SigningKey.generate("admin")
-    app.submit(
-        sign_fact(
-            admin,
-            "key.registered",
-            {
-                "principal": "admin",
-                "public_key": admin.verifier().to_text(),
-                "admin": True,
-            },
-        ).to_bytes()
-    )
+    app.submit(key_registration(admin, admin.verifier(), admin=True).to_bytes())
     app.admin = admin  # type: ignore[attr-defined]
     return app
 
 
 def _register(admin: SigningKey, key: SigningKey) -> bytes:
-    return sign_fact(
-        admin,
-        "key.registered",
-        {
-            "principal": key.name,
-            "public_key": key.verifier().to_text(),
-            "admin": False,
-        },
-    ).to_bytes()
+    return key_registration(admin, key.verifier(), admin=False).to_bytes()
 
 
 def test_a_batch_is_sealed_in_the_order_it_was_checked(service: LedgerService) -> None:

@@ -17,6 +17,7 @@ from ledger.config import Database, parse_database
 from ledger.home import LedgerHome
 from signing.checkpoint import log_verifier_keys
 from signing.facts import sign_fact
+from signing.keyring import key_registration
 from signing.keys import SigningKey, VerifierKey
 
 
@@ -83,34 +84,14 @@ def make_ledger(url: str, home_dir: Path) -> Ledger:
     ledger_key = home.create("kpi.test/ledger")
     service = LedgerService(database)
     admin = SigningKey.generate("admin")
-    service.submit(
-        sign_fact(
-            admin,
-            "key.registered",
-            {
-                "principal": "admin",
-                "public_key": admin.verifier().to_text(),
-                "admin": True,
-            },
-        ).to_bytes()
-    )
+    service.submit(key_registration(admin, admin.verifier(), admin=True).to_bytes())
     service.sealed.set_meta(
         "log_vkeys", "".join(k.to_text() + "\n" for k in log_verifier_keys(ledger_key))
     )
     ledger = Ledger(database, home, service, admin)
     for name in ("lan", "minh"):
         key = SigningKey.generate(name)
-        service.submit(
-            sign_fact(
-                admin,
-                "key.registered",
-                {
-                    "principal": name,
-                    "public_key": key.verifier().to_text(),
-                    "admin": False,
-                },
-            ).to_bytes()
-        )
+        service.submit(key_registration(admin, key.verifier(), admin=False).to_bytes())
         ledger.users[name] = key
     return ledger
 

@@ -10,6 +10,7 @@ from typing import TYPE_CHECKING
 from domain.service import LedgerService
 from ledger.online import DatabaseSource
 from signing.facts import sign_fact
+from signing.keyring import key_registration
 from signing.keys import SigningKey
 from signing.verify import verify
 
@@ -45,15 +46,7 @@ def test_concurrent_writers_keep_the_sequence_gap_free(ledger: Ledger, tmp_path:
     for n in range(WRITERS):
         key = SigningKey.generate(f"system-{n}")
         ledger.service.submit(
-            sign_fact(
-                ledger.admin,
-                "key.registered",
-                {
-                    "principal": key.name,
-                    "public_key": key.verifier().to_text(),
-                    "admin": False,
-                },
-            ).to_bytes()
+            key_registration(ledger.admin, key.verifier(), admin=False).to_bytes()
         )
         keys.append(key)
     start = ledger.service.sealed.log_size()

@@ -12,7 +12,7 @@ from hypothesis import strategies as st
 from signing.entry import Entry, decode_entry
 from signing.errors import EntryError, KeyFactError, RevokedKeyError, UnknownKeyError
 from signing.facts import Fact, read_fact, sign_fact
-from signing.keyring import KeyRing
+from signing.keyring import KeyRing, key_registration
 from signing.keys import SigningKey
 
 
@@ -71,11 +71,7 @@ def _fact(
 
 
 def _register(admin: SigningKey, key: SigningKey, is_admin: bool = False) -> Fact:
-    return _fact(
-        admin,
-        "key.registered",
-        {"principal": key.name, "public_key": key.verifier().to_text(), "admin": is_admin},
-    )
+    return read_fact(key_registration(admin, key.verifier(), admin=is_admin).to_bytes())
 
 
 def _authorise(ring: KeyRing, seq: int, fact: Fact) -> None:
