@@ -29,7 +29,7 @@ from ledger.home import LedgerHome, home_path
 from ledger.online import DatabaseSource
 from signing.bundle import BundleError, ExportSource
 from signing.canonical import loads_strict
-from signing.checkpoint import log_verifier_keys, verify_checkpoint
+from signing.checkpoint import verify_checkpoint
 from signing.errors import IntegrityError, NoteError, ProofError
 from signing.facts import make_payload, sign_fact, sign_payload
 from signing.keyring import key_registration
@@ -57,12 +57,15 @@ class UsageError(Exception):
 def _service(args: argparse.Namespace) -> LedgerService:
     home = LedgerHome(home_path(args.home))
     database = parse_database(database_url(args.db))
-    every = int(os.environ.get("KPI_LEDGER_CHECKPOINT_EVERY", "0") or 0)
+    raw = os.environ.get("KPI_LEDGER_CHECKPOINT_EVERY", "0") or "0"
+    if not raw.isdigit():
+        raise UsageError(f"KPI_LEDGER_CHECKPOINT_EVERY must be a whole number, got {raw!r}")
+    every = int(raw)
     every = args.checkpoint_every if getattr(args, "checkpoint_every", None) else every
     service = LedgerService(database)
     if every and home.exists():
         checkpointer = _checkpointer(service, home, every)
-        service.after_append = lambda size: (checkpointer.maybe_checkpoint(size), None)[1]
+        service.after_append = checkpointer.maybe_checkpoint
     return service
 
 
@@ -124,12 +127,7 @@ def cmd_init(args: argparse.Namespace) -> int:
         ledger_key = home.create(origin)
         admin = SigningKey.generate(args.admin)
         write_key_pair(admin, home.path)
-        registration = key_registration(admin, admin.verifier(), admin=True)
-        appended = service.submit(registration.to_bytes())
-        service.sealed.set_meta("origin", origin)
-        service.sealed.set_meta(
-            "log_vkeys", "".join(k.to_text() + "\n" for k in log_verifier_keys(ledger_key))
-        )
+        appended = service.bootstrap(ledger_key, admin)
         signed = _checkpointer(service, home).checkpoint()
     finally:
         service.close()

@@ -31,8 +31,8 @@ from domain.service import Appended, LedgerService
 from ledger.checkpoints import Checkpointer
 from ledger.config import parse_database
 from ledger.home import LedgerHome
-from signing.checkpoint import log_verifier_keys
 from signing.facts import sign_fact
+from signing.keyring import key_registration
 from signing.keys import SigningKey, VerifierKey
 
 RESULTS_DIR = Path(__file__).resolve().parent / "results"
@@ -274,33 +274,10 @@ def bootstrap(url: str, home_dir: Path, signer_count: int) -> Ledger:
         origin = f"bench.kpi-ledger.local/{secrets.token_hex(4)}"
         ledger_key = home.create(origin)
         admin = SigningKey.generate("admin")
-        service.submit(
-            sign_fact(
-                admin,
-                "key.registered",
-                {
-                    "principal": admin.name,
-                    "public_key": admin.verifier().to_text(),
-                    "admin": True,
-                },
-            ).to_bytes()
-        )
-        service.sealed.set_meta("origin", origin)
-        service.sealed.set_meta(
-            "log_vkeys", "".join(k.to_text() + "\n" for k in log_verifier_keys(ledger_key))
-        )
+        service.bootstrap(ledger_key, admin)
         keys = signers(signer_count)
         registrations = [
-            sign_fact(
-                admin,
-                "key.registered",
-                {
-                    "principal": k.name,
-                    "public_key": k.verifier().to_text(),
-                    "admin": False,
-                },
-            ).to_bytes()
-            for k in keys
+            key_registration(admin, k.verifier(), admin=False).to_bytes() for k in keys
         ]
         check_appended(service.submit_many(registrations))
         checkpointer = Checkpointer(service.sealed, ledger_key, home.state_path)

@@ -69,3 +69,7 @@ class UnknownFactType(Refusal):
 
 class InvalidFact(Refusal):
     rule = "fact.invalid"
+
+
+class AlreadyInitialised(Refusal):
+    rule = "ledger.already_initialised"

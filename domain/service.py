@@ -28,8 +28,9 @@ from eventsourcing.application import AggregateNotFoundError, Application
 from eventsourcing.persistence import IntegrityError
 from eventsourcing.utils import get_topic
 
-from domain.attestations import DOCUMENT_ATTESTED, Attestation, InvalidAttestation
+from domain.attestations import Attestation, InvalidAttestation
 from domain.errors import (
+    AlreadyInitialised,
     InvalidFact,
     KeyRefused,
     MalformedFact,
@@ -43,6 +44,7 @@ from domain.signed import SignedAggregate
 from ledger.config import Database
 from ledger.postgres import SealedPostgresRecorder
 from ledger.store import ReplayedEnvelopeError, SealedLog
+from signing.checkpoint import log_verifier_keys
 from signing.errors import (
     CanonicalFormError,
     EnvelopeError,
@@ -50,7 +52,8 @@ from signing.errors import (
     SignatureError,
 )
 from signing.facts import Fact, read_fact
-from signing.keyring import KEY_FACT_TYPES, KEY_REGISTERED, KeyRing
+from signing.keyring import KEY_FACT_TYPES, KEY_REGISTERED, KeyRing, key_registration
+from signing.keys import SigningKey
 
 KEY_TOPICS = [
     get_topic(cls)
@@ -87,7 +90,7 @@ class LedgerService(Application[UUID]):
         "IS_SNAPSHOTTING_ENABLED": "no",
     }
 
-    def __init__(self, database: Database, *, after_append: Callable[[int], None] | None = None):
+    def __init__(self, database: Database, *, after_append: Callable[[int], object] | None = None):
         super().__init__(database.env)
         recorder = self.recorder
         if not isinstance(recorder, SealedLog):
@@ -100,12 +103,26 @@ class LedgerService(Application[UUID]):
         self._lock = threading.Lock()
         self.after_append = after_append
         self.handlers: dict[str, Handler] = {}
-        self.register_handler(KEY_FACT_TYPES, _handle_key_fact)
-        self.register_handler([DOCUMENT_ATTESTED], _handle_attestation)
+        self.register_handler(Principal.FACT_TYPES, _handle_key_fact)
+        self.register_handler(Attestation.FACT_TYPES, _handle_attestation)
 
     def register_handler(self, fact_types: Iterable[str], handler: Handler) -> None:
         for fact_type in fact_types:
             self.handlers[fact_type] = handler
+
+    def bootstrap(self, ledger_key: SigningKey, admin: SigningKey) -> Appended:
+        """Start an empty log: entry 0 is the administrator's self-signed registration, and
+        the log's public identity (origin, verifier keys) is recorded for export bundles."""
+        if self.sealed.log_size() > 0:
+            raise AlreadyInitialised(
+                f"{self.database.display} already holds a ledger; nothing was changed"
+            )
+        appended = self.submit(key_registration(admin, admin.verifier(), admin=True).to_bytes())
+        self.sealed.set_meta("origin", ledger_key.name)
+        self.sealed.set_meta(
+            "log_vkeys", "".join(k.to_text() + "\n" for k in log_verifier_keys(ledger_key))
+        )
+        return appended
 
     # -- reading -------------------------------------------------------------------------
     def get_or_none(self, aggregate_id: UUID, pending: dict[UUID, SignedAggregate]) -> Any:

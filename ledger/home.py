@@ -43,10 +43,6 @@ class LedgerHome:
     def state_path(self) -> Path:
         return self.path / "signer-state.json"
 
-    @property
-    def admin_key_path(self) -> Path:
-        return self.path / "admin.key"
-
     def exists(self) -> bool:
         return self.ledger_key_path.exists()
 

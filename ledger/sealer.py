@@ -28,10 +28,6 @@ class SealedStoredEvent(StoredEvent):
     nonce: str | None = None
 
 
-def stream_name(originator_id: UUID | str) -> str:
-    return str(originator_id)
-
-
 def recorded_now() -> str:
     now = dt.datetime.now(dt.UTC)
     return now.strftime("%Y-%m-%dT%H:%M:%S.") + f"{now.microsecond:06d}Z"
@@ -104,7 +100,3 @@ class Sealer:
                 self._frontier is None or self._frontier.size <= batch.start
             ):
                 self._frontier = batch.frontier
-
-    def forget(self) -> None:
-        with self._lock:
-            self._frontier = None

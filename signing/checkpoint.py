@@ -15,7 +15,6 @@ signed it. Verifiers that know only the 0x01 key ignore the second line.
 from __future__ import annotations
 
 import base64
-import datetime as dt
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -60,12 +59,6 @@ class SignedCheckpoint:
     checkpoint: Checkpoint
     note: str
     timestamp: int | None  # POSIX seconds from the ledger's cosignature, if present
-
-    @property
-    def signed_at(self) -> dt.datetime | None:
-        if self.timestamp is None:
-            return None
-        return dt.datetime.fromtimestamp(self.timestamp, dt.UTC)
 
 
 def log_verifier_keys(key: SigningKey) -> list[VerifierKey]:

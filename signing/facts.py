@@ -21,7 +21,7 @@ import secrets
 from dataclasses import dataclass
 from typing import Any
 
-from signing.canonical import canonical_json, parse_canonical, parse_time, prepare
+from signing.canonical import canonical_json, loads_strict, parse_canonical, parse_time, prepare
 from signing.dsse import PAYLOAD_TYPE, Envelope, Signature
 from signing.errors import CanonicalFormError, EnvelopeError, SignatureError
 from signing.keys import SigningKey, VerifierKey, check_key_name
@@ -150,12 +150,8 @@ def read_fact(envelope_bytes: bytes, *, strict: bool = True) -> Fact:
     the offline verifier relaxes it because the signature already fixes the bytes.
     """
     envelope = Envelope.parse(envelope_bytes)
-    if strict:
-        payload = parse_canonical(envelope.payload)
-    else:
-        from signing.canonical import loads_strict
-
-        payload = loads_strict(envelope.payload)
+    read = parse_canonical if strict else loads_strict
+    payload = read(envelope.payload)
     check_payload(payload)
     try:
         envelope.signature_for(payload["keyid"])

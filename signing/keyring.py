@@ -95,10 +95,6 @@ class KeyRing:
         ring.size = self.size
         return ring
 
-    def principal_keys(self, principal: str, at: int | None = None) -> list[KeyRecord]:
-        at = self.size if at is None else at
-        return [r for r in self.keys.values() if r.principal == principal and r.valid_at(at)]
-
     def signer(self, seq: int, fact: Fact) -> KeyRecord:
         """The key that must have signed ``fact`` at position ``seq``, or an error.
 

@@ -170,12 +170,16 @@ def test_sqlite_is_the_default(
     monkeypatch.delenv("KPI_LEDGER_DB", raising=False)
     monkeypatch.delenv("KPI_LEDGER_HOME", raising=False)
     assert main(["init"]) == 0
-    assert (tmp_path / "kpi-ledger.db").exists() and (tmp_path / ".kpi-ledger/ledger.key").exists()
-    db = parse_database("sqlite:///kpi-ledger.db")
-    assert isinstance(db.env["SQLITE_DBNAME"], str)
-    assert SealedSQLiteRecorder.__name__ in db.env["PERSISTENCE_MODULE"].replace(
-        "Factory", "Recorder"
-    )
+    assert (tmp_path / ".kpi-ledger/ledger.key").exists()
+    from domain.service import LedgerService
+
+    service = LedgerService(parse_database(f"sqlite:///{tmp_path / 'kpi-ledger.db'}"))
+    try:  # the default file holds a sealed log: entry 0 and the first checkpoint
+        assert isinstance(service.sealed, SealedSQLiteRecorder)
+        assert service.sealed.log_size() == 1
+        assert [c.size for c in service.sealed.checkpoints()] == [1]
+    finally:
+        service.close()
 
 
 def test_verify_receipt_fails_with_exit_1_for_the_wrong_entry(

@@ -30,7 +30,7 @@ from signing.verify import verify
 def service(db_url: str) -> LedgerService:
     app = LedgerService(parse_database(db_url))
     admin = SigningKey.generate("admin")
-    app.submit(key_registration(admin, admin.verifier(), admin=True).to_bytes())
+    app.bootstrap(SigningKey.generate("kpi.test/service"), admin)
     app.admin = admin  # type: ignore[attr-defined]
     return app
 
@@ -131,3 +131,22 @@ def test_the_key_scan_reads_only_what_is_new(service: LedgerService) -> None:
     assert service._key_cursor == top - 5  # scanned up to the top before that batch
     service.refresh_keyring()
     assert service._key_cursor == top  # no key fact since, yet the cursor moved to the top
+
+
+def test_bootstrap_writes_entry_0_and_the_log_identity_once(db_url: str) -> None:
+    from domain.errors import AlreadyInitialised
+    from signing.checkpoint import log_verifier_keys
+
+    app = LedgerService(parse_database(db_url))
+    try:
+        ledger_key, admin = SigningKey.generate("kpi.test/boot"), SigningKey.generate("admin")
+        assert app.bootstrap(ledger_key, admin).seq == 0
+        assert app.sealed.meta("origin") == "kpi.test/boot"
+        assert app.sealed.meta("log_vkeys") == "".join(
+            k.to_text() + "\n" for k in log_verifier_keys(ledger_key)
+        )
+        with pytest.raises(AlreadyInitialised):
+            app.bootstrap(ledger_key, SigningKey.generate("admin"))
+        assert app.sealed.log_size() == 1
+    finally:
+        app.close()

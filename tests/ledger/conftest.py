@@ -15,7 +15,6 @@ from domain.service import LedgerService
 from ledger.checkpoints import Checkpointer
 from ledger.config import Database, parse_database
 from ledger.home import LedgerHome
-from signing.checkpoint import log_verifier_keys
 from signing.facts import sign_fact
 from signing.keyring import key_registration
 from signing.keys import SigningKey, VerifierKey
@@ -84,10 +83,7 @@ def make_ledger(url: str, home_dir: Path) -> Ledger:
     ledger_key = home.create("kpi.test/ledger")
     service = LedgerService(database)
     admin = SigningKey.generate("admin")
-    service.submit(key_registration(admin, admin.verifier(), admin=True).to_bytes())
-    service.sealed.set_meta(
-        "log_vkeys", "".join(k.to_text() + "\n" for k in log_verifier_keys(ledger_key))
-    )
+    service.bootstrap(ledger_key, admin)
     ledger = Ledger(database, home, service, admin)
     for name in ("lan", "minh"):
         key = SigningKey.generate(name)
