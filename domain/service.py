@@ -6,21 +6,35 @@ exact envelope that caused it (``ledger.mapper``). ``submit`` and ``submit_many`
 envelopes and, for each one, in order:
 
 1. parse the envelope and its canonical payload (``envelope.malformed``);
-2. refuse a nonce already in the log or earlier in the batch (``envelope.replayed``);
+2. answer a duplicate (the same envelope again, or the same actor's idempotency key for the
+   same fact) with the original result, recording nothing (``envelope.replayed`` or
+   ``idempotency.conflict`` when the nonce or key comes back with a different fact);
 3. find the key that must have signed it at the position it will take, registered before it
    and not revoked (``key.not_valid``), and check the signature (``signature.invalid``);
-4. hand the fact to the handler of its type, which applies the domain rules and returns the
-   aggregate holding the new event (``fact.unknown_type``, ``fact.invalid``, ...).
+4. refuse a fact whose time is too far from the ledger's clock (``time.out_of_window``);
+5. hand the fact to the handler of its type (``domain/<area>.py``), which validates the data
+   (``fact.invalid``), checks the domain rules (``role.missing``, ``period.closed``, ...)
+   and says which aggregate records it and which facts the ledger derives from it;
+6. apply the event, then sign and apply the derived facts right after it.
 
 A batch is saved in one transaction; a refused fact is reported and records nothing.
+
+Aggregates are kept in a bounded in-process cache. Under the writer lock, before each batch,
+the service reads what other writers appended since its last batch and drops those streams
+from the cache (and replays their key facts), so its checks always see the committed state.
 """
 
 from __future__ import annotations
 
+import datetime as dt
+import hashlib
+import os
+import re
 import threading
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections import OrderedDict
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field, replace
 from typing import Any, ClassVar
 from uuid import UUID
 
@@ -28,22 +42,38 @@ from eventsourcing.application import AggregateNotFoundError, Application
 from eventsourcing.persistence import IntegrityError
 from eventsourcing.utils import get_topic
 
+from domain import (
+    appeals,
+    assessment,
+    conduct,
+    employees,
+    hr_decisions,
+    organisation,
+    periods,
+    publications,
+    work,
+)
 from domain.attestations import Attestation, InvalidAttestation
+from domain.context import Context, LoggedAct, Recording
 from domain.errors import (
+    IDEMPOTENCY_CONFLICT,
+    TIME_WINDOW,
     AlreadyInitialised,
     InvalidFact,
     KeyRefused,
     MalformedFact,
     Refusal,
     ReplayRefused,
+    RuleBroken,
     SignatureRefused,
     UnknownFactType,
 )
 from domain.keys import Principal
+from domain.schemas import FactData, validate
 from domain.signed import SignedAggregate
 from ledger.config import Database
 from ledger.postgres import SealedPostgresRecorder
-from ledger.store import ReplayedEnvelopeError, SealedLog
+from ledger.store import ReplayedEnvelopeError, SealedLog, idempotency_token
 from signing.checkpoint import log_verifier_keys
 from signing.errors import (
     CanonicalFormError,
@@ -51,8 +81,8 @@ from signing.errors import (
     KeyFactError,
     SignatureError,
 )
-from signing.facts import Fact, read_fact
-from signing.keyring import KEY_FACT_TYPES, KEY_REGISTERED, KeyRing, key_registration
+from signing.facts import Fact, read_fact, sign_fact
+from signing.keyring import KEY_FACT_TYPES, KEY_REGISTERED, KeyRecord, KeyRing, key_registration
 from signing.keys import SigningKey
 
 KEY_TOPICS = [
@@ -64,23 +94,108 @@ KEY_TOPICS = [
         Principal.KeyRevoked,
     )
 ]
+DOMAIN_MODULES = (
+    organisation,
+    employees,
+    publications,
+    work,
+    assessment,
+    conduct,
+    periods,
+    appeals,
+    hr_decisions,
+)
 MAX_BATCH = 1000
 WRITER_LOCK_ID = 0x6B70696C  # pg_advisory_lock key of the ledger's writer ("kpil")
+CACHE_SIZE = 50_000  # aggregates kept in memory between batches
+RESCAN_LIMIT = 20_000  # more foreign entries than this since our last batch: drop the cache
+LEDGER_PRINCIPAL = "ledger"  # the principal of the key that signs derived facts
+CANNOT_DERIVE = "ledger.cannot_derive"
 
 
 @dataclass(frozen=True)
 class Appended:
-    """Where an accepted fact landed."""
+    """Where an accepted fact landed (``duplicate``: it had landed there before)."""
 
     seq: int
     stream: str
     version: int
     type: str
     nonce: str
+    duplicate: bool = False
+    derived: tuple[Appended, ...] = ()
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "seq": self.seq,
+            "stream": self.stream,
+            "version": self.version,
+            "type": self.type,
+            "nonce": self.nonce,
+            "duplicate": self.duplicate,
+            "derived": [d.as_dict() for d in self.derived],
+        }
 
 
 Outcome = Appended | Refusal
-Handler = Callable[["LedgerService", Fact, dict[UUID, SignedAggregate]], SignedAggregate]
+Handler = Callable[[Context], Recording]
+
+_DURATION = re.compile(r"^([0-9]+)([smhd])$")
+
+
+def parse_duration(text: str, name: str) -> dt.timedelta | None:
+    """``"72h"``, ``"5m"``, ``"30s"``, ``"3d"`` or ``"off"`` (None)."""
+    if text == "off":
+        return None
+    match = _DURATION.match(text)
+    if match is None:
+        raise ValueError(f"{name} must look like 30s, 5m, 72h, 3d or off, not {text!r}")
+    unit = {"s": "seconds", "m": "minutes", "h": "hours", "d": "days"}[match.group(2)]
+    return dt.timedelta(**{unit: int(match.group(1))})
+
+
+@dataclass(frozen=True)
+class TimeWindow:
+    """How far a fact's claimed time may lie from the ledger's clock at intake.
+
+    Deadlines (appeals, declarations, periods) are judged on the fact's own time; this window
+    stops an actor from back- or forward-dating a fact to beat one. ``past=None`` accepts any
+    past time (importing a history, the demo's simulated clock).
+    """
+
+    past: dt.timedelta | None = dt.timedelta(hours=72)
+    future: dt.timedelta = dt.timedelta(minutes=5)
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str] | None = None) -> TimeWindow:
+        env = os.environ if env is None else env
+        past = parse_duration(env.get("KPI_LEDGER_MAX_BACKDATE", "72h"), "KPI_LEDGER_MAX_BACKDATE")
+        future = parse_duration(env.get("KPI_LEDGER_MAX_AHEAD", "5m"), "KPI_LEDGER_MAX_AHEAD")
+        if future is None:
+            raise ValueError("KPI_LEDGER_MAX_AHEAD cannot be off")
+        return cls(past, future)
+
+
+def _real_clock() -> dt.datetime:
+    return dt.datetime.now(dt.UTC)
+
+
+@dataclass
+class _Batch:
+    """The working state of one ``submit_many`` call."""
+
+    head: int
+    pending: dict[UUID, SignedAggregate] = field(default_factory=dict)
+    events: list[Any] = field(default_factory=list)  # in intake order: the seal order
+    nonces: dict[str, int] = field(default_factory=dict)  # nonce -> input index
+    tokens: dict[str, int] = field(default_factory=dict)  # idempotency token -> input index
+    accepted: list[tuple[int, list[Fact]]] = field(default_factory=list)
+    duplicates: dict[int, int] = field(default_factory=dict)  # input index -> earlier index
+    count: int = 0  # events accepted so far
+
+    @property
+    def position(self) -> int:
+        return self.head + self.count
 
 
 class LedgerService(Application[UUID]):
@@ -90,7 +205,16 @@ class LedgerService(Application[UUID]):
         "IS_SNAPSHOTTING_ENABLED": "no",
     }
 
-    def __init__(self, database: Database, *, after_append: Callable[[int], object] | None = None):
+    def __init__(
+        self,
+        database: Database,
+        *,
+        after_append: Callable[[int], object] | None = None,
+        ledger_signer: SigningKey | None = None,
+        clock: Callable[[], dt.datetime] | None = None,
+        window: TimeWindow | None = None,
+        cache_size: int = CACHE_SIZE,
+    ):
         super().__init__(database.env)
         recorder = self.recorder
         if not isinstance(recorder, SealedLog):
@@ -99,56 +223,123 @@ class LedgerService(Application[UUID]):
         self.database = database
         self.keyring = KeyRing()
         self.working_keyring = self.keyring  # the batch's view, including its own key facts
-        self._key_cursor = 0  # last notification id scanned for key facts
+        self._cursor = 0  # notifications up to here are reflected in the key ring and cache
         self._lock = threading.Lock()
         self.after_append = after_append
+        self.ledger_signer = ledger_signer
+        self.clock = clock or _real_clock
+        self.window = window if window is not None else TimeWindow()
+        self._cache: OrderedDict[UUID, SignedAggregate] = OrderedDict()
+        self._cache_size = cache_size
+        self._acts: OrderedDict[int, LoggedAct] = OrderedDict()
         self.handlers: dict[str, Handler] = {}
         self.register_handler(Principal.FACT_TYPES, _handle_key_fact)
         self.register_handler(Attestation.FACT_TYPES, _handle_attestation)
+        for module in DOMAIN_MODULES:
+            for fact_type, (model, handler) in module.HANDLERS.items():
+                self.register_handler([fact_type], _validating(model, handler))
+
+    @property
+    def ledger_principal(self) -> str | None:
+        return self.ledger_signer.name if self.ledger_signer is not None else None
 
     def register_handler(self, fact_types: Iterable[str], handler: Handler) -> None:
         for fact_type in fact_types:
             self.handlers[fact_type] = handler
 
-    def bootstrap(self, ledger_key: SigningKey, admin: SigningKey) -> Appended:
+    def bootstrap(
+        self, ledger_key: SigningKey, admin: SigningKey, *, time: dt.datetime | None = None
+    ) -> Appended:
         """Start an empty log: entry 0 is the administrator's self-signed registration, and
-        the log's public identity (origin, verifier keys) is recorded for export bundles."""
+        the log's public identity (origin, verifier keys) is recorded for export bundles.
+        With a ``ledger_signer``, entry 1 registers its key: the key of derived facts."""
         if self.sealed.log_size() > 0:
             raise AlreadyInitialised(
                 f"{self.database.display} already holds a ledger; nothing was changed"
             )
-        appended = self.submit(key_registration(admin, admin.verifier(), admin=True).to_bytes())
+        envelopes = [key_registration(admin, admin.verifier(), admin=True, time=time).to_bytes()]
+        if self.ledger_signer is not None:
+            envelopes.append(
+                key_registration(admin, self.ledger_signer.verifier(), time=time).to_bytes()
+            )
+        outcomes = self.submit_many(envelopes)
+        for outcome in outcomes:
+            if isinstance(outcome, Refusal):
+                raise outcome
         self.sealed.set_meta("origin", ledger_key.name)
         self.sealed.set_meta(
             "log_vkeys", "".join(k.to_text() + "\n" for k in log_verifier_keys(ledger_key))
         )
-        return appended
+        first = outcomes[0]
+        assert isinstance(first, Appended)
+        return first
 
     # -- reading -------------------------------------------------------------------------
     def get_or_none(self, aggregate_id: UUID, pending: dict[UUID, SignedAggregate]) -> Any:
+        """The aggregate as this batch sees it: pending changes, else cached, else stored."""
         if aggregate_id in pending:
             return pending[aggregate_id]
+        cached = self._cache.get(aggregate_id)
+        if cached is not None:
+            self._cache.move_to_end(aggregate_id)
+            return cached
         try:
-            return self.repository.get(aggregate_id)
+            aggregate: SignedAggregate = self.repository.get(aggregate_id)
         except AggregateNotFoundError:
             return None
+        self._remember(aggregate)
+        return aggregate
+
+    def _remember(self, aggregate: SignedAggregate) -> None:
+        self._cache[aggregate.id] = aggregate
+        self._cache.move_to_end(aggregate.id)
+        while len(self._cache) > self._cache_size:
+            self._cache.popitem(last=False)
+
+    def logged_act(self, seq: int) -> LoggedAct | None:
+        """The entry at ``seq`` as a parsed fact (entries never change: cached)."""
+        act = self._acts.get(seq)
+        if act is None:
+            entry = self.sealed.read_entry(seq)
+            if entry is None:
+                return None
+            fact = read_fact(entry.envelope, strict=False)
+            act = LoggedAct(seq, UUID(entry.stream), fact.type, fact)
+            self._acts[seq] = act
+            while len(self._acts) > 10_000:
+                self._acts.popitem(last=False)
+        return act
 
     def refresh_keyring(self) -> KeyRing:
-        """Bring the key ring up to date with key facts written since the last scan.
+        """Bring the key ring (and the cache) up to date with what others wrote."""
+        with self.exclusive_writer():
+            return self._sync()
 
-        Runs under the writer lock, where notification ids are in commit order: the scan goes
-        up to the newest id at its start, and the cursor moves there even when no key fact
-        was found, so each scan reads only what is new.
+    def _sync(self) -> KeyRing:
+        """Catch up with entries appended since this service's last batch.
+
+        Runs under the writer lock, where notification ids are in commit order. Streams that
+        others changed leave the cache; key facts are replayed into the key ring. With an
+        empty cache (or very many foreign entries) only the key facts are read.
         """
         top = self.recorder.max_notification_id() or 0
-        while self._key_cursor < top:
+        if top <= self._cursor:
+            return self.keyring
+        if self._cache and top - self._cursor > RESCAN_LIMIT:
+            self._cache.clear()
+        topics = KEY_TOPICS if not self._cache else []
+        while self._cursor < top:
             notifications = self.recorder.select_notifications(
-                start=self._key_cursor + 1, limit=500, stop=top, topics=KEY_TOPICS
+                start=self._cursor + 1, limit=500, stop=top, topics=topics
             )
-            seqs = self.sealed.seqs_for_notifications([n.id for n in notifications])
-            for n in sorted(notifications, key=lambda n: seqs[n.id]):
-                self.keyring.apply(seqs[n.id], read_fact(n.state, strict=False))
-            self._key_cursor = notifications[-1].id if len(notifications) == 500 else top
+            keys = [n for n in notifications if n.topic in KEY_TOPICS]
+            for n in notifications:
+                self._cache.pop(_as_uuid(n.originator_id), None)
+            if keys:
+                seqs = self.sealed.seqs_for_notifications([n.id for n in keys])
+                for n in sorted(keys, key=lambda n: seqs[n.id]):
+                    self.keyring.apply(seqs[n.id], read_fact(n.state, strict=False))
+            self._cursor = notifications[-1].id if len(notifications) == 500 else top
         return self.keyring
 
     # -- writing -------------------------------------------------------------------------
@@ -163,38 +354,131 @@ class LedgerService(Application[UUID]):
         """Record a batch in one transaction; each fact is accepted or refused on its own."""
         if len(envelopes) > MAX_BATCH:
             raise ValueError(f"at most {MAX_BATCH} envelopes per batch")
+        outcomes: list[Outcome | None] = [None] * len(envelopes)
         with self.exclusive_writer():
-            ring = self.refresh_keyring().copy()
+            top = self._sync_top()
+            ring = self.keyring.copy()
             self.working_keyring = ring
-            head = self.sealed.log_size()
-            outcomes: list[Outcome | None] = [None] * len(envelopes)
-            accepted: list[tuple[int, Fact]] = []
-            pending: dict[UUID, SignedAggregate] = {}
-            events: list[Any] = []  # in intake order: the order they are sealed in
-            nonces: set[str] = set()
-            parsed = [self._parse(raw) for raw in envelopes]
-            used = self.sealed.nonce_seqs([p.nonce for p in parsed if isinstance(p, Fact)])
-            for i, fact_or_refusal in enumerate(parsed):
-                try:
-                    if isinstance(fact_or_refusal, Refusal):
-                        raise fact_or_refusal
-                    fact = self._check(fact_or_refusal, head + len(accepted), ring, nonces, used)
-                    aggregate = self.handlers[fact.type](self, fact, pending)
-                except Refusal as refusal:
-                    outcomes[i] = refusal
-                    continue
-                pending[aggregate.id] = aggregate
-                events.extend(aggregate.collect_events())
-                if fact.type in KEY_FACT_TYPES:
-                    ring.apply(head + len(accepted), fact)
-                nonces.add(fact.nonce)
-                accepted.append((i, fact))
-            if accepted:
-                self._save(events, accepted, outcomes)
-                self.keyring = ring
-        if accepted and self.after_append is not None:
-            self.after_append(head + len(accepted))
+            batch = _Batch(self.sealed.log_size())
+            try:
+                self._examine_all(envelopes, batch, ring, outcomes)
+                if batch.events and self._save(batch, outcomes, top):
+                    self.keyring = ring
+            except BaseException:
+                self._forget(batch.pending)
+                raise
+            for i, j in batch.duplicates.items():
+                earlier = outcomes[j]
+                outcomes[i] = (
+                    replace(earlier, duplicate=True) if isinstance(earlier, Appended) else earlier
+                )
+        if batch.events and self.after_append is not None:
+            self.after_append(batch.position)
         return [o for o in outcomes if o is not None]
+
+    def _sync_top(self) -> int:
+        self._sync()
+        return self._cursor
+
+    def _examine_all(
+        self,
+        envelopes: Sequence[bytes | str],
+        batch: _Batch,
+        ring: KeyRing,
+        outcomes: list[Outcome | None],
+    ) -> None:
+        parsed = [self._parse(raw) for raw in envelopes]
+        facts = [p for p in parsed if isinstance(p, Fact)]
+        used = self.sealed.nonce_seqs([f.nonce for f in facts])
+        used_tokens = self.sealed.idempotency_seqs(
+            sorted({_token(f) for f in facts if f.idempotency_key is not None})
+        )
+        for i, fact_or_refusal in enumerate(parsed):
+            try:
+                if isinstance(fact_or_refusal, Refusal):
+                    raise fact_or_refusal
+                fact = fact_or_refusal
+                earlier = self._duplicate(fact, used, batch)
+                if earlier is not None:
+                    if isinstance(earlier, Appended):
+                        outcomes[i] = earlier
+                    else:
+                        batch.duplicates[i] = earlier
+                    continue
+                record = self._check(fact, batch.position, ring)
+                again = self._same_key(fact, used_tokens, batch)
+                if again is not None:
+                    if isinstance(again, Appended):
+                        outcomes[i] = again
+                    else:
+                        batch.duplicates[i] = again
+                    continue
+                self._check_time(fact)
+                ctx = Context(self, fact, batch.position, record.admin, batch.pending)
+                recording = self.handlers[fact.type](ctx)
+                if recording.derived and self.ledger_signer is None:
+                    raise RuleBroken(
+                        "this ledger runs without its own signing key: it cannot derive the"
+                        " compensating facts this decision needs",
+                        rule=CANNOT_DERIVE,
+                        fact_type=fact.type,
+                        actor=fact.actor,
+                    )
+            except Refusal as refusal:
+                outcomes[i] = refusal
+                continue
+            recorded = [fact]
+            self._apply(fact, recording, batch, ring, i)
+            for n, derived in enumerate(recording.derived):
+                recorded.append(self._derive(fact, n, derived.type, derived.data, batch, ring, i))
+            batch.accepted.append((i, recorded))
+
+    def _derive(
+        self,
+        cause: Fact,
+        n: int,
+        fact_type: str,
+        data: dict[str, Any],
+        batch: _Batch,
+        ring: KeyRing,
+        index: int,
+    ) -> Fact:
+        """Sign, check and apply a fact the ledger derives from ``cause``.
+
+        Its nonce and time follow from the cause, so an inspector can recompute it. The cause's
+        handler checked everything it needs: a refusal here is a bug, and aborts the batch.
+        """
+        assert self.ledger_signer is not None
+        nonce = hashlib.sha256(f"kpi-ledger derived\n{cause.nonce}\n{n}".encode()).hexdigest()
+        envelope = sign_fact(self.ledger_signer, fact_type, data, time=cause.time, nonce=nonce[:32])
+        fact = read_fact(envelope.to_bytes(), strict=True)
+        try:
+            record = self._check(fact, batch.position, ring)
+            ctx = Context(self, fact, batch.position, record.admin, batch.pending)
+            recording = self.handlers[fact.type](ctx)
+        except Refusal as refusal:
+            raise RuntimeError(f"a fact derived from {cause.type} was refused: {refusal}") from None
+        self._apply(fact, recording, batch, ring, index)
+        return fact
+
+    def _apply(
+        self, fact: Fact, recording: Recording, batch: _Batch, ring: KeyRing, index: int
+    ) -> None:
+        if recording.create is not None:
+            cls, aggregate_id = recording.create
+            aggregate = cls._start(recording.event, aggregate_id, fact)  # type: ignore[arg-type]
+        else:
+            assert recording.aggregate is not None
+            aggregate = recording.aggregate
+            aggregate._record(recording.event, fact)
+        batch.pending[aggregate.id] = aggregate
+        batch.events.extend(aggregate.collect_events())
+        if fact.type in KEY_FACT_TYPES:
+            ring.apply(batch.position, fact)
+        batch.nonces[fact.nonce] = index
+        if fact.idempotency_key is not None:
+            batch.tokens[_token(fact)] = index
+        batch.count += 1
 
     @staticmethod
     def _parse(raw: bytes | str) -> Fact | Refusal:
@@ -203,18 +487,62 @@ class LedgerService(Application[UUID]):
         except (EnvelopeError, CanonicalFormError) as exc:
             return MalformedFact(str(exc))
 
-    def _check(
-        self, fact: Fact, position: int, ring: KeyRing, nonces: set[str], used: dict[str, int]
-    ) -> Fact:
+    def _original(self, seq: int) -> tuple[Appended, Fact]:
+        entry = self.sealed.read_entry(seq)
+        assert entry is not None
+        fact = read_fact(entry.envelope, strict=False)
+        appended = Appended(seq, entry.stream, entry.version, entry.type, fact.nonce, True)
+        return appended, fact
+
+    def _duplicate(self, fact: Fact, used: dict[str, int], batch: _Batch) -> Appended | int | None:
+        """The earlier result of this very envelope, or None; a reused nonce is refused."""
         who = {"fact_type": fact.type, "actor": fact.actor}
-        original = used.get(fact.nonce)
-        if original is not None or fact.nonce in nonces:
+        seq = used.get(fact.nonce)
+        if seq is not None:
+            original, stored = self._original(seq)
+            if stored.envelope_bytes == fact.envelope_bytes:
+                return original
             raise ReplayRefused(
-                f"nonce {fact.nonce} was already used"
-                + (f" by the entry at position {original}" if original is not None else ""),
-                original_seq=original,
+                f"nonce {fact.nonce} was already used by the entry at position {seq}",
+                original_seq=seq,
                 **who,
             )
+        index = batch.nonces.get(fact.nonce)
+        if index is None:
+            return None
+        raise ReplayRefused(
+            f"nonce {fact.nonce} is used twice in this batch", original_seq=None, **who
+        )
+
+    def _same_key(
+        self, fact: Fact, used_tokens: dict[str, int], batch: _Batch
+    ) -> Appended | int | None:
+        """The earlier result for the actor's idempotency key, if the fact is the same."""
+        if fact.idempotency_key is None:
+            return None
+        token = _token(fact)
+        seq = used_tokens.get(token)
+        if seq is not None:
+            original, stored = self._original(seq)
+            earlier: Appended | int = original
+        elif token in batch.tokens:
+            index = batch.tokens[token]
+            stored = next(f for i, fs in batch.accepted if i == index for f in fs[:1])
+            earlier = index
+        else:
+            return None
+        if stored.type != fact.type or stored.data != fact.data:
+            raise RuleBroken(
+                f"idempotency key {fact.idempotency_key!r} was used for another fact"
+                + (f" (position {seq})" if seq is not None else " in this batch"),
+                rule=IDEMPOTENCY_CONFLICT,
+                fact_type=fact.type,
+                actor=fact.actor,
+            )
+        return earlier
+
+    def _check(self, fact: Fact, position: int, ring: KeyRing) -> KeyRecord:
+        who = {"fact_type": fact.type, "actor": fact.actor}
         if fact.type not in self.handlers:
             raise UnknownFactType(f"no fact type {fact.type!r} is known to this ledger", **who)
         try:
@@ -227,7 +555,24 @@ class LedgerService(Application[UUID]):
             fact.verify_signature(record.key)
         except SignatureError as exc:
             raise SignatureRefused(str(exc), **who) from None
-        return fact
+        return record
+
+    def _check_time(self, fact: Fact) -> None:
+        now = self.clock()
+        claimed = fact.claimed_at
+        window = self.window
+        if claimed > now + window.future or (
+            window.past is not None and claimed < now - window.past
+        ):
+            raise RuleBroken(
+                f"the fact claims {fact.time}; the ledger's clock reads"
+                f" {now:%Y-%m-%dT%H:%M:%SZ} and accepts times from"
+                f" {'any time' if window.past is None else f'{window.past} before'}"
+                f" to {window.future} after it",
+                rule=TIME_WINDOW,
+                fact_type=fact.type,
+                actor=fact.actor,
+            )
 
     @contextmanager
     def exclusive_writer(self) -> Iterator[None]:
@@ -247,74 +592,110 @@ class LedgerService(Application[UUID]):
                 finally:
                     conn.execute("SELECT pg_advisory_unlock(%s)", (WRITER_LOCK_ID,))
 
-    def _save(
-        self,
-        events: list[Any],
-        accepted: list[tuple[int, Fact]],
-        outcomes: list[Outcome | None],
-    ) -> None:
+    def _forget(self, pending: dict[UUID, SignedAggregate]) -> None:
+        for aggregate_id in pending:
+            self._cache.pop(aggregate_id, None)
+
+    def _save(self, batch: _Batch, outcomes: list[Outcome | None], top: int) -> bool:
+        """Save the batch in one transaction; False (and refusals) if a concurrent writer
+        got in the way."""
         try:
-            recordings = self.save(*events)
-        except ReplayedEnvelopeError as exc:  # another writer used the nonce meanwhile
-            for i, fact in accepted:
-                outcomes[i] = ReplayRefused(
-                    str(exc),
-                    original_seq=self.sealed.nonce_seq(fact.nonce),
-                    fact_type=fact.type,
-                    actor=fact.actor,
+            recordings = self.save(*batch.events)
+        except (ReplayedEnvelopeError, IntegrityError) as exc:
+            self._forget(batch.pending)
+            replay = isinstance(exc, ReplayedEnvelopeError)
+            for i, facts in batch.accepted:
+                fact = facts[0]
+                outcomes[i] = (
+                    ReplayRefused(
+                        f"{exc}; another writer recorded it meanwhile",
+                        original_seq=self.sealed.nonce_seq(fact.nonce),
+                        fact_type=fact.type,
+                        actor=fact.actor,
+                    )
+                    if replay
+                    else Refusal(
+                        f"conflicting concurrent write, submit again: {exc}",
+                        rule="stream.conflict",
+                        fact_type=fact.type,
+                        actor=fact.actor,
+                    )
                 )
-            return
-        except IntegrityError as exc:  # a concurrent writer changed one of the streams
-            for i, fact in accepted:
-                outcomes[i] = Refusal(
-                    f"conflicting concurrent write, submit again: {exc}",
-                    rule="stream.conflict",
-                    fact_type=fact.type,
-                    actor=fact.actor,
-                )
-            return
-        by_nonce = {}
-        seqs = self.sealed.seqs_for_notifications([r.notification.id for r in recordings])
+            batch.events.clear()
+            return False
+        ids = [r.notification.id for r in recordings]
+        seqs = self.sealed.seqs_for_notifications(ids)
+        by_nonce: dict[str, Appended] = {}
         for r in recordings:
             event = r.domain_event
-            by_nonce[event.fact.nonce] = Appended(  # type: ignore[attr-defined]
+            nonce = event.fact.nonce  # type: ignore[attr-defined]
+            by_nonce[nonce] = Appended(
                 seq=seqs[r.notification.id],
                 stream=str(event.originator_id),
                 version=event.originator_version,
                 type=r.notification.topic,
-                nonce=event.fact.nonce,  # type: ignore[attr-defined]
+                nonce=nonce,
             )
-        for i, fact in accepted:
-            outcomes[i] = by_nonce[fact.nonce]
+        for i, facts in batch.accepted:
+            outcomes[i] = replace(
+                by_nonce[facts[0].nonce], derived=tuple(by_nonce[f.nonce] for f in facts[1:])
+            )
+        for aggregate in batch.pending.values():
+            self._remember(aggregate)
+        if ids and min(ids) == top + 1:  # nobody else wrote between our sync and our commit
+            self._cursor = max(ids)
+        return True
 
 
-def _handle_key_fact(
-    app: LedgerService, fact: Fact, pending: dict[UUID, SignedAggregate]
-) -> SignedAggregate:
+def _token(fact: Fact) -> str:
+    assert fact.idempotency_key is not None
+    return idempotency_token(fact.actor, fact.idempotency_key)
+
+
+def _as_uuid(originator_id: Any) -> UUID:
+    return originator_id if isinstance(originator_id, UUID) else UUID(str(originator_id))
+
+
+def _validating(model: type[FactData], handler: Callable[[Context, Any], Recording]) -> Handler:
+    """A handler that first validates the fact's data against its model."""
+
+    def handle(ctx: Context) -> Recording:
+        data = validate(model, ctx.fact.data, ctx.fact.type, ctx.fact.actor)
+        return handler(ctx, data)
+
+    handle.__qualname__ = handler.__qualname__
+    return handle
+
+
+def _handle_key_fact(ctx: Context) -> Recording:
+    fact = ctx.fact
     if fact.type == KEY_REGISTERED or "principal" in fact.data:
         principal_name = fact.data["principal"]
     else:  # key.revoked names only the key
-        record = app.working_keyring.keys.get(fact.data["keyid"])
+        record = ctx.app.working_keyring.keys.get(fact.data["keyid"])
         if record is None:
             raise InvalidFact(
                 f"unknown key {fact.data['keyid']!r}", fact_type=fact.type, actor=fact.actor
             )
         principal_name = record.principal
-    principal: Principal | None = app.get_or_none(Principal.id_for(principal_name), pending)
+    principal = ctx.get(Principal, Principal.id_for(principal_name))
     if principal is None:
         if fact.type != KEY_REGISTERED:
             raise InvalidFact(
                 f"no principal {principal_name!r}", fact_type=fact.type, actor=fact.actor
             )
-        return Principal.enrol(fact)
-    principal.record(fact)
-    return principal
+        return ctx.start(Principal, Principal.id_for(principal_name), Principal.Enrolled)
+    event = {
+        KEY_REGISTERED: Principal.KeyRegistered,
+        "key.rotated": Principal.KeyRotated,
+        "key.revoked": Principal.KeyRevoked,
+    }[fact.type]
+    return ctx.append(principal, event)
 
 
-def _handle_attestation(
-    app: LedgerService, fact: Fact, pending: dict[UUID, SignedAggregate]
-) -> SignedAggregate:
+def _handle_attestation(ctx: Context) -> Recording:
     try:
-        return Attestation.attest(fact)
+        Attestation.check(ctx.fact)
     except InvalidAttestation as exc:
-        raise InvalidFact(str(exc), fact_type=fact.type, actor=fact.actor) from None
+        raise InvalidFact(str(exc), fact_type=ctx.fact.type, actor=ctx.fact.actor) from None
+    return ctx.start(Attestation, Attestation.id_for(ctx.fact), Attestation.Attested)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pytest
@@ -67,8 +68,11 @@ def test_each_refusal_records_nothing(service: LedgerService) -> None:
     forged = Envelope(
         fresh.payload_type, fresh.payload, (Signature(lan.keyid, stranger.sign(fresh.pae())),)
     )
+    reused_nonce = sign_fact(  # another fact under an used nonce
+        lan, "document.attested", {"sha256": "ee" * 32}, nonce=json.loads(good.payload)["nonce"]
+    )
     cases: list[tuple[bytes, type[Refusal]]] = [
-        (good.to_bytes(), ReplayRefused),
+        (reused_nonce.to_bytes(), ReplayRefused),
         (b'{"payloadType":', MalformedFact),
         (sign_fact(lan, "work.teleported", {}).to_bytes(), UnknownFactType),
         (sign_fact(lan, "document.attested", {"sha256": "zz"}).to_bytes(), InvalidFact),
@@ -80,6 +84,19 @@ def test_each_refusal_records_nothing(service: LedgerService) -> None:
         with pytest.raises(error) as caught:
             service.submit(raw)
         assert caught.value.rule and caught.value.detail
+    assert service.sealed.log_size() == size
+
+
+def test_the_same_envelope_again_gets_the_original_answer(service: LedgerService) -> None:
+    admin: SigningKey = service.admin  # type: ignore[attr-defined]
+    lan = SigningKey.generate("lan")
+    service.submit(_register(admin, lan))
+    good = sign_fact(lan, "document.attested", {"sha256": "aa" * 32}).to_bytes()
+    first = service.submit(good)
+    size = service.sealed.log_size()
+    again = service.submit(good)
+    assert again.duplicate and not first.duplicate
+    assert (again.seq, again.stream, again.version) == (first.seq, first.stream, first.version)
     assert service.sealed.log_size() == size
 
 
@@ -128,9 +145,12 @@ def test_the_key_scan_reads_only_what_is_new(service: LedgerService) -> None:
         [sign_fact(lan, "document.attested", {"sha256": f"{i:064x}"}).to_bytes() for i in range(5)]
     )
     top = service.recorder.max_notification_id()
-    assert service._key_cursor == top - 5  # scanned up to the top before that batch
+    assert service._cursor == top  # its own batches move the cursor: nothing to rescan
+    other = LedgerService(parse_database(service.database.url))
+    other.submit(sign_fact(lan, "document.attested", {"sha256": "ff" * 32}).to_bytes())
     service.refresh_keyring()
-    assert service._key_cursor == top  # no key fact since, yet the cursor moved to the top
+    assert service._cursor == top + 1  # another writer's entry was read once
+    other.close()
 
 
 def test_bootstrap_writes_entry_0_and_the_log_identity_once(db_url: str) -> None:
