@@ -101,6 +101,7 @@ _MAX_CODE_CHARS = 64
 _MAX_FORMULA_CHARS = 2000
 _MAX_FORMULA_DEPTH = 50
 _MAX_INT = 2**53 - 1
+_MAX_DAYS = 3660  # ten years: a sanity bound on day counts, not a policy number
 
 
 class PolicyError(ValueError):
@@ -805,13 +806,13 @@ class Policy:
 
 
 def effective_policy(policies: Iterable[Policy], day: dt.date) -> Policy | None:
-    """Among the versions published for one scope, the one that applies on ``day``: the
-    highest version whose ``effective_from`` is on or before ``day`` (ties, which publication
-    should refuse, go to the later ``effective_from`` then the greater ``id``)."""
+    """Among the versions published for one scope, the one in force on ``day``: of those whose
+    ``effective_from`` is on or before ``day``, the one that took effect last; of two that took
+    effect on the same day, the higher version (the later publication). ``None`` if none."""
     candidates = [p for p in policies if p.effective_from <= day]
     if not candidates:
         return None
-    return max(candidates, key=lambda p: (p.version, p.effective_from, p.id))
+    return max(candidates, key=lambda p: (p.effective_from, p.version, p.id))
 
 
 # --------------------------------------------------------------------------------------------
@@ -1014,7 +1015,7 @@ def _date(value: object, path: str) -> dt.date:
 
 def _deadline(obj: _Obj) -> Deadline:
     return Deadline(
-        days=obj.integer("days", low=0),
+        days=obj.integer("days", low=0, high=_MAX_DAYS),
         kind=cast(DayKind, obj.choice("kind", ("calendar", "working"))),
         roll_forward=obj.boolean("roll_forward"),
     )

@@ -592,7 +592,13 @@ INVALID: list[tuple[str, Callable[[dict[str, Any]], None], str, str]] = [
         "negative days",
         _set(["appeals", "filing", "days"], -5),
         "document.appeals.filing.days",
-        "at least 0, found -5",
+        "must be between 0 and 3660, found -5",
+    ),
+    (
+        "too many days",
+        _set(["hr_decision", "due", "days"], 100000),
+        "document.hr_decision.due.days",
+        "must be between 0 and 3660, found 100000",
     ),
     (
         "unknown day kind",
@@ -838,7 +844,7 @@ def test_the_parsed_policy_does_not_share_the_callers_document() -> None:
     assert policy.document["grades"][0]["min"] == "90"
 
 
-def test_effective_policy_picks_the_newest_version_in_force(default: Policy) -> None:
+def test_effective_policy_picks_the_version_in_force(default: Policy) -> None:
     def v2(d: dict[str, Any]) -> None:
         d["version"] = 2
         d["effective_from"] = "2026-07-01"
@@ -849,6 +855,14 @@ def test_effective_policy_picks_the_newest_version_in_force(default: Policy) -> 
     assert effective_policy([second, default], dt.date(2026, 3, 1)) is default
     assert effective_policy([default, second], dt.date(2026, 7, 1)) is second
     assert second.is_effective(dt.date(2026, 7, 1))
+
+    def v3(d: dict[str, Any]) -> None:
+        d["version"] = 3
+        d["effective_from"] = "2026-07-01"
+
+    third = parse_policy(mutated(v3))
+    assert effective_policy([default, third, second], dt.date(2026, 8, 1)) is third
+    assert effective_policy([default, third, second], dt.date(2026, 6, 30)) is default
     assert not second.is_effective(dt.date(2026, 6, 30))
 
 
@@ -946,6 +960,7 @@ class Expr:
     text: str
     precedence: int  # 1: + -, 2: * /, 3: unary minus, 4: atom
     value: Fraction | None  # None: division by zero somewhere
+    depth: int = 0  # nesting, an upper bound of the parser's (which refuses beyond 50)
 
 
 ENV = {"a": Fraction(7, 3), "b": Fraction(-2), "c": Fraction(0)}
@@ -982,12 +997,12 @@ def _binary(op: str, left: Expr, right: Expr) -> Expr:
             value = left.value * right.value
         elif right.value != 0:
             value = left.value / right.value
-    return Expr(text, prec, value)
+    return Expr(text, prec, value, max(left.depth, right.depth) + 1)
 
 
 def _negate(child: Expr) -> Expr:
     value = None if child.value is None else -child.value
-    return Expr(f"-{_wrap(child, child.precedence < 3)}", 3, value)
+    return Expr(f"-{_wrap(child, child.precedence < 3)}", 3, value, child.depth + 1)
 
 
 def _call(function: str, args: list[Expr]) -> Expr:
@@ -996,7 +1011,8 @@ def _call(function: str, args: list[Expr]) -> Expr:
     if all(v is not None for v in values):
         known = [v for v in values if v is not None]
         value = min(known) if function == "min" else max(known)
-    return Expr(f"{function}({', '.join(a.text for a in args)})", 4, value)
+    depth = max(a.depth for a in args) + 1
+    return Expr(f"{function}({', '.join(a.text for a in args)})", 4, value, depth)
 
 
 def _extend(children: st.SearchStrategy[Expr]) -> st.SearchStrategy[Expr]:
@@ -1006,11 +1022,13 @@ def _extend(children: st.SearchStrategy[Expr]) -> st.SearchStrategy[Expr]:
         st.builds(
             _call, st.sampled_from(["min", "max"]), st.lists(children, min_size=2, max_size=3)
         ),
-        children.map(lambda e: Expr(f"({e.text})", 4, e.value)),
+        children.map(lambda e: Expr(f"({e.text})", 4, e.value, e.depth + 1)),
     )
 
 
-EXPRESSIONS = st.recursive(st.one_of(_number(), _variable()), _extend, max_leaves=12)
+EXPRESSIONS = st.recursive(st.one_of(_number(), _variable()), _extend, max_leaves=12).filter(
+    lambda e: e.depth <= 40
+)
 
 
 @settings(max_examples=300)
