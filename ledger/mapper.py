@@ -14,6 +14,7 @@ from eventsourcing.persistence import Mapper, StoredEvent
 from eventsourcing.utils import get_topic, resolve_topic
 
 from ledger.sealer import SealedStoredEvent
+from ledger.store import idempotency_token
 
 
 class EnvelopeMapper(Mapper[Any]):
@@ -28,12 +29,15 @@ class EnvelopeMapper(Mapper[Any]):
         envelope = getattr(domain_event, "envelope", None)
         if not isinstance(envelope, bytes):
             raise TypeError(f"{type(domain_event).__qualname__} is not a signed event")
+        fact = domain_event.fact  # type: ignore[attr-defined]
+        key = fact.idempotency_key
         return SealedStoredEvent(
             originator_id=domain_event.originator_id,
             originator_version=domain_event.originator_version,
             topic=get_topic(type(domain_event)),
             state=envelope,
-            nonce=domain_event.fact.nonce,  # type: ignore[attr-defined]
+            nonce=fact.nonce,
+            idem=None if key is None else idempotency_token(fact.actor, key),
         )
 
     def to_domain_event(self, stored_event: StoredEvent) -> DomainEventProtocol[Any]:

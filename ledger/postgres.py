@@ -9,6 +9,9 @@ own method swallows errors until after its transaction, which would commit event
 
 A conflict on the events' primary key (optimistic concurrency) burns a notification id but
 never a sequence number, because ``seq`` is computed from the log inside the transaction.
+A unique violation on ``log_entries.nonce`` or ``log_entries.idem`` becomes
+``ReplayedEnvelopeError`` or ``DuplicateIdempotencyKeyError``. A schema created before
+``log_entries.idem`` existed gets the column (and its unique index) at ``create_table``.
 """
 
 from __future__ import annotations
@@ -22,8 +25,13 @@ from eventsourcing.postgres import PostgresApplicationRecorder, PostgresDatastor
 from eventsourcing.utils import retry
 from psycopg.sql import SQL, Composed, Identifier
 
-from ledger.sealer import SealedBatch, Sealer
-from ledger.store import ReplayedEnvelopeError, SealedLog, StoredCheckpoint
+from ledger.sealer import EntryRow, SealedBatch, Sealer
+from ledger.store import (
+    DuplicateIdempotencyKeyError,
+    ReplayedEnvelopeError,
+    SealedLog,
+    StoredCheckpoint,
+)
 from signing.merkle import CompactRange, perfect_subtrees
 
 
@@ -40,7 +48,8 @@ class SealedPostgresRecorder(PostgresApplicationRecorder, SealedLog):
                 " notification_id bigint NOT NULL UNIQUE,"
                 " recorded_at text NOT NULL,"
                 " leaf_hash bytea NOT NULL,"
-                " nonce text CONSTRAINT log_entries_nonce_key UNIQUE)",
+                " nonce text CONSTRAINT log_entries_nonce_key UNIQUE,"
+                " idem text CONSTRAINT log_entries_idem_key UNIQUE)",
                 "CREATE TABLE IF NOT EXISTS {schema}.log_nodes ("
                 " level smallint NOT NULL, idx bigint NOT NULL, hash bytea NOT NULL,"
                 " PRIMARY KEY (level, idx))",
@@ -55,9 +64,10 @@ class SealedPostgresRecorder(PostgresApplicationRecorder, SealedLog):
             "SELECT COALESCE(MAX(seq) + 1, 0) AS head FROM {schema}.log_entries"
         ).format(schema=schema)
         self._sql_insert_entries = SQL(
-            "INSERT INTO {schema}.log_entries (seq, notification_id, recorded_at, leaf_hash, nonce)"
+            "INSERT INTO {schema}.log_entries"
+            " (seq, notification_id, recorded_at, leaf_hash, nonce, idem)"
             " SELECT * FROM unnest(%b::bigint[], %b::bigint[], %b::text[], %b::bytea[],"
-            " %b::text[])"
+            " %b::text[], %b::text[])"
         ).format(schema=schema)
         self._sql_insert_nodes = SQL(
             "INSERT INTO {schema}.log_nodes (level, idx, hash)"
@@ -80,6 +90,28 @@ class SealedPostgresRecorder(PostgresApplicationRecorder, SealedLog):
         ).format(schema=schema, events=Identifier(self.events_table_name))
         self._schema = schema
 
+    def _create_table(self, curs: psycopg.Cursor[Any]) -> None:
+        super()._create_table(curs)
+        # Schemas created before the idempotency column: add it, in the same transaction. Only
+        # then, so that opening an up-to-date ledger takes no lock on log_entries.
+        curs.execute(
+            "SELECT 1 FROM information_schema.columns"
+            " WHERE table_schema = %s AND table_name = 'log_entries' AND column_name = 'idem'",
+            (self.datastore.schema,),
+        )
+        if curs.fetchone() is None:
+            curs.execute(
+                SQL("ALTER TABLE {schema}.log_entries ADD COLUMN IF NOT EXISTS idem text").format(
+                    schema=self._schema
+                )
+            )
+            curs.execute(
+                SQL(
+                    "CREATE UNIQUE INDEX IF NOT EXISTS log_entries_idem_key"
+                    " ON {schema}.log_entries (idem)"
+                ).format(schema=self._schema)
+            )
+
     # -- write path ----------------------------------------------------------------------
     @retry((InterfaceError, OperationalError), max_attempts=10, wait=0.2)
     def insert_events(
@@ -100,7 +132,7 @@ class SealedPostgresRecorder(PostgresApplicationRecorder, SealedLog):
                     except Exception as exc:  # re-raised below, inside the transaction
                         error = exc
             if error is not None:
-                raise self._translate(error, batch)
+                raise error
         if batch is not None:
             self.sealer.committed(batch)
         return notification_ids
@@ -134,6 +166,7 @@ class SealedPostgresRecorder(PostgresApplicationRecorder, SealedLog):
                     [r[2] for r in entries],
                     [r[3] for r in entries],
                     [r[4] for r in entries],
+                    [r[5] for r in entries],
                 ),
                 prepare=True,
             )
@@ -144,19 +177,31 @@ class SealedPostgresRecorder(PostgresApplicationRecorder, SealedLog):
                     ([n[0] for n in nodes], [n[1] for n in nodes], [n[2] for n in nodes]),
                     prepare=True,
                 )
-            pipeline.sync()
+            try:
+                pipeline.sync()  # constraint violations on log_entries surface here
+            except psycopg.errors.UniqueViolation as exc:
+                refusal = self._refusal(exc, entries)
+                if refusal is None:
+                    raise
+                raise refusal from exc
         return notification_ids, batch
 
     @staticmethod
-    def _translate(error: Exception, batch: SealedBatch | None) -> Exception:
-        if (
-            isinstance(error, psycopg.errors.UniqueViolation)
-            and error.diag.constraint_name == "log_entries_nonce_key"
-        ):
-            detail = error.diag.message_detail or ""
-            nonce = detail.split("=(", 1)[-1].split(")", 1)[0] if "=(" in detail else "?"
-            return ReplayedEnvelopeError(nonce)
-        return error
+    def _refusal(
+        error: psycopg.errors.UniqueViolation, rows: Sequence[EntryRow]
+    ) -> ReplayedEnvelopeError | None:
+        """The violation as a replayed nonce or a duplicate idempotency token, if it is one."""
+        constraint = error.diag.constraint_name
+        if constraint not in ("log_entries_nonce_key", "log_entries_idem_key"):
+            return None
+        detail = error.diag.message_detail or ""  # Key (column)=(value) already exists.
+        value = detail.split("=(", 1)[-1].split(")", 1)[0] if "=(" in detail else "?"
+        if constraint == "log_entries_nonce_key":
+            return ReplayedEnvelopeError(value)
+        # The refused envelope: the batch's last row with that token (an earlier row with it,
+        # if any, is the one that would have been accepted).
+        nonce = next((r[4] for r in reversed(rows) if r[5] == value), None)
+        return DuplicateIdempotencyKeyError(value, nonce)
 
     def _load_frontier(self, curs: psycopg.Cursor[Any], size: int) -> CompactRange:
         coords = perfect_subtrees(0, size)
@@ -242,6 +287,15 @@ class SealedPostgresRecorder(PostgresApplicationRecorder, SealedLog):
             (list(nonces),),
         )
         return {str(r["nonce"]): int(r["seq"]) for r in rows}
+
+    def _sql_idempotency_seqs(self, tokens: Sequence[str]) -> dict[str, int]:
+        rows = self._query(
+            SQL("SELECT idem, seq FROM {schema}.log_entries WHERE idem = ANY(%s::text[])").format(
+                schema=self._schema
+            ),
+            (list(tokens),),
+        )
+        return {str(r["idem"]): int(r["seq"]) for r in rows}
 
     def _sql_seqs_for_notifications(self, ids: Sequence[int]) -> dict[int, int]:
         rows = self._query(

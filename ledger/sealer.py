@@ -3,8 +3,9 @@
 Both recorders (SQLite, PostgreSQL) call ``Sealer.seal`` after inserting the events and while
 holding the write lock, with the log's current size read in that same transaction. The sealer
 returns the rows to insert — one ``log_entries`` row per event (gap-free ``seq``, the time
-recorded, the leaf hash, the envelope nonce) and the internal Merkle nodes the batch completes —
-and a new frontier that becomes the cached one only after the transaction commits.
+recorded, the leaf hash, the envelope nonce, the idempotency token) and the internal Merkle
+nodes the batch completes — and a new frontier that becomes the cached one only after the
+transaction commits.
 """
 
 from __future__ import annotations
@@ -23,9 +24,16 @@ from signing.merkle import CompactRange, leaf_hash
 
 @dataclass(frozen=True)
 class SealedStoredEvent(StoredEvent):
-    """A stored event that carries its envelope's nonce, for replay refusal in the database."""
+    """A stored event that carries its envelope's nonce, for replay refusal in the database, and
+    its idempotency token (``ledger.store.idempotency_token``, None for a fact without an
+    idempotency key), for refusing a duplicate submission in the database."""
 
     nonce: str | None = None
+    idem: str | None = None
+
+
+# One log_entries row: (seq, notification_id, recorded_at, leaf_hash, nonce, idem).
+EntryRow = tuple[int, int, str, bytes, str | None, str | None]
 
 
 def recorded_now() -> str:
@@ -36,7 +44,7 @@ def recorded_now() -> str:
 @dataclass
 class SealedBatch:
     start: int
-    entry_rows: list[tuple[int, int, str, bytes, str | None]] = field(default_factory=list)
+    entry_rows: list[EntryRow] = field(default_factory=list)
     node_rows: list[tuple[int, int, bytes]] = field(default_factory=list)
     frontier: CompactRange | None = None
 
@@ -86,7 +94,14 @@ class Sealer:
                 )
             )
             entry_rows.append(
-                (seq, notification_id, recorded_at, leaf, getattr(stored, "nonce", None))
+                (
+                    seq,
+                    notification_id,
+                    recorded_at,
+                    leaf,
+                    getattr(stored, "nonce", None),
+                    getattr(stored, "idem", None),
+                )
             )
             node_rows.extend(append(leaf))
             seq += 1

@@ -3,8 +3,9 @@
 ``SealedSQLiteRecorder`` is the library's ``SQLiteApplicationRecorder`` plus sealing: inside the
 transaction that inserts the events (SQLite holds the database write lock from the first
 INSERT to COMMIT), it reads the log size, appends one ``log_entries`` row per event and the
-Merkle nodes the batch completes. A refused write (version conflict, replayed nonce) rolls
-everything back, so sequence numbers never have gaps even where rowids do.
+Merkle nodes the batch completes. A refused write (version conflict, replayed nonce, duplicate
+idempotency token) rolls everything back, so sequence numbers never have gaps even where rowids
+do. A file created before ``log_entries.idem`` existed gets the column when it is opened.
 """
 
 from __future__ import annotations
@@ -23,7 +24,12 @@ from eventsourcing.sqlite import (
 )
 
 from ledger.sealer import SealedBatch, Sealer
-from ledger.store import ReplayedEnvelopeError, SealedLog, StoredCheckpoint
+from ledger.store import (
+    DuplicateIdempotencyKeyError,
+    ReplayedEnvelopeError,
+    SealedLog,
+    StoredCheckpoint,
+)
 from signing.merkle import CompactRange, perfect_subtrees
 
 _SCHEMA = [
@@ -32,7 +38,8 @@ _SCHEMA = [
     " notification_id INTEGER NOT NULL UNIQUE,"
     " recorded_at TEXT NOT NULL,"
     " leaf_hash BLOB NOT NULL,"
-    " nonce TEXT UNIQUE)",
+    " nonce TEXT UNIQUE,"
+    " idem TEXT UNIQUE)",
     "CREATE TABLE IF NOT EXISTS log_nodes ("
     " level INTEGER NOT NULL, idx INTEGER NOT NULL, hash BLOB NOT NULL,"
     " PRIMARY KEY (level, idx)) WITHOUT ROWID",
@@ -50,6 +57,16 @@ class SealedSQLiteRecorder(SQLiteApplicationRecorder, SealedLog):
 
     def construct_create_table_statements(self) -> list[str]:
         return [*super().construct_create_table_statements(), *_SCHEMA]
+
+    def _create_table(self, c: SQLiteCursor) -> None:
+        super()._create_table(c)
+        # Files created before the idempotency column: add it (same transaction as the rest).
+        c.execute("PRAGMA table_info(log_entries)")
+        if "idem" not in {str(row[1]) for row in c.fetchall()}:
+            c.execute("ALTER TABLE log_entries ADD COLUMN idem TEXT")
+            c.execute(
+                "CREATE UNIQUE INDEX IF NOT EXISTS log_entries_idem_key ON log_entries (idem)"
+            )
 
     # -- write path ----------------------------------------------------------------------
     def insert_events(
@@ -74,32 +91,47 @@ class SealedSQLiteRecorder(SQLiteApplicationRecorder, SealedLog):
         batch = self.sealer.seal(head, self._frontier_in(c), stored_events, ids)
         try:
             c.executemany(
-                "INSERT INTO log_entries (seq, notification_id, recorded_at, leaf_hash, nonce)"
-                " VALUES (?,?,?,?,?)",
+                "INSERT INTO log_entries"
+                " (seq, notification_id, recorded_at, leaf_hash, nonce, idem)"
+                " VALUES (?,?,?,?,?,?)",
                 batch.entry_rows,
             )
         except sqlite3.IntegrityError as exc:
-            nonce = self._duplicate_nonce(c, batch)
-            if nonce is not None:
-                raise ReplayedEnvelopeError(nonce) from exc
+            refusal = self._refusal(c, batch, str(exc))
+            if refusal is not None:
+                raise refusal from exc
             raise
         c.executemany("INSERT INTO log_nodes (level, idx, hash) VALUES (?,?,?)", batch.node_rows)
         self._local.pending = batch
         return ids
 
     @staticmethod
-    def _duplicate_nonce(c: SQLiteCursor, batch: SealedBatch) -> str | None:
-        seen: set[str] = set()
-        for row in batch.entry_rows:
-            nonce = row[4]
-            if nonce is None:
-                continue
-            if nonce in seen:
-                return nonce
-            seen.add(nonce)
-            c.execute("SELECT 1 FROM log_entries WHERE nonce = ?", (nonce,))
-            if c.fetchone() is not None:
-                return nonce
+    def _refusal(c: SQLiteCursor, batch: SealedBatch, message: str) -> ReplayedEnvelopeError | None:
+        """Why the batch's ``log_entries`` insert hit a unique constraint, if it was a nonce or
+        an idempotency token used before (in the log, or earlier in the batch).
+
+        ``executemany`` stops at the first failing row, and the rows before it are already in
+        this transaction: so only positions before the batch count as "in the log", and the
+        first row of the batch that collides is the one refused.
+        """
+        rows = batch.entry_rows
+        logged_nonces = _logged(c, "nonce", [r[4] for r in rows if r[4] is not None], batch.start)
+        logged_tokens = _logged(c, "idem", [r[5] for r in rows if r[5] is not None], batch.start)
+        token_first = "log_entries.idem" in message  # which constraint SQLite named
+        nonces: set[str] = set()
+        tokens: set[str] = set()
+        for row in rows:
+            nonce, token = row[4], row[5]
+            nonce_used = nonce is not None and (nonce in nonces or nonce in logged_nonces)
+            token_used = token is not None and (token in tokens or token in logged_tokens)
+            if token is not None and token_used and (token_first or not nonce_used):
+                return DuplicateIdempotencyKeyError(token, nonce)
+            if nonce is not None and nonce_used:
+                return ReplayedEnvelopeError(nonce)
+            if nonce is not None:
+                nonces.add(nonce)
+            if token is not None:
+                tokens.add(token)
         return None
 
     def _frontier_in(self, c: SQLiteCursor) -> Callable[[int], CompactRange]:
@@ -188,6 +220,14 @@ class SealedSQLiteRecorder(SQLiteApplicationRecorder, SealedLog):
             out.update({str(r[0]): int(r[1]) for r in rows})
         return out
 
+    def _sql_idempotency_seqs(self, tokens: Sequence[str]) -> dict[str, int]:
+        out: dict[str, int] = {}
+        for chunk in _chunks(list(tokens), 500):
+            marks = ",".join("?" * len(chunk))
+            rows = self._query(f"SELECT idem, seq FROM log_entries WHERE idem IN ({marks})", chunk)
+            out.update({str(r[0]): int(r[1]) for r in rows})
+        return out
+
     def _sql_seqs_for_notifications(self, ids: Sequence[int]) -> dict[int, int]:
         out: dict[int, int] = {}
         for chunk in _chunks(list(ids), 500):
@@ -202,6 +242,20 @@ class SealedSQLiteRecorder(SQLiteApplicationRecorder, SealedLog):
 
 def _chunks(items: list[Any], size: int) -> list[list[Any]]:
     return [items[i : i + size] for i in range(0, len(items), size)]
+
+
+def _logged(c: SQLiteCursor, column: str, values: list[str], before: int) -> set[str]:
+    """Those of ``values`` that ``log_entries.<column>`` holds at a position before ``before``."""
+    assert column in ("nonce", "idem")
+    found: set[str] = set()
+    for chunk in _chunks(values, 500):
+        marks = ",".join("?" * len(chunk))
+        c.execute(
+            f"SELECT {column} FROM log_entries WHERE seq < ? AND {column} IN ({marks})",
+            [before, *chunk],
+        )
+        found.update(str(r[0]) for r in c.fetchall())
+    return found
 
 
 class SealedSQLiteFactory(SQLiteFactory):

@@ -2,12 +2,13 @@
 
 A recorder that mixes in ``SealedLog`` answers: the log's size, the entries (rebuilt from the
 event row and its log row — the same bytes that were hashed when sealed), stored Merkle
-nodes, roots, inclusion and consistency proofs (O(log n) node reads), checkpoints, nonces.
-Backends implement the small ``_sql_*`` methods.
+nodes, roots, inclusion and consistency proofs (O(log n) node reads), checkpoints, nonces and
+idempotency tokens. Backends implement the small ``_sql_*`` methods.
 """
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Collection, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -15,7 +16,7 @@ from uuid import UUID
 
 from eventsourcing.persistence import IntegrityError
 
-from signing.entry import encode_entry
+from signing.entry import Entry, decode_entry, encode_entry
 from signing.merkle import (
     EMPTY_ROOT,
     CompactRange,
@@ -34,6 +35,30 @@ class ReplayedEnvelopeError(IntegrityError):
     def __init__(self, nonce: str, message: str | None = None) -> None:
         super().__init__(message or f"an envelope with nonce {nonce} is already in the log")
         self.nonce = nonce
+
+
+class DuplicateIdempotencyKeyError(ReplayedEnvelopeError):
+    """An entry with the same idempotency token (same actor, same idempotency key) is already in
+    the log, or earlier in the same batch: a concurrent writer got there first.
+
+    ``token`` is the colliding ``idempotency_token``; ``nonce`` is the nonce of the envelope that
+    was refused, "" if unknown (it is *not* in the log; ``SealedLog.idempotency_seqs([token])``
+    gives the position of the original). Nothing of the batch was recorded.
+    """
+
+    def __init__(self, token: str, nonce: str | None = None, message: str | None = None) -> None:
+        super().__init__(
+            nonce or "",
+            message or f"an entry with idempotency token {token} is already in the log",
+        )
+        self.token = token
+
+
+def idempotency_token(actor: str, key: str) -> str:
+    """What ``log_entries.idem`` holds for a fact with an idempotency key: lowercase hex
+    SHA-256 of ``actor + "\\n" + key`` (UTF-8). Actor names hold no newline, so two different
+    (actor, key) pairs never share a token."""
+    return hashlib.sha256(f"{actor}\n{key}".encode()).hexdigest()
 
 
 @dataclass(frozen=True)
@@ -103,6 +128,9 @@ class SealedLog:
     def _sql_nonce_seqs(self, nonces: Sequence[str]) -> dict[str, int]:
         raise NotImplementedError
 
+    def _sql_idempotency_seqs(self, tokens: Sequence[str]) -> dict[str, int]:
+        raise NotImplementedError
+
     def _sql_seqs_for_notifications(self, ids: Sequence[int]) -> dict[int, int]:
         raise NotImplementedError
 
@@ -121,6 +149,18 @@ class SealedLog:
             for raw in batch:
                 yield build_row(raw)
             position = int(batch[-1][0]) + 1
+
+    def read_entry(self, seq: int) -> Entry | None:
+        """The decoded entry at position ``seq``, or None if the log has no such position.
+
+        Raises ``LookupError`` if the position is sealed but its event row is missing (a damaged
+        database: ``kpi-ledger verify`` names it).
+        """
+        for row in self.read_rows(seq, seq + 1):
+            if row.entry is None:
+                raise LookupError(f"entry {seq} is sealed but its event row is missing")
+            return decode_entry(row.entry)
+        return None
 
     def read_nodes(self, coords: Collection[tuple[int, int]]) -> dict[tuple[int, int], bytes]:
         missing = [c for c in coords if c[0] < 0]
@@ -176,6 +216,11 @@ class SealedLog:
     def nonce_seqs(self, nonces: Sequence[str]) -> dict[str, int]:
         """The positions of the entries that already used any of ``nonces`` (one query)."""
         return self._sql_nonce_seqs(nonces) if nonces else {}
+
+    def idempotency_seqs(self, tokens: Sequence[str]) -> dict[str, int]:
+        """The positions of the entries that carry any of ``tokens`` (``idempotency_token``
+        values), in one query; tokens not in the log are absent from the answer."""
+        return self._sql_idempotency_seqs(tokens) if tokens else {}
 
     def seqs_for_notifications(self, ids: Sequence[int]) -> dict[int, int]:
         """Map notification ids (the event store's, with gaps) to log positions."""
