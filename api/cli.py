@@ -21,7 +21,7 @@ from eventsourcing.persistence import PersistenceError
 
 from api.progress import ProgressBar
 from domain.errors import Refusal
-from domain.service import Appended, LedgerService
+from domain.service import Appended, LedgerService, TimeWindow
 from ledger.checkpoints import Checkpointer, EmptyLogError, InconsistentLogError
 from ledger.config import ConfigError, database_url, parse_database
 from ledger.export import export_bundle
@@ -62,7 +62,12 @@ def _service(args: argparse.Namespace) -> LedgerService:
         raise UsageError(f"KPI_LEDGER_CHECKPOINT_EVERY must be a whole number, got {raw!r}")
     every = int(raw)
     every = args.checkpoint_every if getattr(args, "checkpoint_every", None) else every
-    service = LedgerService(database)
+    try:
+        window = TimeWindow.from_env()
+    except ValueError as exc:
+        raise UsageError(str(exc)) from None
+    signer = home.facts_key() if home.exists() else None
+    service = LedgerService(database, ledger_signer=signer, window=window)
     if every and home.exists():
         checkpointer = _checkpointer(service, home, every)
         service.after_append = checkpointer.maybe_checkpoint
@@ -127,6 +132,7 @@ def cmd_init(args: argparse.Namespace) -> int:
         ledger_key = home.create(origin)
         admin = SigningKey.generate(args.admin)
         write_key_pair(admin, home.path)
+        service.ledger_signer = home.facts_key()
         appended = service.bootstrap(ledger_key, admin)
         signed = _checkpointer(service, home).checkpoint()
     finally:
@@ -155,7 +161,7 @@ def _admin_key(args: argparse.Namespace) -> SigningKey:
     if path is None:
         home = LedgerHome(home_path(args.home))
         candidates = sorted(home.path.glob("*.key")) if home.path.exists() else []
-        candidates = [p for p in candidates if p.name != "ledger.key"]
+        candidates = [p for p in candidates if p.name not in ("ledger.key", "facts.key")]
         if len(candidates) != 1:
             raise UsageError("say which administrator key signs: --admin-key FILE")
         path = candidates[0]

@@ -109,7 +109,6 @@ MAX_BATCH = 1000
 WRITER_LOCK_ID = 0x6B70696C  # pg_advisory_lock key of the ledger's writer ("kpil")
 CACHE_SIZE = 50_000  # aggregates kept in memory between batches
 RESCAN_LIMIT = 20_000  # more foreign entries than this since our last batch: drop the cache
-LEDGER_PRINCIPAL = "ledger"  # the principal of the key that signs derived facts
 CANNOT_DERIVE = "ledger.cannot_derive"
 
 

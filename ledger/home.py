@@ -3,6 +3,8 @@
 ``--home DIR`` or ``KPI_LEDGER_HOME`` (default ``./.kpi-ledger``) holds:
 
 * ``ledger.key``         the checkpoint signing key (named after the log's origin);
+* ``facts.key``          the key of the principal ``ledger``, which signs the facts the ledger
+                         derives itself (an appeal decision's compensating events);
 * ``log.vkey``           its verifier keys (note key and cosignature key), safe to publish;
 * ``signer-state.json``  the size and root of the last checkpoint this ledger signed;
 * ``admin.key`` / ``admin.pub``  the first administrator key, made by ``kpi-ledger init``.
@@ -21,6 +23,7 @@ from signing.checkpoint import log_verifier_keys
 from signing.keys import SigningKey, VerifierKey, read_signing_key, read_verifier_keys
 
 DEFAULT_HOME = ".kpi-ledger"
+LEDGER_PRINCIPAL = "ledger"  # who signs derived facts
 
 
 def home_path(explicit: str | None = None) -> Path:
@@ -43,6 +46,16 @@ class LedgerHome:
     def state_path(self) -> Path:
         return self.path / "signer-state.json"
 
+    @property
+    def facts_key_path(self) -> Path:
+        return self.path / "facts.key"
+
+    def facts_key(self) -> SigningKey | None:
+        """The key of derived facts, or None for a home made before it existed."""
+        if not self.facts_key_path.exists():
+            return None
+        return read_signing_key(self.facts_key_path)
+
     def exists(self) -> bool:
         return self.ledger_key_path.exists()
 
@@ -62,8 +75,12 @@ class LedgerHome:
             raise FileExistsError(f"{self.ledger_key_path} exists: this home is initialised")
         self.path.mkdir(parents=True, exist_ok=True)
         key = SigningKey.generate(origin)
-        fd = os.open(self.ledger_key_path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-        with os.fdopen(fd, "w") as handle:
-            handle.write(key.to_text() + "\n")
+        for path, secret in (
+            (self.ledger_key_path, key),
+            (self.facts_key_path, SigningKey.generate(LEDGER_PRINCIPAL)),
+        ):
+            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+            with os.fdopen(fd, "w") as handle:
+                handle.write(secret.to_text() + "\n")
         self.vkey_path.write_text("".join(k.to_text() + "\n" for k in log_verifier_keys(key)))
         return key

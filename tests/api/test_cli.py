@@ -45,10 +45,10 @@ def test_full_cycle(cli: Path, db_url: str, capsys: pytest.CaptureFixture[str]) 
     lines = "".join(_sign(capsys, {"sha256": f"{i:064x}"}, f"f{i}.json") for i in range(3))
     Path("envs.jsonl").write_text(lines)
     assert main(["append", "envs.jsonl"]) == 0
-    assert capsys.readouterr().out.split() == ["2", "3", "4"]
+    assert capsys.readouterr().out.split() == ["3", "4", "5"]  # 0 admin, 1 ledger, 2 lan
     assert main(["checkpoint"]) == 0
     note = capsys.readouterr().out
-    assert note.startswith("kpi.test/cli\n5\n")
+    assert note.startswith("kpi.test/cli\n6\n")
     assert main(["receipt", "3"]) == 0
     receipt = capsys.readouterr().out
     assert TlogProof.parse(receipt).index == 3
@@ -64,9 +64,9 @@ def test_full_cycle(cli: Path, db_url: str, capsys: pytest.CaptureFixture[str]) 
         main(["verify-receipt", "entry3.tlog-proof", "entry3.bin", "--log-key", "home/log.vkey"])
         == 0
     )
-    assert "entry 3 is in the log of size 5" in capsys.readouterr().out
+    assert "entry 3 is in the log of size 6" in capsys.readouterr().out
     assert main(["verify", "bundle", "--log-key", "home/log.vkey"]) == 0
-    assert capsys.readouterr().out.startswith("OK: 5 entries")
+    assert capsys.readouterr().out.startswith("OK: 6 entries")
     assert main(["verify"]) == 0
 
 
@@ -78,11 +78,11 @@ def test_replayed_and_bad_lines_are_refused_alone(
     Path("envs.jsonl").write_text(good + bad + good + "not json\n")
     assert main(["append", "envs.jsonl"]) == 1
     captured = capsys.readouterr()
-    assert captured.out.split() == ["2"]
+    assert captured.out.split() == ["3"]
     assert "line 2: refused [fact.invalid]" in captured.err
     assert "line 3: refused [envelope.replayed]" in captured.err
     assert "line 4: refused [envelope.malformed]" in captured.err
-    assert _size(db_url) == 3
+    assert _size(db_url) == 4
 
 
 @pytest.mark.parametrize(
@@ -143,8 +143,8 @@ def test_revoke_key_then_signing_is_refused(
     assert main(["revoke-key", keyid, "--reason", "laptop lost"]) == 0
     Path("envs.jsonl").write_text(_sign(capsys, {"sha256": "bb" * 32}))
     assert main(["append", "envs.jsonl"]) == 1
-    assert "revoked at position 2" in capsys.readouterr().err
-    assert _size(db_url) == 3
+    assert "revoked at position 3" in capsys.readouterr().err
+    assert _size(db_url) == 4
 
 
 def test_checkpoint_every_n_entries(
@@ -160,7 +160,7 @@ def test_checkpoint_every_n_entries(
         sizes = [cp.size for cp in service.sealed.checkpoints()]
     finally:
         service.close()
-    assert sizes == [1, 7]  # init's checkpoint, then one once >= 3 new entries had arrived
+    assert sizes == [2, 8]  # init's checkpoint, then one once >= 3 new entries had arrived
 
 
 def test_sqlite_is_the_default(
@@ -174,10 +174,10 @@ def test_sqlite_is_the_default(
     from domain.service import LedgerService
 
     service = LedgerService(parse_database(f"sqlite:///{tmp_path / 'kpi-ledger.db'}"))
-    try:  # the default file holds a sealed log: entry 0 and the first checkpoint
+    try:  # the default file holds a sealed log: entries 0, 1 and the first checkpoint
         assert isinstance(service.sealed, SealedSQLiteRecorder)
-        assert service.sealed.log_size() == 1
-        assert [c.size for c in service.sealed.checkpoints()] == [1]
+        assert service.sealed.log_size() == 2  # the administrator and the ledger keys
+        assert [c.size for c in service.sealed.checkpoints()] == [2]
     finally:
         service.close()
 
