@@ -34,6 +34,8 @@ from ledger.store import (
 )
 from signing.merkle import CompactRange, perfect_subtrees
 
+SCHEMA_LOCK_ID = 0x6B70696D  # pg_advisory_xact_lock key of table creation ("kpim")
+
 
 class SealedPostgresRecorder(PostgresApplicationRecorder, SealedLog):
     def __init__(self, datastore: PostgresDatastore, *, events_table_name: str = "stored_events"):
@@ -91,6 +93,9 @@ class SealedPostgresRecorder(PostgresApplicationRecorder, SealedLog):
         self._schema = schema
 
     def _create_table(self, curs: psycopg.Cursor[Any]) -> None:
+        # Processes starting together would otherwise run the library's CREATE OR REPLACE
+        # FUNCTION statements at once ("tuple concurrently updated"): one at a time.
+        curs.execute("SELECT pg_advisory_xact_lock(%s)", (SCHEMA_LOCK_ID,))
         super()._create_table(curs)
         # Schemas created before the idempotency column: add it, in the same transaction. Only
         # then, so that opening an up-to-date ledger takes no lock on log_entries.
