@@ -234,21 +234,20 @@ def _adjustment(ctx: Context, act: LoggedAct) -> Contested:
     )
 
 
-def _close(ctx: Context, act: LoggedAct) -> Contested:
+def _close(ctx: Context, act: LoggedAct, appellant: str) -> Contested:
     d = act.fact.data
-    appellant = ctx.employee(ctx.actor)
     start = period_start(d["period"])
-    unit = appellant.posting_on(start).unit
+    unit = ctx.employee(appellant).posting_on(start).unit
     if ctx.agency_of(unit) != d["agency"]:
-        ctx.refuse(NOT_CONTESTABLE, f"{ctx.actor!r} was not in {d['agency']!r} in {d['period']}")
+        ctx.refuse(NOT_CONTESTABLE, f"{appellant!r} was not in {d['agency']!r} in {d['period']}")
     return Contested(
         act,
-        ctx.actor,
+        appellant,
         act.fact.claimed_at,
         ctx.policy(unit, start),
         frozenset({act.fact.actor}),
         "period.ruling_applied",
-        {"agency": d["agency"], "period": d["period"], "employee": ctx.actor},
+        {"agency": d["agency"], "period": d["period"], "employee": appellant},
     )
 
 
@@ -269,7 +268,8 @@ def _hr_decision(ctx: Context, act: LoggedAct) -> Contested:
     )
 
 
-def contested_act(ctx: Context, seq: int) -> Contested:
+def contested_act(ctx: Context, seq: int, appellant: str) -> Contested:
+    """The act at ``seq`` as ``appellant`` contests it (a close concerns each appellant)."""
     act = ctx.logged(seq)
     if act is None:
         ctx.refuse(UNKNOWN_REFERENCE, f"no entry at log position {seq}")
@@ -282,7 +282,7 @@ def contested_act(ctx: Context, seq: int) -> Contested:
     if act.type == ADJUSTMENT_APPROVED:
         return _adjustment(ctx, act)
     if act.type == CLOSED:
-        return _close(ctx, act)
+        return _close(ctx, act, appellant)
     return _hr_decision(ctx, act)
 
 
@@ -298,7 +298,7 @@ def file(ctx: Context, data: FiledData) -> Recording:
     if len(set(data.contested)) != len(data.contested):
         ctx.refuse(WRONG_STATE, "contested names a position twice")
     for seq in data.contested:
-        contested = contested_act(ctx, seq)
+        contested = contested_act(ctx, seq, ctx.actor)
         if contested.subject != ctx.actor:
             ctx.refuse(
                 NOT_CONTESTABLE,
@@ -341,7 +341,7 @@ def _check_independent(ctx: Context, who: str, appellant: str, record: AppealRec
     if who == appellant:
         ctx.refuse(NOT_INDEPENDENT, f"{who!r} cannot review their own appeal")
     for seq in record.contested:
-        contested = contested_act(ctx, seq)
+        contested = contested_act(ctx, seq, appellant)
         if who in contested.involved:
             ctx.refuse(
                 NOT_INDEPENDENT,
@@ -381,7 +381,7 @@ def decide(ctx: Context, data: DecidedData) -> Recording:
         )
     derived = []
     for ruling in data.rulings:
-        contested = contested_act(ctx, ruling.act)
+        contested = contested_act(ctx, ruling.act, data.appellant)
         if ruling.ruling == "exempted" and contested.act.type not in EXEMPTABLE:
             ctx.refuse(
                 WRONG_STATE,

@@ -86,13 +86,19 @@ class DeclinedData(DecidedData):
     reason: Text
 
 
+class RulingTarget(FactData):
+    employee: Code
+    period: Period
+    adjustment: Code
+
+
 class RulingData(FactData):
     appeal: Code
     act: int = Field(ge=0)
     act_nonce: str
     act_type: str
     ruling: Literal["overturned", "exempted"]
-    target: dict[str, Any]
+    target: RulingTarget
 
 
 @dataclass
@@ -378,8 +384,10 @@ def apply_ruling(ctx: Context, data: RulingData) -> Recording:
         ctx.refuse(LEDGER_ONLY, f"{ctx.fact_type} is derived and signed by the ledger itself")
     target = data.target
     assessment = ctx.require(
-        Assessment, Assessment.id_for(target["employee"], target["period"]), "assessment"
+        Assessment, Assessment.id_for(target.employee, target.period), "assessment"
     )
+    if not any(a.approval_nonce == data.act_nonce for a in assessment.adjustments.values()):
+        ctx.refuse(WRONG_STATE, f"act {data.act} approved no adjustment of this assessment")
     return ctx.append(assessment, Assessment.RulingApplied)
 
 

@@ -18,7 +18,7 @@ issues, and the decision cites the closed-period results it rests on.
 
 from __future__ import annotations
 
-from typing import Any, ClassVar, Literal
+from typing import ClassVar, Literal
 from uuid import UUID
 
 from pydantic import Field
@@ -59,13 +59,17 @@ class WithdrawnData(FactData):
     reason: Text
 
 
+class RulingTarget(FactData):
+    decision: Code
+
+
 class RulingData(FactData):
     appeal: Code
     act: int = Field(ge=0)
     act_nonce: str
     act_type: str
     ruling: Literal["overturned"]
-    target: dict[str, Any]
+    target: RulingTarget
 
 
 class HrDecision(SignedAggregate):
@@ -170,13 +174,16 @@ def issue(ctx: Context, data: IssuedData) -> Recording:
 
 
 def withdraw(ctx: Context, data: WithdrawnData) -> Recording:
-    return ctx.append(_decision(ctx, data.decision), HrDecision.Withdrawn)
+    decision = _decision(ctx, data.decision)
+    if ctx.actor == decision.employee:
+        ctx.refuse(SELF_APPROVAL, f"{ctx.actor!r} cannot withdraw an HR decision about themselves")
+    return ctx.append(decision, HrDecision.Withdrawn)
 
 
 def apply_ruling(ctx: Context, data: RulingData) -> Recording:
     if ctx.actor != ctx.ledger_principal():
         ctx.refuse(LEDGER_ONLY, f"{ctx.fact_type} is derived and signed by the ledger itself")
-    decision = ctx.require(HrDecision, HrDecision.id_for(data.target["decision"]), "HR decision")
+    decision = ctx.require(HrDecision, HrDecision.id_for(data.target.decision), "HR decision")
     return ctx.append(decision, HrDecision.RulingApplied)
 
 

@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import datetime as dt
 from dataclasses import dataclass
-from typing import Any, ClassVar, Literal
+from typing import ClassVar, Literal
 from uuid import UUID
 
 from pydantic import Field
@@ -65,13 +65,19 @@ class LateEntryApprovedData(FactData):
     agency: Code
 
 
+class RulingTarget(FactData):
+    agency: Code
+    period: Period
+    employee: Code
+
+
 class RulingData(FactData):
     appeal: Code
     act: int = Field(ge=0)
     act_nonce: str
     act_type: str
     ruling: Literal["overturned"]
-    target: dict[str, Any]
+    target: RulingTarget
 
 
 @dataclass(frozen=True)
@@ -195,6 +201,7 @@ def close_period(ctx: Context, data: ClosedData) -> Recording:
 
 def request_late_entry(ctx: Context, data: LateEntryRequestedData) -> Recording:
     employee = ctx.employee(data.employee)
+    ctx.unit(data.agency)
     periods = ctx.periods(data.agency)
     if periods is None or data.period not in periods.closes:
         ctx.refuse(WRONG_STATE, f"period {data.period} of {data.agency!r} is not closed")
@@ -231,9 +238,9 @@ def approve_late_entry(ctx: Context, data: LateEntryApprovedData) -> Recording:
 def apply_ruling(ctx: Context, data: RulingData) -> Recording:
     if ctx.actor != ctx.ledger_principal():
         ctx.refuse(LEDGER_ONLY, f"{ctx.fact_type} is derived and signed by the ledger itself")
-    periods = ctx.periods(str(data.target["agency"]))
+    periods = ctx.periods(data.target.agency)
     if periods is None:
-        ctx.refuse(UNKNOWN_REFERENCE, f"no closed periods for {data.target['agency']!r}")
+        ctx.refuse(UNKNOWN_REFERENCE, f"no closed periods for {data.target.agency!r}")
     return ctx.append(periods, Periods.RulingApplied)
 
 

@@ -36,7 +36,7 @@ from __future__ import annotations
 import datetime as dt
 from dataclasses import dataclass, field
 from decimal import Decimal
-from typing import Any, ClassVar, Literal
+from typing import ClassVar, Literal
 from uuid import UUID
 
 from pydantic import Field
@@ -406,6 +406,10 @@ def spot_check(ctx: Context, data: SpotCheckedData) -> Recording:
     return ctx.append(where.item, WorkItem.SpotChecked)
 
 
+class RulingTarget(FactData):
+    item: Code
+
+
 class RulingData(FactData):
     """A compensating event derived from an appeal decision (see ``domain/appeals.py``)."""
 
@@ -414,13 +418,13 @@ class RulingData(FactData):
     act_nonce: str
     act_type: str
     ruling: Literal["overturned", "exempted"]
-    target: dict[str, Any]
+    target: RulingTarget
 
 
 def apply_ruling(ctx: Context, data: RulingData) -> Recording:
     if ctx.actor != ctx.ledger_principal():
         ctx.refuse(LEDGER_ONLY, f"{ctx.fact_type} is derived and signed by the ledger itself")
-    item = ctx.require(WorkItem, WorkItem.id_for(data.target["item"]), "work item")
+    item = ctx.require(WorkItem, WorkItem.id_for(data.target.item), "work item")
     if data.act_nonce not in item.acts:
         ctx.refuse(WRONG_STATE, f"act {data.act} is not on item {item.item!r}")
     return ctx.append(item, WorkItem.RulingApplied)
