@@ -7,10 +7,10 @@ import time
 from collections.abc import Callable, Sequence
 from typing import Any
 
-from bench import append, proofs, verify
+from bench import append, domain, proofs, verify
 from bench.common import DEFAULT_PG, RESULTS_DIR, machine_info, pg_version, render_table, say
 
-BENCHMARKS = ("append", "verify", "proofs")
+BENCHMARKS = ("append", "verify", "proofs", "domain")
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -41,6 +41,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "append": lambda: append.run(mode, pg_url),
         "verify": lambda: verify.run(mode),
         "proofs": lambda: proofs.run(mode, pg_url),
+        "domain": lambda: domain.run(mode, pg_url),
     }
     results: dict[str, dict[str, Any]] = {}
     start = time.perf_counter()
@@ -106,6 +107,17 @@ def summary_rows(results: dict[str, dict[str, Any]]) -> list[list[Any]]:
                     "meets" if p99 < r["target_ms"] else "MISSES",
                 ]
             )
+    for r in results.get("domain", {}).get("rates", []):
+        target = r["target"]
+        rows.append(
+            [
+                "domain",
+                f"{r['backend']} domain cmd/s vs raw appends/s, {r['per_call']}/call",
+                r["ratio"],
+                "-" if target is None else f">= {target}",
+                "-" if target is None else ("meets" if r["meets_target"] else "MISSES"),
+            ]
+        )
     return rows
 
 

@@ -228,7 +228,7 @@ class LedgerService(Application[UUID]):
         self.ledger_signer = ledger_signer
         self.clock = clock or _real_clock
         self.window = window if window is not None else TimeWindow()
-        self._cache: OrderedDict[UUID, SignedAggregate] = OrderedDict()
+        self._cache: OrderedDict[UUID, SignedAggregate | None] = OrderedDict()  # None: absent
         self._cache_size = cache_size
         self._acts: OrderedDict[int, LoggedAct] = OrderedDict()
         self.handlers: dict[str, Handler] = {}
@@ -275,23 +275,31 @@ class LedgerService(Application[UUID]):
 
     # -- reading -------------------------------------------------------------------------
     def get_or_none(self, aggregate_id: UUID, pending: dict[UUID, SignedAggregate]) -> Any:
-        """The aggregate as this batch sees it: pending changes, else cached, else stored."""
+        """The aggregate as this batch sees it: pending changes, else cached, else stored.
+
+        The cache also remembers a stream that does not exist (``None``), so that rules
+        looking for an absent aggregate (no policy at this unit, no closed period) do not
+        query the store every time: a stream comes into being only by a save, which
+        replaces the entry (``_save``) or, written by another writer, drops it (``_sync``).
+        """
         if aggregate_id in pending:
             return pending[aggregate_id]
-        cached = self._cache.get(aggregate_id)
-        if cached is not None:
+        if aggregate_id in self._cache:
             self._cache.move_to_end(aggregate_id)
-            return cached
+            return self._cache[aggregate_id]
         try:
-            aggregate: SignedAggregate = self.repository.get(aggregate_id)
+            aggregate: SignedAggregate | None = self.repository.get(aggregate_id)
         except AggregateNotFoundError:
-            return None
-        self._remember(aggregate)
+            aggregate = None
+        self._keep(aggregate_id, aggregate)
         return aggregate
 
     def _remember(self, aggregate: SignedAggregate) -> None:
-        self._cache[aggregate.id] = aggregate
-        self._cache.move_to_end(aggregate.id)
+        self._keep(aggregate.id, aggregate)
+
+    def _keep(self, aggregate_id: UUID, aggregate: SignedAggregate | None) -> None:
+        self._cache[aggregate_id] = aggregate
+        self._cache.move_to_end(aggregate_id)
         while len(self._cache) > self._cache_size:
             self._cache.popitem(last=False)
 

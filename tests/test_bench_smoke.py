@@ -1,8 +1,8 @@
 """The benchmarks run end to end in a tiny mode (no timing assertions: the machine is noisy).
 
 Each benchmark's ``run`` is called with a few hundred events, SQLite only except the append
-benchmark, which also runs on the ``pg_url`` database (fresh schemas inside it). Only the
-shape of the results, positive rates and the verifier's verdict are checked.
+and domain benchmarks, which also run on the ``pg_url`` database (fresh schemas inside it).
+Only the shape of the results, positive rates and the verifier's verdict are checked.
 """
 
 from __future__ import annotations
@@ -11,7 +11,7 @@ import json
 from pathlib import Path
 from typing import Any
 
-from bench import append, proofs, verify
+from bench import append, domain, proofs, verify
 
 
 def _positive(row: dict[str, Any], *keys: str) -> None:
@@ -80,3 +80,32 @@ def test_proofs_bench_on_sqlite(tmp_path: Path) -> None:
     )
     assert row["inclusion_nodes"]["max"] <= 2 * row["size"].bit_length()
     assert (tmp_path / "proofs.json").is_file()
+
+
+def test_domain_bench_on_sqlite_and_postgres(pg_url: str, tmp_path: Path) -> None:
+    result = domain.run("quick", pg_url, pg_is_database=True, results_dir=tmp_path)
+
+    rates = result["rates"]
+    assert {(r["backend"], r["per_call"]) for r in rates} == {
+        ("sqlite", domain.BATCH),
+        ("sqlite", 1),
+        ("postgres", domain.BATCH),
+        ("postgres", 1),
+    }
+    for row in rates:
+        _positive(row, "domain_commands_per_s", "raw_appends_per_s", "ratio")
+        assert row["target"] == (domain.TARGET if row["per_call"] == domain.BATCH else None)
+        assert row["meets_target"] in ((None,) if row["target"] is None else (True, False))
+    workload = result["workload"]
+    assert workload["commands"] == sum(workload["kinds"].values())
+    assert {
+        "work.assigned",
+        "work.declared",
+        "work.approved",
+        "assessment.supervisor_assessed",
+    } <= workload["kinds"].keys()
+    assert set(result["breakdown"]) == {"sqlite", "postgres"}
+    for breakdown in result["breakdown"].values():
+        assert breakdown["aggregate_reads"]["cache"] > 0
+        assert set(breakdown["handlers"]) == set(workload["kinds"])
+    assert json.loads((tmp_path / "domain.json").read_text())["benchmark"] == "domain"
