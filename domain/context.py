@@ -125,12 +125,23 @@ class Context:
         return self.require(Employee, Employee.id_for(code), f"employee {code!r}")
 
     def ancestors(self, code: str) -> list[str]:
-        """``code`` and the units above it, nearest first."""
+        """``code`` and the units above it, nearest first.
+
+        Units never move once created, so the chain of a unit already saved is remembered by
+        the service; one created in this batch is not (the batch may still fail).
+        """
+        known = self.app.unit_chains.get(code)
+        if known is not None:
+            return known
         chain = [code]
         unit = self.unit(code)
+        saved = unit.id not in self.pending
         while unit.parent is not None:
             chain.append(unit.parent)
             unit = self.unit(unit.parent)
+            saved = saved and unit.id not in self.pending
+        if saved:
+            self.app.unit_chains[code] = chain
         return chain
 
     def agency_of(self, code: str) -> str:

@@ -231,6 +231,7 @@ class LedgerService(Application[UUID]):
         self._cache: OrderedDict[UUID, SignedAggregate | None] = OrderedDict()  # None: absent
         self._cache_size = cache_size
         self._acts: OrderedDict[int, LoggedAct] = OrderedDict()
+        self.unit_chains: dict[str, list[str]] = {}  # unit -> itself and its ancestors (saved)
         self.handlers: dict[str, Handler] = {}
         self.register_handler(Principal.FACT_TYPES, _handle_key_fact)
         self.register_handler(Attestation.FACT_TYPES, _handle_attestation)

@@ -8,6 +8,7 @@ the store (``from_envelope``) therefore reproduces it exactly, from bytes the lo
 
 from __future__ import annotations
 
+import functools
 import uuid
 from typing import Any, ClassVar, TypeVar
 from uuid import UUID
@@ -22,6 +23,7 @@ NAMESPACE = uuid.UUID("6f9d5a7e-3c11-4c59-9a0e-8f2b7d0e4c21")
 A = TypeVar("A", bound="SignedAggregate")
 
 
+@functools.lru_cache(maxsize=65536)
 def stream_id(kind: str, key: str) -> UUID:
     """A deterministic aggregate id, e.g. ``stream_id("principal", "lan.nguyen")``."""
     return uuid.uuid5(NAMESPACE, f"{kind}/{key}")
