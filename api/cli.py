@@ -353,6 +353,33 @@ def cmd_verify_receipt(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_demo(args: argparse.Namespace) -> int:
+    """Seed a realistic signed history (api/demo.py)."""
+    from api.demo import DemoError, DemoOptions, DemoRefused, print_summary, run_demo
+
+    database = parse_database(database_url(args.db))
+    home = LedgerHome(home_path(args.home))
+    options = DemoOptions(
+        seed=args.seed,
+        employees=args.employees,
+        months=args.months,
+        start=args.start,
+        keys_out=Path(args.keys_out) if args.keys_out else None,
+        workers=args.workers,
+    )
+    try:
+        result = run_demo(database, home, options, progress=True if args.progress else None)
+    except DemoError as exc:
+        raise UsageError(str(exc)) from None
+    except DemoRefused as exc:
+        sys.stderr.write(f"kpi-ledger demo: {exc}\n")
+        return 1
+    print_summary(
+        result, database, home, options, db_flag=args.db, home_flag=args.home, out=sys.stdout
+    )
+    return 0
+
+
 # -- parser ---------------------------------------------------------------------------------
 
 
@@ -456,6 +483,20 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("entry", help="file with the exact entry bytes")
     p.add_argument("--log-key", required=True)
     p.set_defaults(func=cmd_verify_receipt)
+
+    p = sub.add_parser(
+        "demo",
+        parents=[common],
+        help="seed a new ledger with a realistic signed history (deterministic with --seed)",
+    )
+    p.add_argument("--seed", type=int, default=1, help="everything derives from it (default 1)")
+    p.add_argument("--employees", type=int, default=60, help="12..100000 (default 60)")
+    p.add_argument("--months", type=int, default=6, help="2..12 (default 6)")
+    p.add_argument("--start", default="2026-01", help="first month, YYYY-MM (default 2026-01)")
+    p.add_argument("--keys-out", help="write every person's and system's key pair to DIR")
+    p.add_argument("--workers", type=int, default=None, help="signing processes (default auto)")
+    p.add_argument("--progress", action="store_true", help="show progress even when piped")
+    p.set_defaults(func=cmd_demo)
     return parser
 
 
