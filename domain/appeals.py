@@ -37,7 +37,7 @@ from uuid import UUID
 
 from pydantic import Field
 
-from domain.assessment import ADJUSTMENT_APPROVED, Assessment
+from domain.assessment import ADJUSTMENT_APPROVED, Assessment, check_standing
 from domain.context import Context, Derived, Handler, LoggedAct, Recording
 from domain.errors import (
     ALREADY_CONTESTED,
@@ -298,6 +298,13 @@ def file(ctx: Context, data: FiledData) -> Recording:
     if len(set(data.contested)) != len(data.contested):
         ctx.refuse(WRONG_STATE, "contested names a position twice")
     for seq in data.contested:
+        decided = docket.contesting(seq) if docket is not None else None
+        if decided is not None and decided.rulings.get(seq, "upheld") != "upheld":
+            ctx.refuse(  # only an appeal overturns or exempts: the act was decided
+                SECOND_REVIEW,
+                f"the act at position {seq} was {decided.rulings[seq]} in appeal"
+                f" {decided.id!r}: no second review",
+            )
         contested = contested_act(ctx, seq, ctx.actor)
         if contested.subject != ctx.actor:
             ctx.refuse(
@@ -380,6 +387,7 @@ def decide(ctx: Context, data: DecidedData) -> Recording:
             f"rulings must name each contested position once: {sorted(record.contested)}",
         )
     derived = []
+    lifted: dict[tuple[str, str], tuple[Policy, set[str]]] = {}  # adjustments overturned
     for ruling in data.rulings:
         contested = contested_act(ctx, ruling.act, data.appellant)
         if ruling.ruling == "exempted" and contested.act.type not in EXEMPTABLE:
@@ -387,6 +395,9 @@ def decide(ctx: Context, data: DecidedData) -> Recording:
                 WRONG_STATE,
                 f"only a delay or quality failure is exempted, not {contested.act.type}",
             )
+        if ruling.ruling != "upheld" and contested.act.type == ADJUSTMENT_APPROVED:
+            key = (contested.target["employee"], contested.target["period"])
+            lifted.setdefault(key, (contested.policy, set()))[1].add(contested.act.fact.nonce)
         if ruling.ruling != "upheld":
             derived.append(
                 Derived(
@@ -401,6 +412,15 @@ def decide(ctx: Context, data: DecidedData) -> Recording:
                     },
                 )
             )
+    for (employee, period), (policy, nonces) in lifted.items():
+        # the adjustments left must keep the criteria within bounds without the lifted ones
+        assessment = ctx.require(Assessment, Assessment.id_for(employee, period), "assessment")
+        standing = [
+            a
+            for a in assessment.adjustments.values()
+            if a.counts and a.approval_nonce not in nonces
+        ]
+        check_standing(ctx, policy, assessment.supervisor_scores or {}, standing)
     recording = ctx.append(docket, Docket.Decided)
     return Recording(recording.event, recording.aggregate, derived=tuple(derived))
 

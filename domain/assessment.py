@@ -292,7 +292,34 @@ def supervisor_assess(ctx: Context, data: AssessedData) -> Recording:
     subject = _subject(ctx, data.employee, data.period, data.late_entry)
     ctx.require_role("supervisor", subject.unit)
     _check_scores(ctx, subject.policy, dict(data.scores))
+    if subject.assessment is not None:  # the adjustments that count apply to the new marks
+        counting = [a for a in subject.assessment.adjustments.values() if a.counts]
+        check_standing(ctx, subject.policy, dict(data.scores), counting)
     return _record(ctx, subject, data.employee, data.period)
+
+
+def check_standing(
+    ctx: Context, policy: Policy, scores: dict[str, Decimal], adjustments: list[Adjustment]
+) -> None:
+    """Refuse unless ``scores`` with ``adjustments`` keep every criterion and the general
+    total within the policy's bounds."""
+    for criterion in policy.criteria:
+        deltas = [a.delta for a in adjustments if a.criterion == criterion.code]
+        value = scores.get(criterion.code, Decimal(0)) + sum(deltas, Decimal(0))
+        if deltas and not Decimal(0) <= value <= criterion.max:
+            ctx.refuse(
+                BOUND_EXCEEDED,
+                f"with its adjustments that count, criterion {criterion.code} would stand at"
+                f" {value}, outside 0..{criterion.max}",
+            )
+    deltas = [a.delta for a in adjustments if a.criterion != TASK]
+    total = sum(scores.values(), Decimal(0)) + sum(deltas, Decimal(0))
+    if deltas and not Decimal(0) <= total <= policy.general_max:
+        ctx.refuse(
+            BOUND_EXCEEDED,
+            f"with their adjustments that count, the general criteria would stand at {total},"
+            f" outside 0..{policy.general_max}",
+        )
 
 
 def _check_bounds(

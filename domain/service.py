@@ -518,6 +518,9 @@ class LedgerService(Application[UUID]):
         index = batch.nonces.get(fact.nonce)
         if index is None:
             return None
+        first = next((fs[0] for i, fs in batch.accepted if i == index), None)
+        if first is not None and first.envelope_bytes == fact.envelope_bytes:
+            return index  # the same envelope twice in one batch: the first one's result
         raise ReplayRefused(
             f"nonce {fact.nonce} is used twice in this batch", original_seq=None, **who
         )

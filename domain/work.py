@@ -226,10 +226,10 @@ class WorkItem(SignedAggregate):
                 act.exempted = True
                 return
             act.overturned = True
-            last_verdict = [n for n, a in aggregate.acts.items() if a.type in (APPROVED, REJECTED)][
-                -1
-            ]
-            if act.type == REJECTED and last_verdict == d["act_nonce"]:
+            if act.type != REJECTED:  # a delay, quality failure or spot check: no verdict
+                return
+            verdicts = [n for n, a in aggregate.acts.items() if a.type in (APPROVED, REJECTED)]
+            if verdicts[-1] == d["act_nonce"]:
                 aggregate.status = "approved"
 
     def __init__(self) -> None:

@@ -1,7 +1,9 @@
 """A small signed world for domain tests: people with keys, a clock, and the ledger service.
 
 ``World`` bootstraps a ledger (with its own key for derived facts), lets tests move the clock,
-sign facts as any person and submit them, and checks that a refusal recorded nothing.
+sign facts as any person and submit them, and checks that a refusal recorded nothing. It also
+reads the log back (``entry``, ``fact_at``, ``log_bytes``), aggregates as they stand now or as
+they stood before a log position (``get``, ``versions_before``), and verifies the whole log.
 """
 
 from __future__ import annotations
@@ -9,6 +11,7 @@ from __future__ import annotations
 import datetime as dt
 import hashlib
 from typing import Any
+from uuid import UUID
 
 import pytest
 
@@ -16,9 +19,12 @@ from domain.errors import Refusal
 from domain.policy import shipped_policy
 from domain.service import Appended, LedgerService, TimeWindow
 from ledger.config import parse_database
-from signing.facts import sign_fact
+from ledger.online import DatabaseSource
+from signing.entry import Entry, decode_entry
+from signing.facts import Fact, read_fact, sign_fact
 from signing.keyring import key_registration
 from signing.keys import SigningKey
+from signing.verify import verify
 
 UTC = dt.UTC
 START = dt.datetime(2025, 12, 15, 2, 0, tzinfo=UTC)
@@ -70,6 +76,42 @@ class World:
         assert caught.value.fact_type == fact_type and caught.value.actor == who
         assert self.service.sealed.log_size() == size
         return caught.value
+
+    # -- reading back ----------------------------------------------------------------------
+    def entry(self, seq: int) -> Entry:
+        found = self.service.sealed.read_entry(seq)
+        assert found is not None, f"no entry at {seq}"
+        return found
+
+    def fact_at(self, seq: int) -> Fact:
+        """The signed fact sealed at ``seq``."""
+        return read_fact(self.entry(seq).envelope, strict=False)
+
+    def log_bytes(self) -> dict[int, bytes]:
+        """Every entry's canonical bytes, by position."""
+        out: dict[int, bytes] = {}
+        for row in self.service.sealed.read_rows():
+            assert row.entry is not None
+            out[row.seq] = row.entry
+        return out
+
+    def get(self, aggregate_id: UUID, version: int | None = None) -> Any:
+        """An aggregate read from the store (at ``version``, or as it stands now)."""
+        return self.service.repository.get(aggregate_id, version=version)
+
+    def versions_before(self, seq: int) -> dict[UUID, int]:
+        """The version each stream had before log position ``seq``."""
+        versions: dict[UUID, int] = {}
+        for row in self.service.sealed.read_rows(0, seq):
+            assert row.entry is not None
+            entry = decode_entry(row.entry)
+            versions[UUID(entry.stream)] = entry.version
+        return versions
+
+    def verify(self) -> None:
+        """The whole log verifies: signatures, seals, order."""
+        report = verify(DatabaseSource(self.service.sealed), [], workers=1)
+        assert report.problems == [], report.problems
 
     # -- a standard organisation -------------------------------------------------------------
     def organise(self) -> None:
@@ -158,9 +200,16 @@ class World:
                 },
             )
 
+    def grant(self, principal: str, role: str, unit: str, by: str = "hoa.hr") -> Appended:
+        return self.do(by, "role.granted", {"principal": principal, "role": role, "unit": unit})
+
     def employ(self, name: str, unit: str = "KH-W1-OSS", position: str = "officer") -> None:
         self.person(name)
-        self.do(
+        self.register(name, unit, position)
+
+    def register(self, name: str, unit: str = "KH-W1-OSS", position: str = "officer") -> Appended:
+        """Register ``name`` (a principal with a key already) as an employee."""
+        return self.do(
             "hoa.hr",
             "employee.registered",
             {
