@@ -225,6 +225,12 @@ def cmd_append(args: argparse.Namespace) -> int:
                     sys.stderr.write(f"line {number}: refused {outcome}\n")
                 else:
                     sys.stdout.write(f"{outcome.seq}\n")
+                    if outcome.duplicate:
+                        sys.stderr.write(f"line {number}: already recorded at {outcome.seq}\n")
+                    for derived in outcome.derived:
+                        sys.stderr.write(
+                            f"line {number}: the ledger appended derived entry {derived.seq}\n"
+                        )
             batch.clear()
 
         for number, line in _read_lines(args.file):

@@ -129,7 +129,6 @@ from ledger.checkpoints import Checkpointer
 from ledger.config import Database
 from ledger.home import LEDGER_PRINCIPAL, LedgerHome
 from signing.canonical import canonical_json
-from signing.checkpoint import log_verifier_keys
 from signing.facts import sign_fact
 from signing.keyring import KEY_REGISTERED
 from signing.keys import SigningKey, write_key_pair
@@ -1689,38 +1688,6 @@ def _database_bytes(service: LedgerService, database: Database) -> int:
     return int(row[0] if not isinstance(row, dict) else next(iter(row.values())))
 
 
-def _bootstrap(
-    service: LedgerService, ledger_key: SigningKey, admin: SigningKey, when: dt.datetime, seed: int
-) -> None:
-    """``LedgerService.bootstrap`` with nonces from the seed (it draws random ones)."""
-    from signing.keyring import key_registration
-
-    assert service.ledger_signer is not None
-    envelopes = [
-        key_registration(
-            admin, admin.verifier(), admin=True, time=when, nonce=demo_nonce(seed, -1)
-        ).to_bytes(),
-        key_registration(
-            admin, service.ledger_signer.verifier(), time=when, nonce=demo_nonce(seed, -2)
-        ).to_bytes(),
-    ]
-    for outcome in service.submit_many(envelopes):
-        if isinstance(outcome, Refusal):
-            raise DemoRefused(f"the ledger refused its own start: {outcome}")
-    service.sealed.set_meta("origin", ledger_key.name)
-    service.sealed.set_meta(
-        "log_vkeys", "".join(k.to_text() + "\n" for k in log_verifier_keys(ledger_key))
-    )
-
-
-def _seed_facts_key(home: LedgerHome, key: SigningKey) -> None:
-    """Replace the random ``facts.key`` that ``LedgerHome.create`` wrote with the seeded one."""
-    path = home.facts_key_path
-    fd = os.open(path, os.O_WRONLY | os.O_TRUNC, 0o600)
-    with os.fdopen(fd, "w") as handle:
-        handle.write(key.to_text() + "\n")
-
-
 def run_demo(
     database: Database,
     home: LedgerHome,
@@ -1750,13 +1717,19 @@ def run_demo(
         if service.sealed.log_size() > 0:
             raise DemoError(f"{database.display} already holds a ledger; nothing was changed")
         origin = f"demo.kpi-ledger.local/khanh-hoa/seed-{options.seed}"
-        ledger_key = home.create(origin)
-        facts_key = demo_key(options.seed, LEDGER_PRINCIPAL)
-        _seed_facts_key(home, facts_key)
+        ledger_key = home.create(origin, facts_key=demo_key(options.seed, LEDGER_PRINCIPAL))
         admin = demo_key(options.seed, ADMIN)
         write_key_pair(admin, home.path)
         service.ledger_signer = home.facts_key()
-        _bootstrap(service, ledger_key, admin, bootstrap_at, options.seed)
+        try:
+            service.bootstrap(
+                ledger_key,
+                admin,
+                time=bootstrap_at,
+                nonces=(demo_nonce(options.seed, -1), demo_nonce(options.seed, -2)),
+            )
+        except Refusal as refusal:
+            raise DemoRefused(f"the ledger refused its own start: {refusal}") from None
         expected = options.employees * options.months * 38
         workers = options.workers
         if workers is None:

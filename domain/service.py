@@ -248,19 +248,30 @@ class LedgerService(Application[UUID]):
             self.handlers[fact_type] = handler
 
     def bootstrap(
-        self, ledger_key: SigningKey, admin: SigningKey, *, time: dt.datetime | None = None
+        self,
+        ledger_key: SigningKey,
+        admin: SigningKey,
+        *,
+        time: dt.datetime | None = None,
+        nonces: tuple[str, str] | None = None,
     ) -> Appended:
         """Start an empty log: entry 0 is the administrator's self-signed registration, and
         the log's public identity (origin, verifier keys) is recorded for export bundles.
-        With a ``ledger_signer``, entry 1 registers its key: the key of derived facts."""
+        With a ``ledger_signer``, entry 1 registers its key: the key of derived facts.
+        ``time`` and ``nonces`` make the two entries reproducible (the demo's seed)."""
         if self.sealed.log_size() > 0:
             raise AlreadyInitialised(
                 f"{self.database.display} already holds a ledger; nothing was changed"
             )
-        envelopes = [key_registration(admin, admin.verifier(), admin=True, time=time).to_bytes()]
+        first, second = nonces if nonces is not None else (None, None)
+        envelopes = [
+            key_registration(admin, admin.verifier(), admin=True, time=time, nonce=first).to_bytes()
+        ]
         if self.ledger_signer is not None:
             envelopes.append(
-                key_registration(admin, self.ledger_signer.verifier(), time=time).to_bytes()
+                key_registration(
+                    admin, self.ledger_signer.verifier(), time=time, nonce=second
+                ).to_bytes()
             )
         outcomes = self.submit_many(envelopes)
         for outcome in outcomes:
@@ -270,9 +281,9 @@ class LedgerService(Application[UUID]):
         self.sealed.set_meta(
             "log_vkeys", "".join(k.to_text() + "\n" for k in log_verifier_keys(ledger_key))
         )
-        first = outcomes[0]
-        assert isinstance(first, Appended)
-        return first
+        entry_0 = outcomes[0]
+        assert isinstance(entry_0, Appended)
+        return entry_0
 
     # -- reading -------------------------------------------------------------------------
     def get_or_none(self, aggregate_id: UUID, pending: dict[UUID, SignedAggregate]) -> Any:

@@ -69,15 +69,16 @@ class LedgerHome:
     def log_keys(self) -> list[VerifierKey]:
         return read_verifier_keys(self.vkey_path)
 
-    def create(self, origin: str) -> SigningKey:
-        """Create the directory and the ledger's checkpoint key (refusing to overwrite)."""
+    def create(self, origin: str, *, facts_key: SigningKey | None = None) -> SigningKey:
+        """Create the directory, the ledger's checkpoint key and the key of derived facts
+        (``facts_key``, else a new one), refusing to overwrite."""
         if self.exists():
             raise FileExistsError(f"{self.ledger_key_path} exists: this home is initialised")
         self.path.mkdir(parents=True, exist_ok=True)
         key = SigningKey.generate(origin)
         for path, secret in (
             (self.ledger_key_path, key),
-            (self.facts_key_path, SigningKey.generate(LEDGER_PRINCIPAL)),
+            (self.facts_key_path, facts_key or SigningKey.generate(LEDGER_PRINCIPAL)),
         ):
             fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
             with os.fdopen(fd, "w") as handle:

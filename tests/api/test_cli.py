@@ -70,7 +70,7 @@ def test_full_cycle(cli: Path, db_url: str, capsys: pytest.CaptureFixture[str]) 
     assert main(["verify"]) == 0
 
 
-def test_replayed_and_bad_lines_are_refused_alone(
+def test_bad_lines_are_refused_alone_and_a_repeat_gets_its_first_answer(
     cli: Path, db_url: str, capsys: pytest.CaptureFixture[str]
 ) -> None:
     good = _sign(capsys, {"sha256": "aa" * 32})
@@ -78,9 +78,9 @@ def test_replayed_and_bad_lines_are_refused_alone(
     Path("envs.jsonl").write_text(good + bad + good + "not json\n")
     assert main(["append", "envs.jsonl"]) == 1
     captured = capsys.readouterr()
-    assert captured.out.split() == ["3"]
+    assert captured.out.split() == ["3", "3"]  # the repeated envelope: its original position
     assert "line 2: refused [fact.invalid]" in captured.err
-    assert "line 3: refused [envelope.replayed]" in captured.err
+    assert "line 3: already recorded at 3" in captured.err
     assert "line 4: refused [envelope.malformed]" in captured.err
     assert _size(db_url) == 4
 
