@@ -25,7 +25,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass
 from decimal import Decimal
-from typing import Any, ClassVar, Literal
+from typing import Any, ClassVar
 from uuid import UUID
 
 from pydantic import Field
@@ -34,7 +34,6 @@ from domain.context import Context, Handler, Recording
 from domain.errors import (
     ALREADY_EXISTS,
     BOUND_EXCEEDED,
-    LEDGER_ONLY,
     ROLE_MISSING,
     SAME_PERSON,
     SELF_APPROVAL,
@@ -43,7 +42,7 @@ from domain.errors import (
 )
 from domain.periods import check_open, period_policy
 from domain.policy import Policy, PolicyError
-from domain.schemas import Code, Dec, FactData, Period, Text, period_start
+from domain.schemas import Code, Dec, FactData, Period, RulingFields, Text, period_start
 from domain.signed import SignedAggregate, SignedCreated, SignedEvent, stream_id
 
 SELF_ASSESSED = "assessment.self_assessed"
@@ -92,12 +91,7 @@ class RulingTarget(FactData):
     adjustment: Code
 
 
-class RulingData(FactData):
-    appeal: Code
-    act: int = Field(ge=0)
-    act_nonce: str
-    act_type: str
-    ruling: Literal["overturned", "exempted"]
+class RulingData(RulingFields):
     target: RulingTarget
 
 
@@ -407,8 +401,7 @@ def decline_adjustment(ctx: Context, data: DeclinedData) -> Recording:
 
 
 def apply_ruling(ctx: Context, data: RulingData) -> Recording:
-    if ctx.actor != ctx.ledger_principal():
-        ctx.refuse(LEDGER_ONLY, f"{ctx.fact_type} is derived and signed by the ledger itself")
+    ctx.require_ledger()
     target = data.target
     assessment = ctx.require(
         Assessment, Assessment.id_for(target.employee, target.period), "assessment"

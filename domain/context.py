@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING, Any, NoReturn, TypeVar
 from uuid import UUID
 
 from domain.errors import (
+    LEDGER_ONLY,
     NO_POLICY,
     OUTSIDE_SCOPE,
     ROLE_MISSING,
@@ -208,8 +209,10 @@ class Context:
         """The entry at ``seq`` (accepted in an earlier transaction), or None."""
         return self.app.logged_act(seq)
 
-    def ledger_principal(self) -> str | None:
-        return self.app.ledger_principal
+    def require_ledger(self) -> None:
+        """Refuse a derived fact type (``*.ruling_applied``) signed by anyone but the ledger."""
+        if self.actor != self.app.ledger_principal:
+            self.refuse(LEDGER_ONLY, f"{self.fact_type} is derived and signed by the ledger itself")
 
 
 Handler = Callable[[Context, Any], Recording]

@@ -27,13 +27,12 @@ from domain.context import Context, Handler, Recording
 from domain.errors import (
     ALREADY_CONTESTED,
     ALREADY_EXISTS,
-    LEDGER_ONLY,
     PERIOD_OPEN,
     SAME_PERSON,
     SELF_APPROVAL,
     WRONG_STATE,
 )
-from domain.schemas import Code, FactData, Period, Text, period_start
+from domain.schemas import Code, FactData, Period, RulingFields, Text, period_start
 from domain.signed import SignedAggregate, SignedCreated, SignedEvent, stream_id
 
 DECISION_PROPOSED = "hr.decision_proposed"
@@ -63,11 +62,7 @@ class RulingTarget(FactData):
     decision: Code
 
 
-class RulingData(FactData):
-    appeal: Code
-    act: int = Field(ge=0)
-    act_nonce: str
-    act_type: str
+class RulingData(RulingFields):
     ruling: Literal["overturned"]
     target: RulingTarget
 
@@ -181,8 +176,7 @@ def withdraw(ctx: Context, data: WithdrawnData) -> Recording:
 
 
 def apply_ruling(ctx: Context, data: RulingData) -> Recording:
-    if ctx.actor != ctx.ledger_principal():
-        ctx.refuse(LEDGER_ONLY, f"{ctx.fact_type} is derived and signed by the ledger itself")
+    ctx.require_ledger()
     decision = ctx.require(HrDecision, HrDecision.id_for(data.target.decision), "HR decision")
     return ctx.append(decision, HrDecision.RulingApplied)
 

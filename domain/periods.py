@@ -21,12 +21,9 @@ from dataclasses import dataclass
 from typing import ClassVar, Literal
 from uuid import UUID
 
-from pydantic import Field
-
 from domain.context import Context, Handler, Recording
 from domain.errors import (
     ALREADY_EXISTS,
-    LEDGER_ONLY,
     PERIOD_CLOSED,
     PERIOD_OPEN,
     SAME_PERSON,
@@ -35,7 +32,7 @@ from domain.errors import (
     InvalidFact,
 )
 from domain.policy import Policy, PolicyError
-from domain.schemas import Code, FactData, Instant, Period, Sha256, Text, period_start
+from domain.schemas import Code, FactData, Instant, Period, RulingFields, Sha256, Text, period_start
 from domain.signed import SignedAggregate, SignedCreated, SignedEvent, stream_id
 from signing.canonical import parse_time
 
@@ -71,11 +68,7 @@ class RulingTarget(FactData):
     employee: Code
 
 
-class RulingData(FactData):
-    appeal: Code
-    act: int = Field(ge=0)
-    act_nonce: str
-    act_type: str
+class RulingData(RulingFields):
     ruling: Literal["overturned"]
     target: RulingTarget
 
@@ -236,8 +229,7 @@ def approve_late_entry(ctx: Context, data: LateEntryApprovedData) -> Recording:
 
 
 def apply_ruling(ctx: Context, data: RulingData) -> Recording:
-    if ctx.actor != ctx.ledger_principal():
-        ctx.refuse(LEDGER_ONLY, f"{ctx.fact_type} is derived and signed by the ledger itself")
+    ctx.require_ledger()
     periods = ctx.periods(data.target.agency)
     if periods is None:
         ctx.refuse(UNKNOWN_REFERENCE, f"no closed periods for {data.target.agency!r}")

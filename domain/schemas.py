@@ -12,9 +12,16 @@ from __future__ import annotations
 import datetime as dt
 import re
 from decimal import Decimal, InvalidOperation
-from typing import Annotated, Any, TypeVar
+from typing import Annotated, Any, Literal, TypeVar
 
-from pydantic import BaseModel, BeforeValidator, ConfigDict, StringConstraints, ValidationError
+from pydantic import (
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    StringConstraints,
+    ValidationError,
+)
 
 from domain.errors import InvalidFact
 from signing.canonical import parse_time
@@ -74,6 +81,17 @@ class FactData(BaseModel):
     """Base of every fact's data model."""
 
     model_config = ConfigDict(extra="forbid", strict=True, frozen=True)
+
+
+class RulingFields(FactData):
+    """The fields of every ``*.ruling_applied`` fact the ledger derives from an appeal
+    decision (``domain/appeals.py``); each module adds the ``target`` its stream needs."""
+
+    appeal: Code
+    act: int = Field(ge=0)
+    act_nonce: str
+    act_type: str
+    ruling: Literal["overturned", "exempted"]
 
 
 M = TypeVar("M", bound=FactData)

@@ -46,7 +46,6 @@ from domain.errors import (
     ALREADY_EXISTS,
     BOUND_EXCEEDED,
     DEADLINE_PASSED,
-    LEDGER_ONLY,
     NOT_IN_CATALOGUE,
     ROLE_MISSING,
     SELF_APPROVAL,
@@ -54,7 +53,18 @@ from domain.errors import (
 )
 from domain.periods import check_open, period_policy
 from domain.publications import Catalogue
-from domain.schemas import Code, Day, Dec, FactData, Instant, Period, Sha256, Text, period_start
+from domain.schemas import (
+    Code,
+    Day,
+    Dec,
+    FactData,
+    Instant,
+    Period,
+    RulingFields,
+    Sha256,
+    Text,
+    period_start,
+)
 from domain.signed import SignedAggregate, SignedCreated, SignedEvent, stream_id
 from signing.canonical import parse_time
 
@@ -410,20 +420,12 @@ class RulingTarget(FactData):
     item: Code
 
 
-class RulingData(FactData):
-    """A compensating event derived from an appeal decision (see ``domain/appeals.py``)."""
-
-    appeal: Code
-    act: int = Field(ge=0)
-    act_nonce: str
-    act_type: str
-    ruling: Literal["overturned", "exempted"]
+class RulingData(RulingFields):
     target: RulingTarget
 
 
 def apply_ruling(ctx: Context, data: RulingData) -> Recording:
-    if ctx.actor != ctx.ledger_principal():
-        ctx.refuse(LEDGER_ONLY, f"{ctx.fact_type} is derived and signed by the ledger itself")
+    ctx.require_ledger()
     item = ctx.require(WorkItem, WorkItem.id_for(data.target.item), "work item")
     if data.act_nonce not in item.acts:
         ctx.refuse(WRONG_STATE, f"act {data.act} is not on item {item.item!r}")
