@@ -25,7 +25,7 @@ import tempfile
 import time
 import uuid
 from collections.abc import Callable, Iterator, Sequence
-from contextlib import AbstractContextManager, contextmanager, nullcontext
+from contextlib import AbstractContextManager, contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -39,12 +39,12 @@ from eventsourcing.utils import get_topic
 from bench.common import (
     PLAIN_MODULES,
     attestations,
+    backends,
     bootstrap,
     check_appended,
     cumulative,
     median,
     open_store,
-    pg_database,
     pg_schema,
     profile_rows,
     render_table,
@@ -413,14 +413,7 @@ def run(
     profiles: dict[str, Any] = {}
     with tempfile.TemporaryDirectory(prefix="kpi-bench-") as tmp:
         work = Path(tmp)
-        backends: list[tuple[str, AbstractContextManager[str | None]]] = [
-            ("sqlite", nullcontext(None))
-        ]
-        if pg_url is not None:
-            backends.append(
-                ("postgres", nullcontext(pg_url) if pg_is_database else pg_database(pg_url))
-            )
-        for backend, database in backends:
+        for backend, database in backends(pg_url, pg_is_database):
             with database as db_url:
                 fresh = sqlite_stores(work) if db_url is None else pg_stores(db_url)
                 say(f"append: {backend} recorders ...")

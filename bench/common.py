@@ -164,6 +164,21 @@ def pg_version(url: str) -> str:
         return str(row[0]) if row else "?"
 
 
+def backends(
+    pg_url: str | None, pg_is_database: bool
+) -> list[tuple[str, contextlib.AbstractContextManager[str | None]]]:
+    """The backends a benchmark runs on: SQLite (yields None), then PostgreSQL when given —
+    a fresh database on the server ``pg_url``, or ``pg_url`` itself if it is a database."""
+    chosen: list[tuple[str, contextlib.AbstractContextManager[str | None]]] = [
+        ("sqlite", contextlib.nullcontext(None))
+    ]
+    if pg_url is not None:
+        chosen.append(
+            ("postgres", contextlib.nullcontext(pg_url) if pg_is_database else pg_database(pg_url))
+        )
+    return chosen
+
+
 @contextlib.contextmanager
 def pg_database(server_url: str) -> Iterator[str]:
     """A new empty ``kpi_bench_<hex>`` database on ``server_url``; dropped afterwards."""

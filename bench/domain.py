@@ -39,7 +39,6 @@ import tempfile
 import time
 from collections import Counter, defaultdict
 from collections.abc import Callable, Sequence
-from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass, field
 from decimal import Decimal
 from pathlib import Path
@@ -48,10 +47,10 @@ from uuid import UUID
 
 from bench.append import StoreFactory, pg_stores, sqlite_stores
 from bench.common import (
+    backends,
     check_appended,
     cumulative,
     median,
-    pg_database,
     profile_rows,
     render_table,
     say,
@@ -674,14 +673,7 @@ def run(
     breakdowns: dict[str, Any] = {}
     with tempfile.TemporaryDirectory(prefix="kpi-bench-") as tmp:
         work = Path(tmp)
-        backends: list[tuple[str, AbstractContextManager[str | None]]] = [
-            ("sqlite", nullcontext(None))
-        ]
-        if pg_url is not None:
-            backends.append(
-                ("postgres", nullcontext(pg_url) if pg_is_database else pg_database(pg_url))
-            )
-        for backend, database in backends:
+        for backend, database in backends(pg_url, pg_is_database):
             with database as db_url:
                 fresh = sqlite_stores(work) if db_url is None else pg_stores(db_url)
                 say(f"domain: {backend}, domain vs raw ...")
