@@ -118,13 +118,9 @@ from pathlib import Path
 from typing import Any, TextIO
 
 from api.progress import ProgressBar
-from domain.assessment import Assessment
 from domain.errors import Refusal
-from domain.hr_decisions import HrDecision
-from domain.periods import Periods
 from domain.policy import Policy, parse_policy, shipped_policy
 from domain.service import MAX_BATCH, Appended, LedgerService, TimeWindow
-from domain.work import WorkItem
 from ledger.checkpoints import Checkpointer
 from ledger.config import Database
 from ledger.home import LEDGER_PRINCIPAL, LedgerHome
@@ -149,16 +145,6 @@ LEGAL_BASIS = (
     "Luật Cán bộ, công chức 2025; Nghị định 335/2025/NĐ-CP; "
     "Quy chế đánh giá, xếp loại cán bộ, công chức theo KPI của tỉnh Khánh Hòa"
 )
-DERIVED_TYPES = {
-    topic: fact_type
-    for cls, fact_type in (
-        (WorkItem.RulingApplied, "work.ruling_applied"),
-        (Assessment.RulingApplied, "score.ruling_applied"),
-        (Periods.RulingApplied, "period.ruling_applied"),
-        (HrDecision.RulingApplied, "hr.ruling_applied"),
-    )
-    for topic in (f"{cls.__module__}:{cls.__qualname__}",)
-}
 
 
 class DemoError(ValueError):
@@ -1657,7 +1643,7 @@ class Submitter:
         self.outcome.counts[spec.type] += 1
         self.outcome.facts += 1
         for derived in outcome.derived:
-            self.outcome.counts[DERIVED_TYPES[derived.type]] += 1
+            self.outcome.counts[derived.type] += 1
             self.outcome.facts += 1
 
 

@@ -114,7 +114,9 @@ CANNOT_DERIVE = "ledger.cannot_derive"
 
 @dataclass(frozen=True)
 class Appended:
-    """Where an accepted fact landed (``duplicate``: it had landed there before)."""
+    """Where an accepted fact landed: its position, stream and version, and its fact type
+    (``duplicate``: it had landed there before; ``derived``: the facts the ledger appended
+    because of it, in order)."""
 
     seq: int
     stream: str
@@ -510,7 +512,7 @@ class LedgerService(Application[UUID]):
         entry = self.sealed.read_entry(seq)
         assert entry is not None
         fact = read_fact(entry.envelope, strict=False)
-        appended = Appended(seq, entry.stream, entry.version, entry.type, fact.nonce, True)
+        appended = Appended(seq, entry.stream, entry.version, fact.type, fact.nonce, True)
         return appended, fact
 
     def _duplicate(self, fact: Fact, used: dict[str, int], batch: _Batch) -> Appended | int | None:
@@ -655,7 +657,7 @@ class LedgerService(Application[UUID]):
                 seq=seqs[r.notification.id],
                 stream=str(event.originator_id),
                 version=event.originator_version,
-                type=r.notification.topic,
+                type=event.fact.type,  # type: ignore[attr-defined]
                 nonce=nonce,
             )
         for i, facts in batch.accepted:
