@@ -298,12 +298,12 @@ def file(ctx: Context, data: FiledData) -> Recording:
     if len(set(data.contested)) != len(data.contested):
         ctx.refuse(WRONG_STATE, "contested names a position twice")
     for seq in data.contested:
-        decided = docket.contesting(seq) if docket is not None else None
-        if decided is not None and decided.rulings.get(seq, "upheld") != "upheld":
+        earlier = docket.contesting(seq) if docket is not None else None
+        if earlier is not None and earlier.rulings.get(seq, "upheld") != "upheld":
             ctx.refuse(  # only an appeal overturns or exempts: the act was decided
                 SECOND_REVIEW,
-                f"the act at position {seq} was {decided.rulings[seq]} in appeal"
-                f" {decided.id!r}: no second review",
+                f"the act at position {seq} was {earlier.rulings[seq]} in appeal"
+                f" {earlier.id!r}: no second review",
             )
         contested = contested_act(ctx, seq, ctx.actor)
         if contested.subject != ctx.actor:
@@ -311,17 +311,15 @@ def file(ctx: Context, data: FiledData) -> Recording:
                 NOT_CONTESTABLE,
                 f"the act at position {seq} concerns {contested.subject!r}, not {ctx.actor!r}",
             )
-        earlier = docket.contesting(seq) if docket is not None else None
-        if earlier is not None and earlier.status == "decided":
-            if not contested.policy.second_review:
-                ctx.refuse(
-                    SECOND_REVIEW,
-                    f"the act at position {seq} was decided in appeal {earlier.id!r}:"
-                    " the policy allows no second review",
-                )
-        elif earlier is not None:
+        if earlier is not None and earlier.pending:
             ctx.refuse(
                 ALREADY_CONTESTED, f"position {seq} is contested by pending appeal {earlier.id!r}"
+            )
+        if earlier is not None and not contested.policy.second_review:
+            ctx.refuse(
+                SECOND_REVIEW,
+                f"the act at position {seq} was decided in appeal {earlier.id!r}:"
+                " the policy allows no second review",
             )
         if contested.published_at is not None:
             deadline = contested.policy.appeal_filing_deadline(contested.published_at)
@@ -344,12 +342,17 @@ def _appeal(ctx: Context, appellant: str, appeal: str) -> tuple[Docket, AppealRe
     return docket, record
 
 
-def _check_independent(ctx: Context, who: str, appellant: str, record: AppealRecord) -> None:
+def _contested(ctx: Context, appellant: str, record: AppealRecord) -> dict[int, Contested]:
+    return {seq: contested_act(ctx, seq, appellant) for seq in record.contested}
+
+
+def _check_independent(
+    ctx: Context, who: str, appellant: str, contested: dict[int, Contested]
+) -> None:
     if who == appellant:
         ctx.refuse(NOT_INDEPENDENT, f"{who!r} cannot review their own appeal")
-    for seq in record.contested:
-        contested = contested_act(ctx, seq, appellant)
-        if who in contested.involved:
+    for seq, act in contested.items():
+        if who in act.involved:
             ctx.refuse(
                 NOT_INDEPENDENT,
                 f"{who!r} took part in the contested act at position {seq}: not independent",
@@ -364,7 +367,7 @@ def assign(ctx: Context, data: AssignedData) -> Recording:
         ctx.refuse(WRONG_STATE, f"appeal {data.appeal!r} is {record.status}")
     if not ctx.has_role(data.reviewer, "reviewer", appellant.unit):
         ctx.refuse(ROLE_MISSING, f"{data.reviewer!r} holds no reviewer role over the appellant")
-    _check_independent(ctx, data.reviewer, data.appellant, record)
+    _check_independent(ctx, data.reviewer, data.appellant, _contested(ctx, data.appellant, record))
     return ctx.append(docket, Docket.Assigned)
 
 
@@ -372,7 +375,8 @@ def decide(ctx: Context, data: DecidedData) -> Recording:
     docket, record = _appeal(ctx, data.appellant, data.appeal)
     if not record.pending:
         ctx.refuse(WRONG_STATE, f"appeal {data.appeal!r} is {record.status}")
-    _check_independent(ctx, ctx.actor, data.appellant, record)
+    acts = _contested(ctx, data.appellant, record)
+    _check_independent(ctx, ctx.actor, data.appellant, acts)
     if record.status != "assigned" or record.reviewer != ctx.actor:
         ctx.refuse(
             NOT_ASSIGNED,
@@ -389,29 +393,30 @@ def decide(ctx: Context, data: DecidedData) -> Recording:
     derived = []
     lifted: dict[tuple[str, str], tuple[Policy, set[str]]] = {}  # adjustments overturned
     for ruling in data.rulings:
-        contested = contested_act(ctx, ruling.act, data.appellant)
+        contested = acts[ruling.act]
         if ruling.ruling == "exempted" and contested.act.type not in EXEMPTABLE:
             ctx.refuse(
                 WRONG_STATE,
                 f"only a delay or quality failure is exempted, not {contested.act.type}",
             )
-        if ruling.ruling != "upheld" and contested.act.type == ADJUSTMENT_APPROVED:
+        if ruling.ruling == "upheld":
+            continue
+        if contested.act.type == ADJUSTMENT_APPROVED:
             key = (contested.target["employee"], contested.target["period"])
             lifted.setdefault(key, (contested.policy, set()))[1].add(contested.act.fact.nonce)
-        if ruling.ruling != "upheld":
-            derived.append(
-                Derived(
-                    contested.derived_type,
-                    {
-                        "appeal": data.appeal,
-                        "act": ruling.act,
-                        "act_nonce": contested.act.fact.nonce,
-                        "act_type": contested.act.type,
-                        "ruling": ruling.ruling,
-                        "target": contested.target,
-                    },
-                )
+        derived.append(
+            Derived(
+                contested.derived_type,
+                {
+                    "appeal": data.appeal,
+                    "act": ruling.act,
+                    "act_nonce": contested.act.fact.nonce,
+                    "act_type": contested.act.type,
+                    "ruling": ruling.ruling,
+                    "target": contested.target,
+                },
             )
+        )
     for (employee, period), (policy, nonces) in lifted.items():
         # the adjustments left must keep the criteria within bounds without the lifted ones
         assessment = ctx.require(Assessment, Assessment.id_for(employee, period), "assessment")

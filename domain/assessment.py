@@ -41,7 +41,7 @@ from domain.errors import (
     WRONG_STATE,
 )
 from domain.periods import check_open, period_policy
-from domain.policy import Policy, PolicyError
+from domain.policy import Policy
 from domain.schemas import Code, Dec, FactData, Period, RulingFields, Text, period_start
 from domain.signed import SignedAggregate, SignedCreated, SignedEvent, stream_id
 
@@ -299,46 +299,40 @@ def check_standing(
     total within the policy's bounds."""
     for criterion in policy.criteria:
         deltas = [a.delta for a in adjustments if a.criterion == criterion.code]
-        value = scores.get(criterion.code, Decimal(0)) + sum(deltas, Decimal(0))
-        if deltas and not Decimal(0) <= value <= criterion.max:
+        mark = scores.get(criterion.code, Decimal(0))
+        if deltas and not Decimal(0) <= mark + sum(deltas, Decimal(0)) <= criterion.max:
             ctx.refuse(
                 BOUND_EXCEEDED,
-                f"with its adjustments that count, criterion {criterion.code} would stand at"
-                f" {value}, outside 0..{criterion.max}",
+                f"criterion {criterion.code}: {_sum_text(mark, deltas)}, outside"
+                f" 0..{criterion.max} (its maximum)",
             )
     deltas = [a.delta for a in adjustments if a.criterion != TASK]
-    total = sum(scores.values(), Decimal(0)) + sum(deltas, Decimal(0))
-    if deltas and not Decimal(0) <= total <= policy.general_max:
+    marks = sum(scores.values(), Decimal(0))
+    if deltas and not Decimal(0) <= marks + sum(deltas, Decimal(0)) <= policy.general_max:
         ctx.refuse(
             BOUND_EXCEEDED,
-            f"with their adjustments that count, the general criteria would stand at {total},"
-            f" outside 0..{policy.general_max}",
+            f"general criteria: {_sum_text(marks, deltas)}, outside 0..{policy.general_max}"
+            " (their maximum)",
         )
+
+
+def _sum_text(mark: Decimal, deltas: list[Decimal]) -> str:
+    """``"marked 29.8, adjusted +0.5 = 30.3"``: how a bound was overshot."""
+    total = mark + sum(deltas, Decimal(0))
+    return f"marked {mark}, adjusted {' '.join(f'{d:+}' for d in deltas)} = {total}"
 
 
 def _check_bounds(
-    ctx: Context, policy: Policy, assessment: Assessment | None, criterion: str, delta: Decimal
+    ctx: Context, policy: Policy, assessment: Assessment | None, adjustment: Adjustment
 ) -> None:
-    if criterion == TASK:
+    """Refuse ``adjustment`` unless, with the adjustments that already count, every mark
+    stays within its bounds."""
+    if adjustment.criterion == TASK:
         return  # task points come from the work facts: the projection applies the maximum
     if assessment is None or assessment.supervisor_scores is None:
         ctx.refuse(WRONG_STATE, "no supervisor assessment to adjust for this period yet")
-    if criterion != GENERAL:
-        now = assessment.value(criterion)
-        maximum = policy.criterion_max(criterion)
-        if not Decimal(0) <= now + delta <= maximum:
-            ctx.refuse(
-                BOUND_EXCEEDED,
-                f"criterion {criterion} stands at {now}; {delta:+} would take it outside"
-                f" 0..{maximum}",
-            )
-    total = assessment.general_total()
-    if not Decimal(0) <= total + delta <= policy.general_max:
-        ctx.refuse(
-            BOUND_EXCEEDED,
-            f"general criteria stand at {total}; {delta:+} would take them outside"
-            f" 0..{policy.general_max} (the criterion maximum)",
-        )
+    counting = [a for a in assessment.adjustments.values() if a.counts and a is not adjustment]
+    check_standing(ctx, policy, assessment.supervisor_scores, [*counting, adjustment])
 
 
 def propose_adjustment(ctx: Context, data: ProposedData) -> Recording:
@@ -363,10 +357,8 @@ def propose_adjustment(ctx: Context, data: ProposedData) -> Recording:
         )
     if subject.assessment is not None and data.adjustment in subject.assessment.adjustments:
         ctx.refuse(ALREADY_EXISTS, f"adjustment {data.adjustment!r} exists")
-    try:
-        _check_bounds(ctx, policy, subject.assessment, data.criterion, data.delta)
-    except PolicyError as exc:  # pragma: no cover - adjustable criteria have maxima
-        ctx.refuse(UNKNOWN_REFERENCE, str(exc))
+    candidate = Adjustment(data.adjustment, data.criterion, data.delta, ctx.actor)
+    _check_bounds(ctx, policy, subject.assessment, candidate)
     return _record(ctx, subject, data.employee, data.period)
 
 
@@ -391,7 +383,7 @@ def _pending(ctx: Context, data: DecidedData) -> tuple[Subject, Assessment, Adju
 
 def approve_adjustment(ctx: Context, data: DecidedData) -> Recording:
     subject, assessment, adjustment = _pending(ctx, data)
-    _check_bounds(ctx, subject.policy, assessment, adjustment.criterion, adjustment.delta)
+    _check_bounds(ctx, subject.policy, assessment, adjustment)
     return ctx.append(assessment, Assessment.AdjustmentApproved)
 
 

@@ -190,7 +190,7 @@ class _Batch:
     events: list[Any] = field(default_factory=list)  # in intake order: the seal order
     nonces: dict[str, int] = field(default_factory=dict)  # nonce -> input index
     tokens: dict[str, int] = field(default_factory=dict)  # idempotency token -> input index
-    accepted: list[tuple[int, list[Fact]]] = field(default_factory=list)
+    accepted: dict[int, list[Fact]] = field(default_factory=dict)  # input index -> facts
     duplicates: dict[int, int] = field(default_factory=dict)  # input index -> earlier index
     count: int = 0  # events accepted so far
 
@@ -377,7 +377,8 @@ class LedgerService(Application[UUID]):
             raise ValueError(f"at most {MAX_BATCH} envelopes per batch")
         outcomes: list[Outcome | None] = [None] * len(envelopes)
         with self.exclusive_writer():
-            top = self._sync_top()
+            self._sync()
+            top = self._cursor
             ring = self.keyring.copy()
             self.working_keyring = ring
             batch = _Batch(self.sealed.log_size())
@@ -396,10 +397,6 @@ class LedgerService(Application[UUID]):
         if batch.events and self.after_append is not None:
             self.after_append(batch.position)
         return [o for o in outcomes if o is not None]
-
-    def _sync_top(self) -> int:
-        self._sync()
-        return self._cursor
 
     def _examine_all(
         self,
@@ -420,19 +417,14 @@ class LedgerService(Application[UUID]):
                     raise fact_or_refusal
                 fact = fact_or_refusal
                 earlier = self._duplicate(fact, used, batch)
-                if earlier is not None:
+                if earlier is None:
+                    record = self._check(fact, batch.position, ring)
+                    earlier = self._same_key(fact, used_tokens, batch)
+                if earlier is not None:  # answered with the first result, recorded once
                     if isinstance(earlier, Appended):
                         outcomes[i] = earlier
                     else:
                         batch.duplicates[i] = earlier
-                    continue
-                record = self._check(fact, batch.position, ring)
-                again = self._same_key(fact, used_tokens, batch)
-                if again is not None:
-                    if isinstance(again, Appended):
-                        outcomes[i] = again
-                    else:
-                        batch.duplicates[i] = again
                     continue
                 self._check_time(fact)
                 ctx = Context(self, fact, batch.position, record.admin, batch.pending)
@@ -452,7 +444,7 @@ class LedgerService(Application[UUID]):
             self._apply(fact, recording, batch, ring, i)
             for n, derived in enumerate(recording.derived):
                 recorded.append(self._derive(fact, n, derived.type, derived.data, batch, ring, i))
-            batch.accepted.append((i, recorded))
+            batch.accepted[i] = recorded
 
     def _derive(
         self,
@@ -531,8 +523,7 @@ class LedgerService(Application[UUID]):
         index = batch.nonces.get(fact.nonce)
         if index is None:
             return None
-        first = next((fs[0] for i, fs in batch.accepted if i == index), None)
-        if first is not None and first.envelope_bytes == fact.envelope_bytes:
+        if batch.accepted[index][0].envelope_bytes == fact.envelope_bytes:
             return index  # the same envelope twice in one batch: the first one's result
         raise ReplayRefused(
             f"nonce {fact.nonce} is used twice in this batch", original_seq=None, **who
@@ -551,7 +542,7 @@ class LedgerService(Application[UUID]):
             earlier: Appended | int = original
         elif token in batch.tokens:
             index = batch.tokens[token]
-            stored = next(f for i, fs in batch.accepted if i == index for f in fs[:1])
+            stored = batch.accepted[index][0]
             earlier = index
         else:
             return None
@@ -628,7 +619,7 @@ class LedgerService(Application[UUID]):
         except (ReplayedEnvelopeError, IntegrityError) as exc:
             self._forget(batch.pending)
             replay = isinstance(exc, ReplayedEnvelopeError)
-            for i, facts in batch.accepted:
+            for i, facts in batch.accepted.items():
                 fact = facts[0]
                 outcomes[i] = (
                     ReplayRefused(
@@ -660,7 +651,7 @@ class LedgerService(Application[UUID]):
                 type=event.fact.type,  # type: ignore[attr-defined]
                 nonce=nonce,
             )
-        for i, facts in batch.accepted:
+        for i, facts in batch.accepted.items():
             outcomes[i] = replace(
                 by_nonce[facts[0].nonce], derived=tuple(by_nonce[f.nonce] for f in facts[1:])
             )

@@ -34,7 +34,7 @@ Every fact about an item of a closed period needs an approved late-entry request
 from __future__ import annotations
 
 import datetime as dt
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from decimal import Decimal
 from typing import ClassVar, Literal
 from uuid import UUID
@@ -273,15 +273,18 @@ class ItemContext:
     item: WorkItem
     unit: str
     agency: str
-    system_assigned: bool = field(default=False)
 
 
 def _item(ctx: Context, code: str) -> ItemContext:
     item = ctx.require(WorkItem, WorkItem.id_for(code), f"work item {code!r}")
     employee = ctx.employee(item.employee)
     unit = employee.posting_on(period_start(item.period)).unit
-    system = ctx.has_role(item.assigned_by, "integrator", unit)
-    return ItemContext(item, unit, ctx.agency_of(unit), system)
+    return ItemContext(item, unit, ctx.agency_of(unit))
+
+
+def _by_assigning_system(ctx: Context, where: ItemContext) -> bool:
+    """Is the actor the integrating system that assigned the item (and still covers it)?"""
+    return ctx.actor == where.item.assigned_by and ctx.has_role(ctx.actor, "integrator", where.unit)
 
 
 def _open(ctx: Context, where: ItemContext, late_entry: str | None) -> None:
@@ -295,10 +298,8 @@ def _not_own(ctx: Context, item: WorkItem, what: str) -> None:
 
 def _supervisor_or_system(ctx: Context, where: ItemContext) -> None:
     """A supervisor covering the unit, or the integrating system that assigned the item."""
-    if where.system_assigned and ctx.actor == where.item.assigned_by:
-        ctx.require_role("integrator", where.unit)
-        return
-    ctx.require_role("supervisor", where.unit)
+    if not _by_assigning_system(ctx, where):
+        ctx.require_role("supervisor", where.unit)
 
 
 def assign(ctx: Context, data: AssignedData) -> Recording:
@@ -336,7 +337,7 @@ def assign(ctx: Context, data: AssignedData) -> Recording:
 def declare(ctx: Context, data: DeclaredData) -> Recording:
     where = _item(ctx, data.item)
     item = where.item
-    if ctx.actor != item.employee and not (where.system_assigned and ctx.actor == item.assigned_by):
+    if ctx.actor != item.employee and not _by_assigning_system(ctx, where):
         ctx.refuse(
             ROLE_MISSING,
             f"only {item.employee!r} (or the system that assigned it) declares item {item.item!r}",
