@@ -10,17 +10,18 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import secrets
 import sys
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import TextIO
 
 from eventsourcing.persistence import PersistenceError
 
 from api.progress import ProgressBar
-from domain.errors import Refusal
+from domain.errors import AlreadyInitialised, Refusal
 from domain.service import Appended, LedgerService, TimeWindow
 from ledger.checkpoints import Checkpointer, EmptyLogError, InconsistentLogError
 from ledger.config import ConfigError, database_url, parse_database
@@ -61,7 +62,10 @@ def _service(args: argparse.Namespace) -> LedgerService:
     if not raw.isdigit():
         raise UsageError(f"KPI_LEDGER_CHECKPOINT_EVERY must be a whole number, got {raw!r}")
     every = int(raw)
-    every = args.checkpoint_every if getattr(args, "checkpoint_every", None) else every
+    flag = getattr(args, "checkpoint_every", None)
+    every = flag if flag is not None else every  # --checkpoint-every 0 switches it off
+    if every and not home.exists():
+        raise UsageError(f"checkpoints every {every} entries need the ledger home {home.path}")
     try:
         window = TimeWindow.from_env()
     except ValueError as exc:
@@ -118,6 +122,29 @@ def _print_report(report: Report, out: TextIO) -> None:
         out.write(problem.line() + "\n")
 
 
+def _count(low: int, high: int | None = None) -> Callable[[str], int]:
+    """An argparse type: a whole number in ``low..high``."""
+
+    def parse(text: str) -> int:
+        if not text.isdigit() or int(text) < low or (high is not None and int(text) > high):
+            bounds = f"{low}..{high}" if high is not None else f"{low} or more"
+            raise argparse.ArgumentTypeError(f"must be a whole number, {bounds}: {text!r}")
+        return int(text)
+
+    return parse
+
+
+def _seconds(text: str) -> float:
+    """An argparse type: a finite period of at least one second."""
+    try:
+        value = float(text)
+    except ValueError:
+        value = math.nan
+    if not (math.isfinite(value) and value >= 1):
+        raise argparse.ArgumentTypeError(f"must be a number of seconds, at least 1: {text!r}")
+    return value
+
+
 # -- commands -------------------------------------------------------------------------------
 
 
@@ -125,26 +152,24 @@ def cmd_init(args: argparse.Namespace) -> int:
     home = LedgerHome(home_path(args.home))
     database = parse_database(database_url(args.db))
     origin = args.origin or f"kpi-ledger.local/{secrets.token_hex(4)}"
+    admin = SigningKey.generate(args.admin)  # checks the name before anything is written
+    admin_file = home.path / (key_file_stem(admin.name) + ".key")
+    if admin_file in home.own_key_files:
+        raise UsageError(f"--admin {args.admin!r} would overwrite the home's own {admin_file.name}")
     service = LedgerService(database)
     try:
-        if service.sealed.log_size() > 0:
-            raise UsageError(f"{database.display} already holds a ledger; nothing was changed")
-        ledger_key = home.create(origin)
-        admin = SigningKey.generate(args.admin)
+        appended = service.initialise(home, origin, admin)
         write_key_pair(admin, home.path)
-        service.ledger_signer = home.facts_key()
-        appended = service.bootstrap(ledger_key, admin)
         signed = _checkpointer(service, home).checkpoint()
+    except AlreadyInitialised as exc:
+        raise UsageError(str(exc)) from None
     finally:
         service.close()
     print(f"ledger initialised at {database.display}")
     print(f"  origin:          {origin}")
     print(f"  home:            {home.path}")
     print(f"  log verifier:    {home.vkey_path}")
-    print(
-        f"  administrator:   {home.path / (key_file_stem(admin.name) + '.key')} "
-        f"(entry {appended.seq})"
-    )
+    print(f"  administrator:   {admin_file} (entry {appended.seq})")
     print(f"  first checkpoint: size {signed.checkpoint.size}")
     return 0
 
@@ -159,9 +184,7 @@ def cmd_keygen(args: argparse.Namespace) -> int:
 def _admin_key(args: argparse.Namespace) -> SigningKey:
     path = Path(args.admin_key) if args.admin_key else None
     if path is None:
-        home = LedgerHome(home_path(args.home))
-        candidates = sorted(home.path.glob("*.key")) if home.path.exists() else []
-        candidates = [p for p in candidates if p.name not in ("ledger.key", "facts.key")]
+        candidates = LedgerHome(home_path(args.home)).administrator_keys()
         if len(candidates) != 1:
             raise UsageError("say which administrator key signs: --admin-key FILE")
         path = candidates[0]
@@ -169,7 +192,10 @@ def _admin_key(args: argparse.Namespace) -> SigningKey:
 
 
 def cmd_register_key(args: argparse.Namespace) -> int:
-    public = VerifierKey.parse(Path(args.pubfile).read_text())
+    keys = read_verifier_keys(Path(args.pubfile))
+    if len(keys) != 1:
+        raise UsageError(f"{args.pubfile} holds {len(keys)} keys: register one key at a time")
+    public = keys[0]
     if public.name != args.name:
         raise UsageError(f"{args.pubfile} holds a key named {public.name!r}, not {args.name!r}")
     admin = _admin_key(args)
@@ -445,7 +471,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("file", help="file of envelopes, or - for stdin")
     p.add_argument(
         "--checkpoint-every",
-        type=int,
+        type=_count(0),
         default=None,
         help="sign a checkpoint every N entries (default $KPI_LEDGER_CHECKPOINT_EVERY)",
     )
@@ -454,7 +480,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("checkpoint", parents=[common], help="seal and print a signed checkpoint")
     p.add_argument(
         "--every-seconds",
-        type=float,
+        type=_seconds,
         default=None,
         help="keep running, signing every T seconds when the log grew",
     )
@@ -476,7 +502,9 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("dir", nargs="?", help="export bundle (directory or tar); omit for --db")
     p.add_argument("--log-key", help="the ledger's verifier key file (log.vkey) you trust")
-    p.add_argument("--workers", type=int, default=None, help="processes (default: all cores)")
+    p.add_argument(
+        "--workers", type=_count(1, 256), default=None, help="processes (default: all cores)"
+    )
     p.add_argument("--progress", action="store_true", help="show progress even when piped")
     p.set_defaults(func=cmd_verify)
 
@@ -527,8 +555,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         ConfigError,
         IntegrityError,
         BundleError,
-        FileNotFoundError,
-        FileExistsError,
+        OSError,  # files: missing, existing, a directory, no permission...
+        UnicodeDecodeError,
         json.JSONDecodeError,
     ) as exc:
         sys.stderr.write(f"kpi-ledger {args.command}: {exc}\n")

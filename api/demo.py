@@ -118,7 +118,7 @@ from pathlib import Path
 from typing import Any, TextIO
 
 from api.progress import ProgressBar
-from domain.errors import Refusal
+from domain.errors import AlreadyInitialised, Refusal
 from domain.policy import Policy, parse_policy, shipped_policy
 from domain.service import MAX_BATCH, Appended, LedgerService, TimeWindow
 from ledger.checkpoints import Checkpointer
@@ -1700,22 +1700,22 @@ def run_demo(
     service = LedgerService(database, clock=clock, window=TimeWindow(past=None))
     submitter: Submitter | None = None
     try:
-        if service.sealed.log_size() > 0:
-            raise DemoError(f"{database.display} already holds a ledger; nothing was changed")
-        origin = f"demo.kpi-ledger.local/khanh-hoa/seed-{options.seed}"
-        ledger_key = home.create(origin, facts_key=demo_key(options.seed, LEDGER_PRINCIPAL))
         admin = demo_key(options.seed, ADMIN)
-        write_key_pair(admin, home.path)
-        service.ledger_signer = home.facts_key()
         try:
-            service.bootstrap(
-                ledger_key,
+            service.initialise(
+                home,
+                f"demo.kpi-ledger.local/khanh-hoa/seed-{options.seed}",
                 admin,
+                facts_key=demo_key(options.seed, LEDGER_PRINCIPAL),
                 time=bootstrap_at,
                 nonces=(demo_nonce(options.seed, -1), demo_nonce(options.seed, -2)),
             )
+        except AlreadyInitialised as exc:
+            raise DemoError(str(exc)) from None
         except Refusal as refusal:
             raise DemoRefused(f"the ledger refused its own start: {refusal}") from None
+        ledger_key = home.ledger_key()
+        write_key_pair(admin, home.path)
         expected = options.employees * options.months * 38
         workers = options.workers
         if workers is None:

@@ -287,9 +287,9 @@ def bootstrap(url: str, home_dir: Path, signer_count: int) -> Ledger:
     try:
         home = LedgerHome(home_dir)
         origin = f"bench.kpi-ledger.local/{secrets.token_hex(4)}"
-        ledger_key = home.create(origin)
         admin = SigningKey.generate("admin")
-        service.bootstrap(ledger_key, admin)
+        service.initialise(home, origin, admin)
+        ledger_key = home.ledger_key()
         keys = signers(signer_count)
         registrations = [
             key_registration(admin, k.verifier(), admin=False).to_bytes() for k in keys

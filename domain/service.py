@@ -72,6 +72,7 @@ from domain.keys import Principal
 from domain.schemas import FactData, validate
 from domain.signed import SignedAggregate
 from ledger.config import Database
+from ledger.home import LedgerHome
 from ledger.postgres import SealedPostgresRecorder
 from ledger.store import ReplayedEnvelopeError, SealedLog, idempotency_token
 from signing.checkpoint import log_verifier_keys
@@ -261,10 +262,7 @@ class LedgerService(Application[UUID]):
         the log's public identity (origin, verifier keys) is recorded for export bundles.
         With a ``ledger_signer``, entry 1 registers its key: the key of derived facts.
         ``time`` and ``nonces`` make the two entries reproducible (the demo's seed)."""
-        if self.sealed.log_size() > 0:
-            raise AlreadyInitialised(
-                f"{self.database.display} already holds a ledger; nothing was changed"
-            )
+        self._refuse_started()
         first, second = nonces if nonces is not None else (None, None)
         envelopes = [
             key_registration(admin, admin.verifier(), admin=True, time=time, nonce=first).to_bytes()
@@ -286,6 +284,30 @@ class LedgerService(Application[UUID]):
         entry_0 = outcomes[0]
         assert isinstance(entry_0, Appended)
         return entry_0
+
+    def initialise(
+        self,
+        home: LedgerHome,
+        origin: str,
+        admin: SigningKey,
+        *,
+        facts_key: SigningKey | None = None,
+        time: dt.datetime | None = None,
+        nonces: tuple[str, str] | None = None,
+    ) -> Appended:
+        """Start a new ledger: refuse a database that holds one before touching anything,
+        create ``home`` (the checkpoint key, the key of derived facts: ``facts_key`` or a new
+        one), then ``bootstrap``. The one way ``init``, the demo and the benches start a log."""
+        self._refuse_started()
+        ledger_key = home.create(origin, facts_key=facts_key)
+        self.ledger_signer = home.facts_key()
+        return self.bootstrap(ledger_key, admin, time=time, nonces=nonces)
+
+    def _refuse_started(self) -> None:
+        if self.sealed.log_size() > 0:
+            raise AlreadyInitialised(
+                f"{self.database.display} already holds a ledger; nothing was changed"
+            )
 
     # -- reading -------------------------------------------------------------------------
     def get_or_none(self, aggregate_id: UUID, pending: dict[UUID, SignedAggregate]) -> Any:

@@ -56,6 +56,17 @@ class LedgerHome:
             return None
         return read_signing_key(self.facts_key_path)
 
+    @property
+    def own_key_files(self) -> tuple[Path, Path]:
+        """The home's own private keys: never an administrator's."""
+        return (self.ledger_key_path, self.facts_key_path)
+
+    def administrator_keys(self) -> list[Path]:
+        """The other private keys in the home (``init`` writes the first administrator's)."""
+        if not self.path.exists():
+            return []
+        return [p for p in sorted(self.path.glob("*.key")) if p not in self.own_key_files]
+
     def exists(self) -> bool:
         return self.ledger_key_path.exists()
 

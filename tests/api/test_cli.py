@@ -96,6 +96,9 @@ def test_bad_lines_are_refused_alone_and_a_repeat_gets_its_first_answer(
         (["verify", "keys"], "needs --log-key"),
         (["--db", "mysql://x/y", "verify"], "unsupported database URL"),
         (["sign", "keys/lan.key", "missing.json"], "missing.json"),
+        (["register-key", "lan", "keys"], "keys"),
+        (["register-key", "lan", "home/log.vkey"], "one key at a time"),
+        (["append", "keys"], "keys"),
     ],
 )
 def test_bad_usage_exits_2_and_stores_nothing(
@@ -105,6 +108,35 @@ def test_bad_usage_exits_2_and_stores_nothing(
     assert main(argv) == 2
     assert words in capsys.readouterr().err
     assert _size(db_url) == before
+
+
+@pytest.mark.parametrize(
+    "argv",
+    [
+        ["append", "x.jsonl", "--checkpoint-every", "-3"],
+        ["checkpoint", "--every-seconds", "0"],
+        ["checkpoint", "--every-seconds", "nan"],
+        ["verify", "--workers", "0"],
+    ],
+)
+def test_bad_numbers_are_refused_by_the_parser(
+    cli: Path, argv: list[str], capsys: pytest.CaptureFixture[str]
+) -> None:
+    with pytest.raises(SystemExit) as exited:
+        main(argv)
+    assert exited.value.code == 2 and "must be" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(("admin", "words"), [("a b", "spaces"), ("ledger", "ledger.key")])
+def test_init_checks_the_administrator_before_writing_anything(
+    tmp_path: Path, admin: str, words: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    home = tmp_path / "home"
+    argv = ["--db", f"sqlite:///{tmp_path / 'l.db'}", "--home", str(home), "init"]
+    assert main([*argv, "--admin", admin]) == 2
+    assert words in capsys.readouterr().err
+    assert not home.exists()
+    assert main(argv) == 0  # nothing was left behind to block a retry
 
 
 @pytest.mark.parametrize(
