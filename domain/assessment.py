@@ -12,8 +12,9 @@
     general criteria, ``general`` for their total, or ``task``); ``|delta|`` within the
     policy's bound, and the result within the criterion's maximum and the general total's.
 ``score.adjustment_approved`` ``{adjustment, employee, period}``
-    By a second HR officer: never the proposer, never the employee. The bounds are checked
-    again against the adjustments approved in between.
+    By an HR officer: never the employee, and never the proposer when the policy asks for a
+    second approver (``adjustments.second_approver``; both shipped packs do). The bounds are
+    checked again against the adjustments approved in between.
 ``score.adjustment_declined`` ``{adjustment, employee, period, reason}``
     By a second HR officer; the adjustment never counts.
 ``score.ruling_applied`` (signed by the ledger only)
@@ -372,7 +373,7 @@ def _pending(ctx: Context, data: DecidedData) -> tuple[Subject, Assessment, Adju
             f"no adjustment {data.adjustment!r} for {data.employee!r} in {data.period}",
         )
     ctx.require_role("hr", subject.unit)
-    if ctx.actor == adjustment.proposed_by:
+    if ctx.actor == adjustment.proposed_by and subject.policy.adjustment_second_approver:
         ctx.refuse(SAME_PERSON, "the second approver must not be the adjustment's proposer")
     if ctx.actor == data.employee:
         ctx.refuse(SELF_APPROVAL, f"{ctx.actor!r} cannot approve an adjustment of their own score")

@@ -661,10 +661,6 @@ class Policy:
         known = ", ".join([c.code for c in self.criteria] + ["general", "task"])
         raise PolicyError(f"unknown criterion {code!r} (known: {known})", path="criterion")
 
-    @property
-    def total_max(self) -> Decimal:
-        return self.general_max + self.task_max
-
     def grade(self, code: str) -> Grade:
         for grade in self.grades:
             if grade.code == code:
@@ -797,22 +793,22 @@ class Policy:
             tzinfo=self.calendar.tz,
         )
 
-    def is_effective(self, day: dt.date) -> bool:
-        return self.effective_from <= day
-
     def as_document(self) -> dict[str, Any]:
         """The document as plain JSON values (dicts and lists), a fresh copy."""
         return cast(dict[str, Any], _thaw(self.document))
 
 
 def effective_policy(policies: Iterable[Policy], day: dt.date) -> Policy | None:
-    """Among the versions published for one scope, the one in force on ``day``: of those whose
-    ``effective_from`` is on or before ``day``, the one that took effect last; of two that took
-    effect on the same day, the higher version (the later publication). ``None`` if none."""
-    candidates = [p for p in policies if p.effective_from <= day]
-    if not candidates:
-        return None
-    return max(candidates, key=lambda p: (p.effective_from, p.version, p.id))
+    """Among the versions published for one scope, in publication order, the one in force on
+    ``day``: of those whose ``effective_from`` is on or before ``day``, the one that took effect
+    last; of two that took effect on the same day, the later publication. ``None`` if none."""
+    best: Policy | None = None
+    for policy in policies:
+        if policy.effective_from <= day and (
+            best is None or policy.effective_from >= best.effective_from
+        ):
+            best = policy
+    return best
 
 
 # --------------------------------------------------------------------------------------------

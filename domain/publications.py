@@ -28,7 +28,7 @@ from pydantic import Field
 from domain.context import Context, Handler, Recording
 from domain.errors import POLICY_INVALID, RETROACTIVE, VERSION_ORDER, WRONG_STATE
 from domain.organisation import Position
-from domain.policy import Policy, PolicyError, parse_policy
+from domain.policy import Policy, PolicyError, effective_policy, parse_policy
 from domain.schemas import Code, Day, Dec, FactData, Text
 from domain.signed import SignedAggregate, SignedCreated, SignedEvent, stream_id
 
@@ -82,14 +82,8 @@ class PolicyBook(SignedAggregate):
         return max((p.version for p in self.versions if p.id == policy_id), default=0)
 
     def in_force(self, day: dt.date) -> Policy | None:
-        """The newest version in force on ``day`` (later publication wins a tie)."""
-        best: Policy | None = None
-        for policy in self.versions:
-            if policy.effective_from <= day and (
-                best is None or policy.effective_from >= best.effective_from
-            ):
-                best = policy
-        return best
+        """The version in force on ``day`` (``domain.policy.effective_policy``)."""
+        return effective_policy(self.versions, day)
 
     @staticmethod
     def id_for(scope: str) -> UUID:

@@ -854,16 +854,16 @@ def test_effective_policy_picks_the_version_in_force(default: Policy) -> None:
     assert effective_policy([second, default], dt.date(2025, 12, 31)) is None
     assert effective_policy([second, default], dt.date(2026, 3, 1)) is default
     assert effective_policy([default, second], dt.date(2026, 7, 1)) is second
-    assert second.is_effective(dt.date(2026, 7, 1))
 
     def v3(d: dict[str, Any]) -> None:
         d["version"] = 3
         d["effective_from"] = "2026-07-01"
 
     third = parse_policy(mutated(v3))
-    assert effective_policy([default, third, second], dt.date(2026, 8, 1)) is third
-    assert effective_policy([default, third, second], dt.date(2026, 6, 30)) is default
-    assert not second.is_effective(dt.date(2026, 6, 30))
+    # the same day: the later publication wins
+    assert effective_policy([default, second, third], dt.date(2026, 8, 1)) is third
+    assert effective_policy([default, third, second], dt.date(2026, 8, 1)) is second
+    assert effective_policy([default, second, third], dt.date(2026, 6, 30)) is default
 
 
 # --------------------------------------------------------------------------------------------
