@@ -11,7 +11,6 @@ from typing import Any, ClassVar
 from uuid import UUID
 
 from domain.signed import SignedAggregate, SignedCreated, SignedEvent, stream_id
-from signing.facts import Fact
 from signing.keyring import KEY_REGISTERED, KEY_REVOKED, KEY_ROTATED
 from signing.keys import VerifierKey
 
@@ -60,14 +59,11 @@ class Principal(SignedAggregate):
     def id_for(name: str) -> UUID:
         return stream_id("principal", name)
 
-    @classmethod
-    def enrol(cls, fact: Fact) -> Principal:
-        return cls._start(cls.Enrolled, cls.id_for(fact.data["principal"]), fact)
-
-    def record(self, fact: Fact) -> None:
-        event_class = {
+    @staticmethod
+    def event_for(fact_type: str) -> type[SignedEvent]:
+        """The event a key fact adds to an existing principal."""
+        return {
             KEY_REGISTERED: Principal.KeyRegistered,
             KEY_ROTATED: Principal.KeyRotated,
             KEY_REVOKED: Principal.KeyRevoked,
-        }[fact.type]
-        self._record(event_class, fact)
+        }[fact_type]

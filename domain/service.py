@@ -722,12 +722,7 @@ def _handle_key_fact(ctx: Context) -> Recording:
                 f"no principal {principal_name!r}", fact_type=fact.type, actor=fact.actor
             )
         return ctx.start(Principal, Principal.id_for(principal_name), Principal.Enrolled)
-    event = {
-        KEY_REGISTERED: Principal.KeyRegistered,
-        "key.rotated": Principal.KeyRotated,
-        "key.revoked": Principal.KeyRevoked,
-    }[fact.type]
-    return ctx.append(principal, event)
+    return ctx.append(principal, Principal.event_for(fact.type))
 
 
 def _handle_attestation(ctx: Context) -> Recording:
