@@ -38,19 +38,23 @@ from eventsourcing.utils import get_topic
 
 from bench.common import (
     PLAIN_MODULES,
+    SERVICE_STEPS,
+    Step,
     attestations,
     backends,
     bootstrap,
     check_appended,
-    cumulative,
     median,
     open_store,
     pg_schema,
     profile_rows,
+    profile_table,
     render_table,
     say,
     signers,
     sqlite_url,
+    step_cumulative,
+    steps_for,
     verdict,
     write_result,
 )
@@ -66,14 +70,8 @@ NAME = "append"
 TARGET_100 = 0.75
 TOPIC = get_topic(Attestation.Attested)
 APP_BATCH = 100
-APP_STEPS = [  # (file, function, depth in the call tree) for the profile table
-    ("domain/service.py", "submit_many", 0),
-    ("domain/service.py", "refresh_keyring", 1),
-    ("domain/service.py", "_parse", 1),
-    ("signing/facts.py", "read_fact", 2),
-    ("ledger/store.py", "nonce_seqs", 1),
-    ("domain/service.py", "_check", 1),
-    ("signing/facts.py", "verify_signature", 2),
+APP_STEPS: list[Step] = [  # (file, function, depth in the call tree) for the profile table
+    *SERVICE_STEPS,
     ("domain/service.py", "_handle_attestation", 1),
     ("domain/service.py", "_save", 1),
     ("eventsourcing/application.py", "save", 2),
@@ -92,12 +90,13 @@ class Scale:
     batched: int  # events timed at 100 per transaction
     app_events: int  # envelopes timed on the application path
     app_reps: int
+    profiled: int  # envelopes then run under cProfile, untimed (0: none)
 
 
 SCALES = {
-    "full": Scale(reps=7, single=400, batched=10000, app_events=2000, app_reps=3),
-    "quick": Scale(reps=3, single=60, batched=2000, app_events=300, app_reps=1),
-    "tiny": Scale(reps=1, single=10, batched=200, app_events=200, app_reps=1),
+    "full": Scale(reps=7, single=400, batched=10000, app_events=2000, app_reps=3, profiled=500),
+    "quick": Scale(reps=3, single=60, batched=2000, app_events=300, app_reps=1, profiled=500),
+    "tiny": Scale(reps=1, single=10, batched=200, app_events=200, app_reps=1, profiled=100),
 }
 
 
@@ -293,8 +292,9 @@ class SealedAppRun:
 
 
 def app_sealed_rate(
-    url: str, work: Path, n_signers: int, count: int, *, profile: bool
+    url: str, work: Path, n_signers: int, count: int, *, profiled: int
 ) -> SealedAppRun:
+    backend = parse_database(url).backend
     ledger = bootstrap(url, work, n_signers)
     try:
         envelopes = attestations(ledger.signers, count + APP_BATCH)
@@ -306,8 +306,8 @@ def app_sealed_rate(
         elapsed = time.perf_counter() - start
         lookup = replay_check_us(ledger.service.sealed)
         top: dict[str, Any] = {}
-        if profile:  # one more pass, not timed, to see where the time goes
-            extra = attestations(ledger.signers, 5 * APP_BATCH)
+        if profiled:  # one more pass, not timed, to see where the time goes
+            extra = attestations(ledger.signers, profiled)
             profiler = cProfile.Profile()
             profiler.enable()
             for batch in _batches(extra):
@@ -315,8 +315,9 @@ def app_sealed_rate(
             profiler.disable()
             stats = pstats.Stats(profiler)
             top = {
+                "envelopes": profiled,
                 "self": profile_rows(stats, 15),
-                "cumulative": cumulative(stats, [(f, n) for f, n, _ in APP_STEPS]),
+                "cumulative": step_cumulative(stats, steps_for(backend, APP_STEPS)),
             }
     finally:
         ledger.close()
@@ -354,7 +355,7 @@ def step_costs_us(envelopes: Sequence[bytes], keys: Sequence[SigningKey]) -> dic
 
 
 def application_rows(
-    backend: str, fresh: StoreFactory, work: Path, scale: Scale, *, profile: bool
+    backend: str, fresh: StoreFactory, work: Path, scale: Scale
 ) -> tuple[list[dict[str, Any]], dict[str, Any]]:
     keys = signers(4)
     plain_envelopes = attestations(keys, scale.app_events + APP_BATCH)
@@ -367,7 +368,11 @@ def application_rows(
                     home = work / f"home-{backend}-{rep}"
                     sealed_runs.append(
                         app_sealed_rate(
-                            url, home, 4, scale.app_events, profile=profile and rep == 0
+                            url,
+                            home,
+                            4,
+                            scale.app_events,
+                            profiled=scale.profiled if rep == 0 else 0,
                         )
                     )
                 else:
@@ -419,7 +424,7 @@ def run(
                 say(f"append: {backend} recorders ...")
                 recorder += recorder_rows(backend, fresh, specs, scale)
                 say(f"append: {backend} application path ...")
-                rows, extra = application_rows(backend, fresh, work, scale, profile=mode != "tiny")
+                rows, extra = application_rows(backend, fresh, work, scale)
                 application += rows
                 if extra:
                     profiles[backend] = extra["profile"]
@@ -500,18 +505,12 @@ def report(result: dict[str, Any]) -> None:
         )
     )
     for backend, profile in result["application_profile"].items():
-        depth = {f"{f}:{n}": d for f, n, d in APP_STEPS}
-        rows = [
-            ["  " * depth.get(name, 0) + name, v["calls"], v["cum_s"], v["share"]]
-            for name, v in profile["cumulative"].items()
-            if v["calls"]
-        ]
         say()
         say(
-            render_table(
-                f"append / where submit_many's time goes on {backend} (cProfile, 500 envelopes;"
-                " read_fact counts both parses)",
-                ["function (callees indented)", "calls", "cum s", "share"],
-                rows,
+            profile_table(
+                f"append / where submit_many's time goes on {backend} (cProfile,"
+                f" {profile['envelopes']} envelopes)",
+                APP_STEPS,
+                profile["cumulative"],
             )
         )

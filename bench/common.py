@@ -302,6 +302,40 @@ def bootstrap(url: str, home_dir: Path, signer_count: int) -> Ledger:
     return Ledger(service, admin, keys, home, checkpointer)
 
 
+def sample_catalogue(agency: str, extra_items: Sequence[dict[str, Any]] = ()) -> dict[str, Any]:
+    """The data of a ``catalogue.published``: version 1 from 2026-01-01, two one-stop items, a
+    leader's item (``LEAD-01``, for heads only), then ``extra_items``."""
+    return {
+        "agency": agency,
+        "version": 1,
+        "effective_from": "2026-01-01",
+        "items": [
+            {
+                "code": "OSS-01",
+                "name": "Tiếp nhận hồ sơ",
+                "group": "B",
+                "products": "1",
+                "hours": "2",
+            },
+            {
+                "code": "OSS-02",
+                "name": "Thẩm định hồ sơ",
+                "group": "C",
+                "products": "1",
+                "hours": "7",
+            },
+            {
+                "code": "LEAD-01",
+                "name": "Chỉ đạo, điều hành",
+                "group": "A",
+                "products": "1",
+                "positions": ["head"],
+            },
+            *extra_items,
+        ],
+    }
+
+
 def check_appended(outcomes: Sequence[object]) -> int:
     """Raise unless every outcome is an ``Appended``; returns how many."""
     refused = [o for o in outcomes if not isinstance(o, Appended)]
@@ -311,6 +345,28 @@ def check_appended(outcomes: Sequence[object]) -> int:
 
 
 # -- profiles -------------------------------------------------------------------------------
+
+Step = tuple[str, str, int]  # (file suffix, function, depth in the call tree)
+
+# The intake steps of ``LedgerService.submit_many`` every profile table starts with; each
+# benchmark adds its handlers and its save path.
+SERVICE_STEPS: list[Step] = [
+    ("domain/service.py", "submit_many", 0),
+    ("domain/service.py", "_sync", 1),
+    ("domain/service.py", "_parse", 1),
+    ("signing/facts.py", "read_fact", 2),
+    ("ledger/store.py", "nonce_seqs", 1),
+    ("ledger/store.py", "idempotency_seqs", 1),
+    ("domain/service.py", "_check", 1),
+    ("signing/facts.py", "verify_signature", 2),
+]
+BACKEND_FILES = {"sqlite": "ledger/sqlite.py", "postgres": "ledger/postgres.py"}
+
+
+def steps_for(backend: str, steps: Sequence[Step]) -> list[Step]:
+    """``steps`` without those in the other backends' recorder modules."""
+    others = {f for b, f in BACKEND_FILES.items() if b != backend}
+    return [s for s in steps if s[0] not in others]
 
 
 def profile_rows(stats: Any, limit: int) -> list[dict[str, Any]]:
@@ -346,3 +402,22 @@ def cumulative(stats: Any, names: Sequence[tuple[str, str]]) -> dict[str, dict[s
             "share": round(seconds / total, 3),
         }
     return out
+
+
+def step_cumulative(stats: Any, steps: Sequence[Step]) -> dict[str, dict[str, Any]]:
+    """``cumulative`` of ``steps``, in their order: a step never called shows 0 calls (a
+    renamed function is seen, not hidden)."""
+    return cumulative(stats, [(suffix, function) for suffix, function, _ in steps])
+
+
+def profile_table(title: str, steps: Sequence[Step], rows: dict[str, dict[str, Any]]) -> str:
+    """The rows of ``step_cumulative``, callees indented under their callers."""
+    depth = {f"{suffix}:{function}": d for suffix, function, d in steps}
+    return render_table(
+        title,
+        ["function (callees indented)", "calls", "cum s", "share"],
+        [
+            ["  " * depth.get(name, 0) + name, v["calls"], v["cum_s"], v["share"]]
+            for name, v in rows.items()
+        ],
+    )

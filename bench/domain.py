@@ -47,13 +47,18 @@ from uuid import UUID
 
 from bench.append import StoreFactory, pg_stores, sqlite_stores
 from bench.common import (
+    SERVICE_STEPS,
+    Step,
     backends,
     check_appended,
-    cumulative,
     median,
     profile_rows,
+    profile_table,
     render_table,
+    sample_catalogue,
     say,
+    step_cumulative,
+    steps_for,
     verdict,
     write_result,
 )
@@ -76,14 +81,8 @@ ORG_TIME = dt.datetime(2025, 12, 15, 2, 0, tzinfo=UTC)  # the organisation is se
 CLOCK = dt.datetime(2026, 4, 6, 1, 0, tzinfo=UTC)  # the ledger's clock: after every command
 CRITERIA = ("political", "ethics", "discipline", "competence", "innovation")
 CODES = ("OSS-01", "OSS-02", "PRO-03")  # the catalogue items an officer may be given
-PROFILE_STEPS = [  # (file, function, depth in the call tree) for the profile table
-    ("domain/service.py", "submit_many", 0),
-    ("domain/service.py", "_sync_top", 1),
-    ("domain/service.py", "_parse", 1),
-    ("ledger/store.py", "nonce_seqs", 1),
-    ("ledger/store.py", "idempotency_seqs", 1),
-    ("domain/service.py", "_check", 1),
-    ("signing/facts.py", "verify_signature", 2),
+PROFILE_STEPS: list[Step] = [  # (file, function, depth in the call tree) for the profile table
+    *SERVICE_STEPS,
     ("domain/service.py", "handle", 1),
     ("domain/schemas.py", "validate", 2),
     ("domain/work.py", "assign", 2),
@@ -127,6 +126,8 @@ SCALES = {
         agencies=2, sections=4, employees=200, items=10, single=300, reps=3, profiled=10_000
     ),
     "quick": Scale(agencies=1, sections=2, employees=16, items=4, single=30, reps=1, profiled=0),
+    # for the tests: every kind of command in the stream (59), all of them profiled
+    "tiny": Scale(agencies=1, sections=2, employees=4, items=4, single=5, reps=1, profiled=100),
 }
 
 
@@ -158,36 +159,7 @@ def _stamp(t: dt.datetime) -> str:
     return t.strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
-def _catalogue(agency: str) -> dict[str, Any]:
-    return {
-        "agency": agency,
-        "version": 1,
-        "effective_from": "2026-01-01",
-        "items": [
-            {
-                "code": "OSS-01",
-                "name": "Tiếp nhận hồ sơ",
-                "group": "B",
-                "products": "1",
-                "hours": "2",
-            },
-            {
-                "code": "OSS-02",
-                "name": "Thẩm định hồ sơ",
-                "group": "C",
-                "products": "1",
-                "hours": "7",
-            },
-            {"code": "PRO-03", "name": "Báo cáo chuyên đề", "group": "C", "products": "2"},
-            {
-                "code": "LEAD-01",
-                "name": "Chỉ đạo, điều hành",
-                "group": "A",
-                "products": "1",
-                "positions": ["head"],
-            },
-        ],
-    }
+EXTRA_ITEMS = ({"code": "PRO-03", "name": "Báo cáo chuyên đề", "group": "C", "products": "2"},)
 
 
 def build_workload(scale: Scale, seed: int = 20260301) -> Workload:
@@ -292,7 +264,7 @@ def build_workload(scale: Scale, seed: int = 20260301) -> Workload:
         sign("admin", "policy.published", {"scope": "KH", "document": shipped_policy("default")}, t)
     )
     for a in agencies:
-        org.append(sign(hr[a][0], "catalogue.published", _catalogue(a), t))
+        org.append(sign(hr[a][0], "catalogue.published", sample_catalogue(a, EXTRA_ITEMS), t))
     for e in staff:
         unit = home[e]
         org.append(
@@ -603,7 +575,9 @@ def _timed_handler(
     return timed
 
 
-def breakdown(fresh: StoreFactory, workload: Workload, profiled: int) -> dict[str, Any]:
+def breakdown(
+    backend: str, fresh: StoreFactory, workload: Workload, profiled: int
+) -> dict[str, Any]:
     """An instrumented domain pass (aggregate sources, handler µs), then a cProfile pass."""
     tally = Tally()
     with fresh() as url:
@@ -647,7 +621,7 @@ def breakdown(fresh: StoreFactory, workload: Workload, profiled: int) -> dict[st
         out["profile"] = {
             "commands": min(profiled, commands),
             "self": profile_rows(stats, 20),
-            "cumulative": cumulative(stats, [(f, n) for f, n, _ in PROFILE_STEPS]),
+            "cumulative": step_cumulative(stats, steps_for(backend, PROFILE_STEPS)),
         }
     return out
 
@@ -679,7 +653,7 @@ def run(
                 say(f"domain: {backend}, domain vs raw ...")
                 rows += rate_rows(backend, fresh, workload, scale)
                 say(f"domain: {backend}, where the time goes ...")
-                breakdowns[backend] = breakdown(fresh, workload, scale.profiled)
+                breakdowns[backend] = breakdown(backend, fresh, workload, scale.profiled)
     result = {
         "mode": mode,
         "workload": {
@@ -758,17 +732,12 @@ def report(result: dict[str, Any]) -> None:
             )
         )
         if "profile" in b:
-            depth = {f"{f}:{n}": d for f, n, d in PROFILE_STEPS}
             say()
             say(
-                render_table(
+                profile_table(
                     f"domain / where submit_many's time goes on {backend} (cProfile,"
                     f" {b['profile']['commands']} commands)",
-                    ["function (callees indented)", "calls", "cum s", "share"],
-                    [
-                        ["  " * depth.get(name, 0) + name, v["calls"], v["cum_s"], v["share"]]
-                        for name, v in b["profile"]["cumulative"].items()
-                        if v["calls"]
-                    ],
+                    PROFILE_STEPS,
+                    b["profile"]["cumulative"],
                 )
             )

@@ -2,7 +2,9 @@
 
 Each benchmark's ``run`` is called with a few hundred events, SQLite only except the append
 and domain benchmarks, which also run on the ``pg_url`` database (fresh schemas inside it).
-Only the shape of the results, positive rates and the verifier's verdict are checked.
+Checked: the shape of the results, counts against the scale, positive rates, verdicts that
+follow from the ratios, the verifier's verdict, and that every step a profile table lists was
+called (a renamed function shows up as 0 calls).
 """
 
 from __future__ import annotations
@@ -12,11 +14,30 @@ from pathlib import Path
 from typing import Any
 
 from bench import append, domain, proofs, verify
+from bench.common import SERVICE_STEPS, Step, steps_for
 
 
 def _positive(row: dict[str, Any], *keys: str) -> None:
     for key in keys:
         assert row[key] > 0, (key, row)
+
+
+def _verdict(row: dict[str, Any]) -> None:
+    """``meets_target`` is what the ratio says, or None without a target."""
+    target = row["target"]
+    assert row["meets_target"] == (None if target is None else row["ratio"] >= target), row
+
+
+def _every_step_called(cumulative: dict[str, Any], backend: str, steps: list[Step]) -> None:
+    """The profile lists the steps for ``backend`` (not the other backend's recorder), in
+    order, each called at least once."""
+    listed = steps_for(backend, steps)
+    assert list(cumulative) == [f"{f}:{n}" for f, n, _ in listed]
+    assert len(listed) == len(steps) - 1  # the other backend's insert_events
+    assert [f for f, n, _ in listed].count(f"ledger/{backend}.py") == 1
+    assert steps[: len(SERVICE_STEPS)] == SERVICE_STEPS
+    never = [name for name, row in cumulative.items() if row["calls"] == 0]
+    assert never == [], f"{backend}: steps never called (renamed?): {never}"
 
 
 def test_append_bench_on_sqlite_and_postgres(pg_url: str, tmp_path: Path) -> None:
@@ -29,19 +50,21 @@ def test_append_bench_on_sqlite_and_postgres(pg_url: str, tmp_path: Path) -> Non
         ("postgres", 1),
         ("postgres", 100),
     }
+    scale = append.SCALES["tiny"]
     for row in recorder:
-        assert {
-            "plain_events_per_s",
-            "sealed_events_per_s",
-            "ratio",
-            "target",
-            "meets_target",
-        } <= row.keys()
         _positive(row, "plain_events_per_s", "sealed_events_per_s", "ratio")
-        assert row["target"] == (append.TARGET_100 if row["per_transaction"] == 100 else None)
+        batched = row["per_transaction"] == 100
+        assert row["target"] == (append.TARGET_100 if batched else None)
+        assert row["events_timed"] == (scale.batched if batched else scale.single)
+        _verdict(row)
     assert {r["backend"] for r in result["application"]} == {"sqlite", "postgres"}
     for row in result["application"]:
         _positive(row, "plain_events_per_s", "sealed_events_per_s", "ratio", "replay_check_us")
+        assert row["events_timed"] == scale.app_events
+    assert set(result["application_profile"]) == {"sqlite", "postgres"}
+    for backend, profile in result["application_profile"].items():
+        assert profile["envelopes"] == scale.profiled
+        _every_step_called(profile["cumulative"], backend, append.APP_STEPS)
     _positive(
         result["step_costs_us"],
         "parse_envelope_and_payload",
@@ -83,8 +106,28 @@ def test_proofs_bench_on_sqlite(tmp_path: Path) -> None:
 
 
 def test_domain_bench_on_sqlite_and_postgres(pg_url: str, tmp_path: Path) -> None:
-    result = domain.run("quick", pg_url, pg_is_database=True, results_dir=tmp_path)
+    result = domain.run("tiny", pg_url, pg_is_database=True, results_dir=tmp_path)
 
+    scale = domain.SCALES["tiny"]
+    workload = result["workload"]
+    kinds = workload["kinds"]
+    assert workload["employees"] == scale.employees
+    assert kinds["work.assigned"] == scale.employees * scale.items
+    assert kinds["assessment.supervisor_assessed"] == scale.employees
+    # the tiny stream holds every kind of command, so every handler row of the profile applies
+    assert set(kinds) == {
+        "work.assigned",
+        "work.declared",
+        "work.approved",
+        "work.rejected",
+        "work.delayed",
+        "work.quality_failed",
+        "assessment.supervisor_assessed",
+        "score.adjustment_proposed",
+        "score.adjustment_approved",
+    }
+    commands = workload["commands"]
+    assert scale.single < commands <= scale.profiled
     rates = result["rates"]
     assert {(r["backend"], r["per_call"]) for r in rates} == {
         ("sqlite", domain.BATCH),
@@ -94,18 +137,15 @@ def test_domain_bench_on_sqlite_and_postgres(pg_url: str, tmp_path: Path) -> Non
     }
     for row in rates:
         _positive(row, "domain_commands_per_s", "raw_appends_per_s", "ratio")
-        assert row["target"] == (domain.TARGET if row["per_call"] == domain.BATCH else None)
-        assert row["meets_target"] in ((None,) if row["target"] is None else (True, False))
-    workload = result["workload"]
-    assert workload["commands"] == sum(workload["kinds"].values())
-    assert {
-        "work.assigned",
-        "work.declared",
-        "work.approved",
-        "assessment.supervisor_assessed",
-    } <= workload["kinds"].keys()
+        batched = row["per_call"] == domain.BATCH
+        assert row["target"] == (domain.TARGET if batched else None)
+        assert row["commands_timed"] == (commands if batched else scale.single)
+        assert row["repetitions"] == scale.reps == len(row["domain_samples"])
+        _verdict(row)
     assert set(result["breakdown"]) == {"sqlite", "postgres"}
-    for breakdown in result["breakdown"].values():
+    for backend, breakdown in result["breakdown"].items():
         assert breakdown["aggregate_reads"]["cache"] > 0
-        assert set(breakdown["handlers"]) == set(workload["kinds"])
+        assert {t: h["calls"] for t, h in breakdown["handlers"].items()} == kinds
+        assert breakdown["profile"]["commands"] == commands
+        _every_step_called(breakdown["profile"]["cumulative"], backend, domain.PROFILE_STEPS)
     assert json.loads((tmp_path / "domain.json").read_text())["benchmark"] == "domain"
