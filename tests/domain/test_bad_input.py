@@ -1823,16 +1823,6 @@ def would_accept(w: World, who: str, fact_type: str, data: dict[str, Any]) -> Re
     return recording
 
 
-def refused_envelope(w: World, raw: bytes, rule: str) -> Refusal:
-    """Submit raw bytes, expect ``rule``, and check the log did not grow."""
-    size = w.service.sealed.log_size()
-    with pytest.raises(Refusal) as caught:
-        w.service.submit(raw)
-    assert caught.value.rule == rule, str(caught.value)
-    assert w.service.sealed.log_size() == size
-    return caught.value
-
-
 def run_case(s: Scene, case: Case) -> Refusal:
     who, data = _case_input(s, case.fact_type, case.bad)
     s.w.now = case.bad.now or NOW
@@ -1939,26 +1929,24 @@ def test_envelope_refusals(scene: Scene) -> None:
     w = scene.w
     who, data = _case_input(scene, "work.approved", Bad("baseline", ""))
     key = w.keys[who]
-    refused_envelope(w, b'{"payloadType":', "envelope.malformed")
-    refused_envelope(w, b"not json at all", "envelope.malformed")
+    w.refused_raw(b'{"payloadType":', "envelope.malformed")
+    w.refused_raw(b"not json at all", "envelope.malformed")
     good = sign_fact(key, "work.approved", data, time=NOW)
     stranger = SigningKey.generate(who)  # same name, key never registered
     forged = Envelope(
         good.payload_type, good.payload, (Signature(key.keyid, stranger.sign(good.pae())),)
     )
-    refused_envelope(w, forged.to_bytes(), "signature.invalid")
+    w.refused_raw(forged.to_bytes(), "signature.invalid")
     unsigned = Envelope(good.payload_type, good.payload, ())
-    refused_envelope(w, unsigned.to_bytes(), "envelope.malformed")
-    refused_envelope(
-        w, sign_fact(stranger, "work.approved", data, time=NOW).to_bytes(), "key.not_valid"
-    )
+    w.refused_raw(unsigned.to_bytes(), "envelope.malformed")
+    w.refused_raw(sign_fact(stranger, "work.approved", data, time=NOW).to_bytes(), "key.not_valid")
     other = w.keys["tuan.sup"]
     impostor = sign_fact(other, "work.approved", data, time=NOW, actor="hoa.hr")
-    refused_envelope(w, impostor.to_bytes(), "key.not_valid")
+    w.refused_raw(impostor.to_bytes(), "key.not_valid")
     w.refused(who, "work.teleported", data, "fact.unknown_type")
     reused = scene.nonce["approve:jan-approved"]  # tuan.sup's nonce, for another fact
     replayed = sign_fact(key, "work.approved", data, time=NOW, nonce=reused)
-    assert refused_envelope(w, replayed.to_bytes(), "envelope.replayed").actor == who
+    assert w.refused_raw(replayed.to_bytes(), "envelope.replayed").actor == who
     with pytest.raises(CanonicalFormError, match="float"):
         sign_fact(key, "work.assigned", {"item": "x", "quantity": 1.5})
     with pytest.raises(CanonicalFormError, match="float"):
@@ -1971,8 +1959,8 @@ def test_envelope_refusals(scene: Scene) -> None:
     w.service.window = TimeWindow()
     try:
         for time in (NOW - dt.timedelta(hours=73), NOW + dt.timedelta(minutes=6), at("2020-01-01")):
-            refused_envelope(
-                w, sign_fact(key, "work.approved", data, time=time).to_bytes(), "time.out_of_window"
+            w.refused_raw(
+                sign_fact(key, "work.approved", data, time=time).to_bytes(), "time.out_of_window"
             )
         for time in (NOW - dt.timedelta(hours=71), NOW + dt.timedelta(minutes=4)):
             fact = read_fact(sign_fact(key, "work.approved", data, time=time).to_bytes())

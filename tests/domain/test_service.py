@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import json
-from pathlib import Path
+from typing import Any
 
 import pytest
+from conftest import Ledger
 
 from domain.errors import (
     InvalidFact,
@@ -25,44 +26,33 @@ from signing.facts import sign_fact
 from signing.keyring import key_registration
 from signing.keys import SigningKey
 from signing.verify import verify
-
-
-@pytest.fixture
-def service(db_url: str) -> LedgerService:
-    app = LedgerService(parse_database(db_url))
-    admin = SigningKey.generate("admin")
-    app.bootstrap(SigningKey.generate("kpi.test/service"), admin)
-    app.admin = admin  # type: ignore[attr-defined]
-    return app
+from tests.domain.world import refused_raw
 
 
 def _register(admin: SigningKey, key: SigningKey) -> bytes:
     return key_registration(admin, key.verifier(), admin=False).to_bytes()
 
 
-def test_a_batch_is_sealed_in_the_order_it_was_checked(service: LedgerService) -> None:
-    admin: SigningKey = service.admin  # type: ignore[attr-defined]
-    lan = SigningKey.generate("lan")
+def test_a_batch_is_sealed_in_the_order_it_was_checked(ledger: Ledger) -> None:
+    size = ledger.service.sealed.log_size()  # the administrator, lan and minh
+    khoa = SigningKey.generate("khoa")
     batch = [
-        _register(admin, lan),
-        sign_fact(lan, "document.attested", {"sha256": "aa" * 32}).to_bytes(),
-        sign_fact(admin, "key.revoked", {"keyid": lan.keyid, "reason": "left"}).to_bytes(),
-        sign_fact(lan, "document.attested", {"sha256": "bb" * 32}).to_bytes(),
+        _register(ledger.admin, khoa),
+        sign_fact(khoa, "document.attested", {"sha256": "aa" * 32}).to_bytes(),
+        sign_fact(ledger.admin, "key.revoked", {"keyid": khoa.keyid, "reason": "left"}).to_bytes(),
+        sign_fact(khoa, "document.attested", {"sha256": "bb" * 32}).to_bytes(),
     ]
-    outcomes = service.submit_many(batch)
-    assert [o.seq for o in outcomes[:3]] == [1, 2, 3]  # type: ignore[union-attr]
+    outcomes = ledger.service.submit_many(batch)
+    assert [o.seq for o in outcomes[:3]] == [size, size + 1, size + 2]  # type: ignore[union-attr]
     assert isinstance(outcomes[3], KeyRefused)
-    report = verify(DatabaseSource(service.sealed), [], workers=1)
-    assert report.problems == [] and report.signatures_checked == 4
+    report = verify(DatabaseSource(ledger.service.sealed), [], workers=1)
+    assert report.problems == [] and report.signatures_checked == size + 3
 
 
-def test_each_refusal_records_nothing(service: LedgerService) -> None:
-    admin: SigningKey = service.admin  # type: ignore[attr-defined]
-    lan = SigningKey.generate("lan")
-    service.submit(_register(admin, lan))
+def test_each_refusal_records_nothing(ledger: Ledger) -> None:
+    lan = ledger.users["lan"]
     good = sign_fact(lan, "document.attested", {"sha256": "aa" * 32})
-    service.submit(good.to_bytes())
-    size = service.sealed.log_size()
+    ledger.service.submit(good.to_bytes())
     stranger = SigningKey.generate("lan")
     fresh = sign_fact(lan, "document.attested", {"sha256": "dd" * 32})
     forged = Envelope(
@@ -71,39 +61,31 @@ def test_each_refusal_records_nothing(service: LedgerService) -> None:
     reused_nonce = sign_fact(  # another fact under an used nonce
         lan, "document.attested", {"sha256": "ee" * 32}, nonce=json.loads(good.payload)["nonce"]
     )
-    cases: list[tuple[bytes, type[Refusal]]] = [
-        (reused_nonce.to_bytes(), ReplayRefused),
-        (b'{"payloadType":', MalformedFact),
-        (sign_fact(lan, "work.teleported", {}).to_bytes(), UnknownFactType),
-        (sign_fact(lan, "document.attested", {"sha256": "zz"}).to_bytes(), InvalidFact),
-        (sign_fact(stranger, "document.attested", {"sha256": "cc" * 32}).to_bytes(), KeyRefused),
-        (forged.to_bytes(), SignatureRefused),
-        (_register(lan, SigningKey.generate("minh")), InvalidFact),  # lan is no administrator
+    cases: list[tuple[bytes, type[Refusal], str]] = [
+        (reused_nonce.to_bytes(), ReplayRefused, ReplayRefused.rule),
+        (b'{"payloadType":', MalformedFact, MalformedFact.rule),
+        (sign_fact(lan, "work.teleported", {}).to_bytes(), UnknownFactType, UnknownFactType.rule),
+        (
+            sign_fact(lan, "document.attested", {"sha256": "zz"}).to_bytes(),
+            InvalidFact,
+            InvalidFact.rule,
+        ),
+        (
+            sign_fact(stranger, "document.attested", {"sha256": "cc" * 32}).to_bytes(),
+            KeyRefused,
+            KeyRefused.rule,
+        ),
+        (forged.to_bytes(), SignatureRefused, SignatureRefused.rule),
+        (_register(lan, SigningKey.generate("khoa")), InvalidFact, "key.rule"),  # no admin
     ]
-    for raw, error in cases:
-        with pytest.raises(error) as caught:
-            service.submit(raw)
-        assert caught.value.rule and caught.value.detail
-    assert service.sealed.log_size() == size
+    for raw, error, rule in cases:
+        refusal = refused_raw(ledger.service, raw, rule)
+        assert isinstance(refusal, error) and refusal.detail, refusal
 
 
-def test_the_same_envelope_again_gets_the_original_answer(service: LedgerService) -> None:
-    admin: SigningKey = service.admin  # type: ignore[attr-defined]
-    lan = SigningKey.generate("lan")
-    service.submit(_register(admin, lan))
-    good = sign_fact(lan, "document.attested", {"sha256": "aa" * 32}).to_bytes()
-    first = service.submit(good)
-    size = service.sealed.log_size()
-    again = service.submit(good)
-    assert again.duplicate and not first.duplicate
-    assert (again.seq, again.stream, again.version) == (first.seq, first.stream, first.version)
-    assert service.sealed.log_size() == size
-
-
-def test_key_rotation_through_the_service(service: LedgerService) -> None:
-    admin: SigningKey = service.admin  # type: ignore[attr-defined]
-    lan, lan2 = SigningKey.generate("lan"), SigningKey.generate("lan")
-    service.submit(_register(admin, lan))
+def test_key_rotation_through_the_service(ledger: Ledger) -> None:
+    service = ledger.service
+    lan, lan2 = ledger.users["lan"], SigningKey.generate("lan")
     rotated = service.submit(
         sign_fact(
             lan,
@@ -123,34 +105,45 @@ def test_key_rotation_through_the_service(service: LedgerService) -> None:
     assert principal.active_keys == [lan2.keyid]
 
 
-def test_a_restarted_service_rebuilds_its_key_ring(
-    db_url: str, service: LedgerService, tmp_path: Path
-) -> None:
-    admin: SigningKey = service.admin  # type: ignore[attr-defined]
-    lan = SigningKey.generate("lan")
-    service.submit(_register(admin, lan))
-    service.submit(sign_fact(admin, "key.revoked", {"keyid": lan.keyid, "reason": "x"}).to_bytes())
-    service.close()
-    again = LedgerService(parse_database(db_url))
+def test_a_restarted_service_rebuilds_its_key_ring(ledger: Ledger) -> None:
+    lan = ledger.users["lan"]
+    revoked = sign_fact(ledger.admin, "key.revoked", {"keyid": lan.keyid, "reason": "x"})
+    ledger.service.submit(revoked.to_bytes())
+    ledger.reopen()
     with pytest.raises(KeyRefused, match="revoked"):
-        again.submit(sign_fact(lan, "document.attested", {"sha256": "aa" * 32}).to_bytes())
-    again.close()
+        ledger.service.submit(sign_fact(lan, "document.attested", {"sha256": "aa" * 32}).to_bytes())
 
 
-def test_the_key_scan_reads_only_what_is_new(service: LedgerService) -> None:
-    admin: SigningKey = service.admin  # type: ignore[attr-defined]
-    lan = SigningKey.generate("lan")
-    service.submit(_register(admin, lan))
-    service.submit_many(
-        [sign_fact(lan, "document.attested", {"sha256": f"{i:064x}"}).to_bytes() for i in range(5)]
-    )
+def test_the_key_scan_reads_only_what_is_new(
+    ledger: Ledger, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    service = ledger.service
+    ledger.attest("lan", 5)
     top = service.recorder.max_notification_id()
     assert service._cursor == top  # its own batches move the cursor: nothing to rescan
-    other = LedgerService(parse_database(service.database.url))
-    other.submit(sign_fact(lan, "document.attested", {"sha256": "ff" * 32}).to_bytes())
+    reads: list[tuple[int, int]] = []  # (start, notifications read)
+    select = service.recorder.select_notifications
+
+    def spy(start: int, *args: Any, **kwargs: Any) -> Any:
+        found = select(start, *args, **kwargs)
+        reads.append((start, len(found)))
+        return found
+
+    monkeypatch.setattr(service.recorder, "select_notifications", spy)
     service.refresh_keyring()
-    assert service._cursor == top + 1  # another writer's entry was read once
-    other.close()
+    assert reads == []  # nobody else wrote: nothing is read
+    other = LedgerService(ledger.database)
+    try:
+        other.submit(
+            sign_fact(ledger.users["lan"], "document.attested", {"sha256": "ff" * 32}).to_bytes()
+        )
+    finally:
+        other.close()
+    service.refresh_keyring()
+    assert reads == [(top + 1, 1)]  # another writer's entry, read once, from where it stopped
+    assert service._cursor == service.recorder.max_notification_id()
+    service.refresh_keyring()
+    assert reads == [(top + 1, 1)]
 
 
 def test_bootstrap_writes_entry_0_and_the_log_identity_once(db_url: str) -> None:

@@ -1,9 +1,11 @@
 """A small signed world for domain tests: people with keys, a clock, and the ledger service.
 
 ``World`` bootstraps a ledger (with its own key for derived facts), lets tests move the clock,
-sign facts as any person and submit them, and checks that a refusal recorded nothing. It also
-reads the log back (``entry``, ``fact_at``, ``log_bytes``), aggregates as they stand now or as
-they stood before a log position (``get``, ``versions_before``), and verifies the whole log.
+sign facts as any person and submit them, and checks that a refusal recorded nothing
+(``refused`` for a fact, ``refused_raw`` for any bytes). It also reads the log back (``entry``,
+``fact_at``, ``log_bytes``), aggregates as they stand now or as they stood before a log
+position (``get``, ``versions_before``), and verifies the whole log. ``assignment`` writes the
+data of a ``work.assigned``.
 """
 
 from __future__ import annotations
@@ -15,8 +17,10 @@ from uuid import UUID
 
 import pytest
 
+from bench.common import check_appended, sample_catalogue
 from domain.errors import Refusal
 from domain.policy import shipped_policy
+from domain.schemas import period_start
 from domain.service import Appended, LedgerService, TimeWindow
 from ledger.config import parse_database
 from ledger.online import DatabaseSource
@@ -28,6 +32,8 @@ from signing.verify import verify
 
 UTC = dt.UTC
 START = dt.datetime(2025, 12, 15, 2, 0, tzinfo=UTC)
+LAN = "lan.nguyen"
+MARCH = "2026-03"
 
 
 def at(day: str, hour: int = 3) -> dt.datetime:
@@ -37,6 +43,30 @@ def at(day: str, hour: int = 3) -> dt.datetime:
 
 def sha(text: str) -> str:
     return hashlib.sha256(text.encode()).hexdigest()
+
+
+def assignment(
+    item: str,
+    employee: str = LAN,
+    period: str = MARCH,
+    *,
+    code: str = "OSS-01",
+    due: str | None = None,
+    **extra: Any,
+) -> dict[str, Any]:
+    """The data of a ``work.assigned`` (due on the 20th of ``period`` unless told)."""
+    due = due or (period_start(period) + dt.timedelta(days=19)).isoformat()
+    return {"item": item, "employee": employee, "code": code, "period": period, "due": due, **extra}
+
+
+def refused_raw(service: LedgerService, raw: bytes, rule: str) -> Refusal:
+    """Submit raw bytes, expect a refusal naming ``rule``, and check the log did not grow."""
+    size = service.sealed.log_size()
+    with pytest.raises(Refusal) as caught:
+        service.submit(raw)
+    assert caught.value.rule == rule, str(caught.value)
+    assert service.sealed.log_size() == size
+    return caught.value
 
 
 class World:
@@ -55,9 +85,13 @@ class World:
     # -- people and facts ------------------------------------------------------------------
     def person(self, name: str) -> SigningKey:
         key = SigningKey.generate(name)
-        self.keys[name] = key
-        self.service.submit(key_registration(self.admin, key.verifier(), time=self.now).to_bytes())
+        self.service.submit(self._registration(key))
         return key
+
+    def _registration(self, key: SigningKey) -> bytes:
+        """A new key for ``key.name``, remembered, and its registration by the administrator."""
+        self.keys[key.name] = key
+        return key_registration(self.admin, key.verifier(), time=self.now).to_bytes()
 
     def sign(self, who: str, fact_type: str, data: dict[str, Any], **kw: Any) -> bytes:
         return sign_fact(
@@ -69,13 +103,13 @@ class World:
 
     def refused(self, who: str, fact_type: str, data: dict[str, Any], rule: str) -> Refusal:
         """Submit, expect a refusal naming ``rule``, and check nothing was recorded."""
-        size = self.service.sealed.log_size()
-        with pytest.raises(Refusal) as caught:
-            self.do(who, fact_type, data)
-        assert caught.value.rule == rule, str(caught.value)
-        assert caught.value.fact_type == fact_type and caught.value.actor == who
-        assert self.service.sealed.log_size() == size
-        return caught.value
+        refusal = self.refused_raw(self.sign(who, fact_type, data), rule)
+        assert refusal.fact_type == fact_type and refusal.actor == who
+        return refusal
+
+    def refused_raw(self, raw: bytes, rule: str) -> Refusal:
+        """Submit raw bytes, expect a refusal naming ``rule``, and check nothing was recorded."""
+        return refused_raw(self.service, raw, rule)
 
     # -- reading back ----------------------------------------------------------------------
     def entry(self, seq: int) -> Entry:
@@ -116,89 +150,61 @@ class World:
     # -- a standard organisation -------------------------------------------------------------
     def organise(self) -> None:
         """Province KH; agency KH-W1 (a ward) with its one-stop section; people and roles;
-        the default policy and a catalogue, published in December 2025."""
-        for name in ("hoa.hr", "minh.hr", "tuan.sup", "an.rev", "binh.insp", "oss.system"):
-            self.person(name)
-        self.do(
-            "admin",
-            "org.unit_created",
-            {"unit": "KH", "name": "Tỉnh Khánh Hòa", "kind": "province"},
-        )
-        self.do("admin", "role.granted", {"principal": "hoa.hr", "role": "hr", "unit": "KH"})
-        self.do("admin", "role.granted", {"principal": "minh.hr", "role": "hr", "unit": "KH"})
-        self.do("admin", "role.granted", {"principal": "an.rev", "role": "reviewer", "unit": "KH"})
-        self.do(
-            "admin", "role.granted", {"principal": "binh.insp", "role": "inspector", "unit": "KH"}
-        )
-        self.do(
-            "hoa.hr",
-            "org.unit_created",
-            {"unit": "KH-W1", "name": "UBND phường 1", "kind": "agency", "parent": "KH"},
-        )
-        self.do(
-            "hoa.hr",
-            "org.unit_created",
-            {"unit": "KH-W1-OSS", "name": "Bộ phận một cửa", "kind": "section", "parent": "KH-W1"},
-        )
-        self.do(
-            "hoa.hr",
-            "org.unit_created",
-            {"unit": "KH-W2", "name": "UBND phường 2", "kind": "agency", "parent": "KH"},
-        )
-        self.do(
-            "hoa.hr",
-            "role.granted",
-            {"principal": "tuan.sup", "role": "supervisor", "unit": "KH-W1-OSS"},
-        )
-        self.do(
-            "hoa.hr",
-            "role.granted",
-            {"principal": "oss.system", "role": "integrator", "unit": "KH-W1"},
-        )
-        self.do(
-            "hoa.hr",
-            "org.position_defined",
-            {"position": "officer", "name": "Công chức một cửa", "leader": False},
-        )
-        self.do(
-            "hoa.hr",
-            "org.position_defined",
-            {"position": "head", "name": "Trưởng bộ phận", "leader": True},
-        )
-        self.do("admin", "policy.published", {"scope": "KH", "document": shipped_policy("default")})
-        for agency in ("KH-W1", "KH-W2"):
-            self.do(
+        the default policy and a catalogue, published in December 2025: one batch."""
+        people = ("hoa.hr", "minh.hr", "tuan.sup", "an.rev", "binh.insp", "oss.system")
+        batch = [self._registration(SigningKey.generate(name)) for name in people]
+        facts: list[tuple[str, str, dict[str, Any]]] = [
+            (
+                "admin",
+                "org.unit_created",
+                {"unit": "KH", "name": "Tỉnh Khánh Hòa", "kind": "province"},
+            ),
+            *(
+                ("admin", "role.granted", {"principal": who, "role": role, "unit": "KH"})
+                for who, role in (
+                    ("hoa.hr", "hr"),
+                    ("minh.hr", "hr"),
+                    ("an.rev", "reviewer"),
+                    ("binh.insp", "inspector"),
+                )
+            ),
+            *(
+                (
+                    "hoa.hr",
+                    "org.unit_created",
+                    {"unit": unit, "name": name, "kind": kind, "parent": parent},
+                )
+                for unit, name, kind, parent in (
+                    ("KH-W1", "UBND phường 1", "agency", "KH"),
+                    ("KH-W1-OSS", "Bộ phận một cửa", "section", "KH-W1"),
+                    ("KH-W2", "UBND phường 2", "agency", "KH"),
+                )
+            ),
+            (
                 "hoa.hr",
-                "catalogue.published",
-                {
-                    "agency": agency,
-                    "version": 1,
-                    "effective_from": "2026-01-01",
-                    "items": [
-                        {
-                            "code": "OSS-01",
-                            "name": "Tiếp nhận hồ sơ",
-                            "group": "B",
-                            "products": "1",
-                            "hours": "2",
-                        },
-                        {
-                            "code": "OSS-02",
-                            "name": "Thẩm định hồ sơ",
-                            "group": "C",
-                            "products": "1",
-                            "hours": "7",
-                        },
-                        {
-                            "code": "LEAD-01",
-                            "name": "Chỉ đạo, điều hành",
-                            "group": "A",
-                            "products": "1",
-                            "positions": ["head"],
-                        },
-                    ],
-                },
-            )
+                "role.granted",
+                {"principal": "tuan.sup", "role": "supervisor", "unit": "KH-W1-OSS"},
+            ),
+            (
+                "hoa.hr",
+                "role.granted",
+                {"principal": "oss.system", "role": "integrator", "unit": "KH-W1"},
+            ),
+            (
+                "hoa.hr",
+                "org.position_defined",
+                {"position": "officer", "name": "Công chức một cửa", "leader": False},
+            ),
+            (
+                "hoa.hr",
+                "org.position_defined",
+                {"position": "head", "name": "Trưởng bộ phận", "leader": True},
+            ),
+            ("admin", "policy.published", {"scope": "KH", "document": shipped_policy("default")}),
+            *(("hoa.hr", "catalogue.published", sample_catalogue(a)) for a in ("KH-W1", "KH-W2")),
+        ]
+        batch += [self.sign(who, fact_type, data) for who, fact_type, data in facts]
+        check_appended(self.service.submit_many(batch))
 
     def grant(self, principal: str, role: str, unit: str, by: str = "hoa.hr") -> Appended:
         return self.do(by, "role.granted", {"principal": principal, "role": role, "unit": unit})
