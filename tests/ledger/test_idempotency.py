@@ -72,7 +72,6 @@ def _idem_at(ledger: Ledger, seq: int) -> str | None:
 def test_the_token_is_sha256_of_actor_newline_key() -> None:
     token = idempotency_token("lan", "đơn-42")
     assert token == hashlib.sha256("lan\nđơn-42".encode()).hexdigest()
-    assert len(token) == 64 and token == token.lower()
     assert idempotency_token("lan", "k") != idempotency_token("minh", "k")
 
 
@@ -132,7 +131,8 @@ def test_a_duplicate_within_one_batch_is_refused(ledger: Ledger) -> None:
     with pytest.raises(DuplicateIdempotencyKeyError) as caught:
         ledger.service.recorder.insert_events([first, second])
     assert caught.value.token == idempotency_token("lan", "twice")
-    assert caught.value.nonce == getattr(second, "nonce", None)
+    assert isinstance(second, SealedStoredEvent)
+    assert caught.value.nonce == second.nonce
     assert _counts(ledger) == before
 
 
@@ -195,8 +195,10 @@ def test_racing_writers_record_a_key_once(ledger: Ledger) -> None:
             thread.start()
         for thread in threads:
             thread.join(60)
+        assert not any(thread.is_alive() for thread in threads), "a writer is stuck"
         refused = [r for r in results if isinstance(r, Exception)]
-        assert len(refused) == 1, results
+        written = [r for r in results if r is not None and not isinstance(r, Exception)]
+        assert len(refused) == 1 and len(written) == 1, results
         assert isinstance(refused[0], DuplicateIdempotencyKeyError)
         token = idempotency_token("lan", "race")
         assert ledger.sql("SELECT COUNT(*) FROM log_entries WHERE idem = %s", (token,))[0][0] == 1
