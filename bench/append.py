@@ -345,7 +345,8 @@ def step_costs_us(envelopes: Sequence[bytes], keys: Sequence[SigningKey]) -> dic
     verify = (time.perf_counter() - start) / len(facts) * 1e6
     start = time.perf_counter()
     for fact in facts:
-        Attestation.attest(fact)
+        Attestation.check(fact)  # what the service's handler does, then the new aggregate
+        Attestation._start(Attestation.Attested, Attestation.id_for(fact), fact)
     handle = (time.perf_counter() - start) / len(facts) * 1e6
     return {
         "parse_envelope_and_payload": parse,

@@ -50,8 +50,3 @@ class Attestation(SignedAggregate):
     @staticmethod
     def id_for(fact: Fact) -> UUID:
         return stream_id("attestation", fact.nonce)
-
-    @classmethod
-    def attest(cls, fact: Fact) -> Attestation:
-        cls.check(fact)
-        return cls._start(cls.Attested, cls.id_for(fact), fact)
