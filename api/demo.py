@@ -13,11 +13,14 @@ the three agencies cannot each have a head and staff for the stories below), ``-
 What it does, in order:
 
 1. Refuses (exit 2, nothing changed, nothing created) a database that already holds a ledger,
-   a home that is already initialised, or a ``--keys-out`` directory that holds files.
+   a home that is already initialised, or a ``--keys-out`` directory that holds files, lies in
+   the home or cannot be created (it is created first, and removed again if the run is
+   refused before anything is stored).
 2. Creates the home as ``kpi-ledger init`` does (``LedgerHome.create``: checkpoint key,
    ``log.vkey``, ``facts.key``; the administrator's key pair beside them), with the origin
    ``demo.kpi-ledger.local/khanh-hoa/seed-N``, and starts the log on the simulated clock:
-   entry 0 the administrator's self-registration, entry 1 the ``ledger`` principal's key.
+   entry 0 the administrator's self-registration, entry 1 the ``ledger`` principal's key;
+   then writes the ``--keys-out`` key pairs.
 3. Generates the history phase by phase (the setup month, then one phase per month, then a
    tail after the last month) and submits it with ``LedgerService.submit_many`` in batches of
    at most 1,000, each phase sorted by the facts' own times, so the log reads in calendar
@@ -91,23 +94,23 @@ after the last close, a reward proposed by one HR officer citing every closed mo
 issued by the other.
 
 **Scale.** Memory stays flat: a month is generated, signed and submitted, then dropped; only
-the log positions of contestable acts survive to the next month. Signing runs in a pool of
-worker processes (``--workers``; by default one for large histories, none for small ones)
-while the main process submits. 2,000 employees over 12 months make about 0.9 million facts;
-docs/performance.md records the time and size.
+the log positions of its contestable acts and its tallies survive to the next month, until
+its close and appeals, and then only each employee's sum of marks (for the reward). Signing
+runs in a pool of worker processes (``--workers``; by default one for large histories, none
+for small ones) while the main process submits. 2,000 employees over 12 months make about
+0.9 million facts; docs/performance.md records the time and size.
 """
 
 from __future__ import annotations
 
-import calendar as _calendar
 import datetime as dt
+import functools
 import hashlib
 import math
 import multiprocessing
 import os
 import random
 import re
-import sys
 import time
 import unicodedata
 from collections import Counter
@@ -120,13 +123,14 @@ from typing import Any, TextIO
 from api.progress import ProgressBar
 from domain.errors import AlreadyInitialised, Refusal
 from domain.policy import Policy, parse_policy, shipped_policy
+from domain.schemas import format_decimal
 from domain.service import MAX_BATCH, Appended, LedgerService, TimeWindow
 from ledger.checkpoints import Checkpointer
 from ledger.config import Database
 from ledger.home import LEDGER_PRINCIPAL, LedgerHome
-from signing.canonical import canonical_json
+from signing.canonical import canonical_json, format_time
 from signing.facts import sign_fact
-from signing.keyring import KEY_REGISTERED
+from signing.keyring import KEY_REGISTERED, key_registration_data
 from signing.keys import SigningKey, write_key_pair
 
 VN = dt.timezone(dt.timedelta(hours=7))
@@ -136,6 +140,12 @@ MAX_EMPLOYEES = 100_000
 MIN_MONTHS = 2
 MAX_MONTHS = 12
 PARALLEL_FROM = 20_000  # expected facts from which signing moves to worker processes
+# The facts an employee's month makes, for the estimate above and the progress bar: 8-15
+# items (11.5 on average), each assigned, declared and approved (~33 facts); rejections,
+# re-declarations, delays, exemptions and checks (~2.5); the self and supervisor
+# assessments (2); the survey and a share of the appeals, closes and setup. Seed 1 at the
+# default size makes 37.3 entries per employee-month.
+FACTS_PER_EMPLOYEE_MONTH = 38
 ADMIN = "admin"
 HR_A, HR_B = "hoa.tran", "minh.le"
 REVIEWER, INSPECTOR = "an.pham", "binh.vo"
@@ -152,7 +162,9 @@ class DemoError(ValueError):
 
 
 class DemoRefused(RuntimeError):
-    """A generated fact was refused: a bug of the demo or of the domain rules."""
+    """The run failed after the ledger was started, leaving it incomplete (the CLI exits 1): a
+    generated fact was refused — a bug of the demo or of the domain rules — or the
+    ``--keys-out`` key pairs could not be written."""
 
 
 @dataclass(frozen=True)
@@ -191,8 +203,12 @@ class DemoOptions:
         return dt.date(int(year), int(month), 1)
 
 
+@functools.cache
 def demo_key(seed: int, name: str) -> SigningKey:
-    """The demo's key for ``name``: private key bytes = SHA-256 of ``"{seed}/{name}"``."""
+    """The demo's key for ``name``: private key bytes = SHA-256 of ``"{seed}/{name}"``.
+
+    Cached: the setup registers every key, ``--keys-out`` writes it and the signer signs with
+    it (each worker process has its own cache). ``run_demo`` clears it when done."""
     return SigningKey.from_seed(name, hashlib.sha256(f"{seed}/{name}".encode()).digest())
 
 
@@ -211,10 +227,6 @@ def add_months(day: dt.date, months: int) -> dt.date:
 def at(day: dt.date, hour: int, minute: int = 0) -> dt.datetime:
     """``hour:minute`` in Vietnam on ``day``, as a UTC instant."""
     return dt.datetime(day.year, day.month, day.day, hour, minute, tzinfo=VN).astimezone(UTC)
-
-
-def instant(value: dt.datetime) -> str:
-    return value.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
 def sha(*parts: object) -> str:
@@ -412,7 +424,6 @@ class Unit:
     base: Unit | None = None  # the department above a team
     one_stop: bool = False
     head: str = ""
-    members: list[str] = field(default_factory=list)
 
 
 @dataclass(eq=False)
@@ -429,7 +440,6 @@ class Agency:
 class Person:
     code: str
     name: str
-    female: bool
     postings: list[tuple[int, Unit, str]]  # (from month index, unit, position)
     leave: tuple[int, int] | None = None  # month indices on leave, inclusive
 
@@ -491,29 +501,39 @@ class Tally:
             "delays": self.delays,
             "exemptions": self.exemptions,
             "spot_checks": self.spot_checks,
-            "amount_assigned": _dec(self.amount_assigned),
-            "amount_approved": _dec(self.amount_approved),
-            "marks": {k: _dec(v) for k, v in sorted(self.marks.items())},
-            "adjustments": [[a, c, _dec(d)] for a, c, d in self.adjustments],
+            "amount_assigned": format_decimal(self.amount_assigned),
+            "amount_approved": format_decimal(self.amount_approved),
+            "marks": {k: format_decimal(v) for k, v in sorted(self.marks.items())},
+            "adjustments": [[a, c, format_decimal(d)] for a, c, d in self.adjustments],
             "survey": self.survey,
         }
 
 
-def _dec(value: Decimal) -> str:
-    text = format(value.normalize(), "f")
-    return "0" if text in ("-0", "") else text
-
-
-@dataclass
+@dataclass(frozen=True)
 class Month:
-    index: int
-    first: dt.date
+    index: int  # months from --start (-1: the setup month)
     period: str
+    first: dt.date
+    last: dt.date
     working: list[dt.date]  # working days of the month (policy calendar)
 
-    @property
-    def last(self) -> dt.date:
-        return self.first.replace(day=_calendar.monthrange(self.first.year, self.first.month)[1])
+
+@dataclass(frozen=True)
+class Menu:
+    """What an agency's staff, leaders or not, may be assigned in a month, and the days on
+    which they may declare: the same for all of them, so made once per month."""
+
+    dossiers: list[Item]  # handled by the one-stop software
+    by_group: dict[str, list[Item]]  # the other items a person may be given, by group
+    declarable: list[dt.date]  # working days on which declarations are still accepted
+
+    @classmethod
+    def of(cls, catalogue: list[Item], declarable: list[dt.date], *, leader: bool) -> Menu:
+        by_group: dict[str, list[Item]] = {}
+        for item in catalogue:
+            if not item.dossier and (leader or not item.leader):
+                by_group.setdefault(item.group, []).append(item)
+        return cls([i for i in catalogue if i.dossier], by_group, declarable)
 
 
 class History:
@@ -535,8 +555,12 @@ class History:
         self.agencies: list[Agency] = []
         self.units: list[Unit] = []
         self.people: dict[str, Person] = {}
+        # What survives a phase: the log positions of its contestable acts (appeals contest
+        # only acts of the month just closed), the tallies of the month until its close, and
+        # the supervisors' marks summed over the closed months (for the reward).
         self.positions: dict[Hashable, int] = {}
-        self.tallies: dict[str, dict[str, Tally]] = {}  # period -> employee -> tally
+        self.tallies: dict[str, Tally] = {}  # employee -> tally
+        self.mark_totals: Counter[str] = Counter()  # employee -> sum of monthly marks x 100
         self.item_counter = 0
         self.adjustment_counter = 0
         self.appeal_counter = 0
@@ -602,19 +626,19 @@ class History:
         # Story roles, chosen among staff before names are drawn (the leave needs a woman).
         staff = [i for i, (_, position) in enumerate(slots) if position != "head"]
         tnmt = [i for i in staff if slots[i][0].agency.code == "KH-STNMT"]
-        self.story: dict[str, int] = {"transfer": rng.choice(tnmt)}
-        others = [i for i in staff if i != self.story["transfer"]]
+        story: dict[str, int] = {"transfer": rng.choice(tnmt)}
+        others = [i for i in staff if i != story["transfer"]]
         rng.shuffle(others)
         for role, index in zip(
             ("appeal", "withdrawn", "late_entry", "discipline", "maternity"), others, strict=False
         ):
-            self.story[role] = index
+            story[role] = index
         taken = {ADMIN, HR_A, HR_B, REVIEWER, INSPECTOR, ONE_STOP_SYSTEM, SURVEY_SYSTEM}
         taken |= {a["director"][0] for a in AGENCIES}
         taken.add(LEDGER_PRINCIPAL)
         self.codes: list[str] = []
         for i, (unit, position) in enumerate(slots):
-            female = True if i == self.story["maternity"] else rng.random() < 0.55
+            female = True if i == story["maternity"] else rng.random() < 0.55
             family = rng.choices([f for f, _ in FAMILY], [w for _, w in FAMILY])[0]
             middle = rng.choice(MIDDLE[female])
             given = rng.choice(GIVEN[female])
@@ -624,13 +648,12 @@ class History:
                 k += 1
                 code = f"{base_code}.{k}"
             taken.add(code)
-            person = Person(code, f"{family} {middle} {given}", female, [(0, unit, position)])
+            person = Person(code, f"{family} {middle} {given}", [(0, unit, position)])
             self.people[code] = person
             self.codes.append(code)
-            unit.members.append(code)
             if position == "head":
                 unit.head = code
-        self.story_codes = {role: self.codes[i] for role, i in self.story.items()}
+        self.story_codes = {role: self.codes[i] for role, i in story.items()}
         months = self.options.months
         mother = self.people[self.story_codes["maternity"]]
         mother.leave = (1, 6)  # six months from the second month
@@ -639,14 +662,13 @@ class History:
         target = next((u for u in reversed(ward.units) if not u.one_stop), ward.units[-1])
         moved = self.people[self.story_codes["transfer"]]
         moved.postings.append((self.transfer_month, target, "specialist"))
-        target.members.append(moved.code)
 
     def month(self, index: int) -> Month:
-        first = add_months(self.start, index)
-        last = first.replace(day=_calendar.monthrange(first.year, first.month)[1])
-        days = [first + dt.timedelta(days=d) for d in range((last - first).days + 1)]
+        period = f"{add_months(self.start, index):%Y-%m}"
+        first, last = self.policies["default"].period_bounds(period)
+        days = (first + dt.timedelta(days=d) for d in range((last - first).days + 1))
         working = [d for d in days if self.calendar.is_working_day(d)]
-        return Month(index, first, f"{first.year:04d}-{first.month:02d}", working)
+        return Month(index, period, first, last, working)
 
     def supervisor(self, code: str, month: int) -> str:
         unit, _ = self.people[code].posting(month)
@@ -686,7 +708,9 @@ class History:
         return Spec(when, self.order, actor, fact_type, data, tag)
 
     def learn(self, positions: dict[Hashable, int]) -> None:
-        self.positions.update(positions)
+        """The log positions of the tagged acts of the phase just submitted: the month the
+        next phase closes (the earlier ones are not contested any more)."""
+        self.positions = dict(positions)
 
     def phases(self) -> Iterator[tuple[str, list[Spec]]]:
         yield "setup", self.setup()
@@ -697,26 +721,30 @@ class History:
     # -- the setup month ------------------------------------------------------------------
     def setup(self) -> list[Spec]:
         """Keys, organisation, roles, rules and employees, in the month before the start."""
-        before = add_months(self.start, -1)
-        days = [before + dt.timedelta(days=d) for d in range(31)]
-        working = [d for d in days if d.month == before.month and self.calendar.is_working_day(d)]
+        working = self.month(-1).working
         day = iter(working[1:])
         specs: list[Spec] = []
         t = at(working[0], 8, 5)
         for name in self.principals()[1:]:
-            key = demo_key(self.seed, name)
-            data = {"principal": name, "public_key": key.verifier().to_text(), "admin": False}
+            data = key_registration_data(demo_key(self.seed, name).verifier())
             specs.append(self.spec(t, ADMIN, KEY_REGISTERED, data))
+        # The organisation (code, name, kind, parent): the province, each agency, its units.
+        tree: list[tuple[str, str, str, str | None]] = [("KH", "Tỉnh Khánh Hòa", "province", None)]
+        for agency in self.agencies:
+            tree.append((agency.code, agency.name, "agency", "KH"))
+            tree += [(u.code, u.name, u.kind, u.parent) for u in agency.units]
+        created = [
+            {
+                "unit": code,
+                "name": name,
+                "kind": kind,
+                **({"parent": parent} if parent is not None else {}),
+            }
+            for code, name, kind, parent in tree
+        ]
         d1 = next(day)
         t = at(d1, 8)
-        specs.append(
-            self.spec(
-                t,
-                ADMIN,
-                "org.unit_created",
-                {"unit": "KH", "name": "Tỉnh Khánh Hòa", "kind": "province"},
-            )
-        )
+        specs.append(self.spec(t, ADMIN, "org.unit_created", created[0]))  # the province
         for who, role, scope in (
             (HR_A, "hr", "KH"),
             (HR_B, "hr", "KH"),
@@ -728,31 +756,9 @@ class History:
                 self.spec(t, ADMIN, "role.granted", {"principal": who, "role": role, "unit": scope})
             )
         t = at(d1, 9)
-        for agency in self.agencies:
-            t += dt.timedelta(minutes=3)
-            specs.append(
-                self.spec(
-                    t,
-                    HR_A,
-                    "org.unit_created",
-                    {"unit": agency.code, "name": agency.name, "kind": "agency", "parent": "KH"},
-                )
-            )
-            for unit in agency.units:
-                t += dt.timedelta(minutes=1)
-                specs.append(
-                    self.spec(
-                        t,
-                        HR_A,
-                        "org.unit_created",
-                        {
-                            "unit": unit.code,
-                            "name": unit.name,
-                            "kind": unit.kind,
-                            "parent": unit.parent,
-                        },
-                    )
-                )
+        for data in created[1:]:  # by HR: 3 minutes before each agency, 1 before each unit
+            t += dt.timedelta(minutes=3 if data["kind"] == "agency" else 1)
+            specs.append(self.spec(t, HR_A, "org.unit_created", data))
         t = at(d1, 14)
         for code, name, leader in (
             ("head", "Trưởng phòng, trưởng bộ phận, tổ trưởng", True),
@@ -809,7 +815,7 @@ class History:
                     {
                         "agency": agency.code,
                         "version": 1,
-                        "effective_from": self.start.isoformat(),
+                        "effective_from": self.start,
                         "items": [i.as_data() for i in CATALOGUES[agency.code]],
                     },
                 )
@@ -830,7 +836,7 @@ class History:
                         "name": person.name,
                         "unit": unit.code,
                         "position": position,
-                        "since": self.start.isoformat(),
+                        "since": self.start,
                     },
                 )
             )
@@ -840,26 +846,34 @@ class History:
     def work_month(self, m: int) -> list[Spec]:
         month = self.month(m)
         specs: list[Spec] = []
-        tallies: dict[str, Tally] = {}
-        self.tallies[month.period] = tallies
         if m >= 1:
             specs += self.close_and_appeal(m - 1, month)
         specs += self.stories(month)
         rng = self.rng
+        menus: dict[tuple[str, bool], Menu] = {}  # (agency, leader?) -> the month's menu
+        for agency in self.agencies:
+            catalogue = self.catalogue(agency, m)
+            declarable = self._decl_days(month, agency)
+            for leader in (False, True):
+                menus[agency.code, leader] = Menu.of(catalogue, declarable, leader=leader)
+        tallies: dict[str, Tally] = {}
+        self.tallies = tallies
         for code in self.codes:
             person = self.people[code]
             if not person.at_work(m):
                 continue
             unit, position = person.posting(m)
+            leader = position == "head"
             tally = Tally(unit.agency.code)
             tallies[code] = tally
-            specs += self.employee_month(month, person, unit, position, tally)
+            menu = menus[unit.agency.code, leader]
+            specs += self.employee_month(month, person, unit, leader, menu, tally)
         # The satisfaction survey rates one-stop staff at the end of the month.
         for code, tally in tallies.items():
             unit, _ = self.people[code].posting(m)
             if unit.one_stop:
                 score = Decimal(rng.randint(700, 1000)) / 10
-                tally.survey = _dec(score)
+                tally.survey = format_decimal(score)
                 specs.append(
                     self.spec(
                         at(month.last, 20, rng.randint(0, 59)),
@@ -887,20 +901,13 @@ class History:
         return [d for d in month.working if d < deadline.date()]
 
     def employee_month(
-        self, month: Month, person: Person, unit: Unit, position: str, tally: Tally
+        self, month: Month, person: Person, unit: Unit, leader: bool, menu: Menu, tally: Tally
     ) -> list[Spec]:
         rng = self.rng
         m = month.index
         agency = unit.agency
-        catalogue = self.catalogue(agency, m)
-        leader = position == "head"
-        dossiers = [i for i in catalogue if i.dossier]
-        ordinary = [i for i in catalogue if not i.dossier and (leader or not i.leader)]
-        by_group: dict[str, list[Item]] = {}
-        for item in ordinary:
-            by_group.setdefault(item.group, []).append(item)
         count = rng.randint(8, 15)
-        system_count = rng.randint(4, 8) if unit.one_stop and position != "head" else 0
+        system_count = rng.randint(4, 8) if unit.one_stop and not leader else 0
         force: dict[int, str] = {}
         if m == 0 and person.code == self.story_codes.get("appeal"):
             force = {0: "reject", 1: "late"}
@@ -912,23 +919,32 @@ class History:
         supervisor = self.supervisor(person.code, m)
         for k in range(count):
             if k < system_count:
-                item = rng.choice(dossiers)
+                item = rng.choice(menu.dossiers)
                 assigner = ONE_STOP_SYSTEM
             else:
                 if leader and k < system_count + 2:
                     group = "A"
                 else:
                     group = rng.choices(["B", "C", "D"], [35, 55, 10])[0]
-                item = rng.choice(by_group[group])
+                item = rng.choice(menu.by_group[group])
                 assigner = supervisor
             specs += self.item_life(
-                month, person.code, agency, item, assigner, supervisor, tally, force.get(k)
+                month,
+                menu.declarable,
+                person.code,
+                agency,
+                item,
+                assigner,
+                supervisor,
+                tally,
+                force.get(k),
             )
         return specs
 
     def item_life(
         self,
         month: Month,
+        declarable: list[dt.date],  # working days on which declarations are accepted
         employee: str,
         agency: Agency,
         item: Item,
@@ -940,9 +956,8 @@ class History:
         """Every fact of one assigned item in its month."""
         rng = self.rng
         wd = month.working
-        decl = self._decl_days(month, agency)
         last = len(wd) - 1
-        last_decl = len(decl) - 1
+        last_decl = len(declarable) - 1
         system = assigner == ONE_STOP_SYSTEM
         self.item_counter += 1
         code = (
@@ -966,7 +981,7 @@ class History:
                     "employee": employee,
                     "code": item.code,
                     "period": month.period,
-                    "due": wd[d].isoformat(),
+                    "due": wd[d],
                     **({"quantity": quantity} if quantity != "1" else {}),
                 },
             )
@@ -990,24 +1005,12 @@ class History:
             factor = Decimal(rng.randint(6, 13)) / 10
             if rng.random() < 0.01:
                 factor = Decimal(2)  # padded hours: a flag for the projections
-            hours = _dec(
+            hours = format_decimal(
                 (Decimal(item.hours) * Decimal(quantity) * factor).quantize(Decimal("0.1"))
             )
             if Decimal(hours) <= 0:
                 hours = "0.5"
-        specs.append(
-            self.spec(
-                declared_at,
-                declarer,
-                "work.declared",
-                {
-                    "item": code,
-                    "done_at": instant(done_at),
-                    "evidence": [sha(self.seed, code, "evidence")],
-                    **({"hours": hours} if hours is not None else {}),
-                },
-            )
-        )
+        specs.append(self.declaration(declared_at, declarer, code, done_at, hours))
         tally.declared += 1
         if late:
             days = (wd[done_day] - wd[d]).days
@@ -1063,22 +1066,9 @@ class History:
             # Half the rejected items are redone (before the declaration deadline).
             if force is None and rng.random() < 0.5 and redo <= last_decl:
                 redone_at = at(wd[redo], rng.randint(8, 11), rng.randint(0, 59))
+                done_again = redone_at - dt.timedelta(minutes=20)
                 specs.append(
-                    self.spec(
-                        redone_at,
-                        declarer,
-                        "work.declared",
-                        {
-                            "item": code,
-                            "done_at": instant(redone_at - dt.timedelta(minutes=20)),
-                            "evidence": [
-                                sha(self.seed, code, "evidence"),
-                                sha(self.seed, code, "evidence", 2),
-                            ],
-                            **({"hours": hours} if hours is not None else {}),
-                            "note": "Bổ sung minh chứng theo yêu cầu",
-                        },
-                    )
+                    self.declaration(redone_at, declarer, code, done_again, hours, again=True)
                 )
                 tally.declared += 1
                 verdict_day = min(redo + 1, last)
@@ -1133,6 +1123,26 @@ class History:
             tally.spot_checks += 1
         return specs
 
+    def declaration(
+        self,
+        when: dt.datetime,
+        declarer: str,
+        item: str,
+        done_at: dt.datetime,
+        hours: str | None,
+        *,
+        again: bool = False,
+    ) -> Spec:
+        """``work.declared``: declared ``again`` after a rejection, with more evidence."""
+        evidence = [sha(self.seed, item, "evidence")]
+        data: dict[str, Any] = {"item": item, "done_at": done_at, "evidence": evidence}
+        if hours is not None:
+            data["hours"] = hours
+        if again:
+            evidence.append(sha(self.seed, item, "evidence", 2))
+            data["note"] = "Bổ sung minh chứng theo yêu cầu"
+        return self.spec(when, declarer, "work.declared", data)
+
     def _after(self, previous: dt.datetime, day: dt.date) -> dt.datetime:
         """A time on ``day`` after ``previous``: office hours, or just after ``previous``."""
         rng = self.rng
@@ -1159,7 +1169,7 @@ class History:
                     {
                         "employee": code,
                         "period": month.period,
-                        "scores": {c: _dec(v) for c, v in own.items()},
+                        "scores": {c: format_decimal(v) for c, v in own.items()},
                     },
                 )
             )
@@ -1171,7 +1181,7 @@ class History:
                     {
                         "employee": code,
                         "period": month.period,
-                        "scores": {c: _dec(v) for c, v in marks.items()},
+                        "scores": {c: format_decimal(v) for c, v in marks.items()},
                     },
                 )
             )
@@ -1200,7 +1210,7 @@ class History:
                     {
                         **data,
                         "criterion": criterion,
-                        "delta": _dec(delta),
+                        "delta": format_decimal(delta),
                         "reason": reason,
                         "legal_basis": LEGAL_BASIS,
                     },
@@ -1225,8 +1235,7 @@ class History:
         return specs
 
     # -- closes and appeals -----------------------------------------------------------------
-    def snapshot(self, agency: str, period: str, policy: Policy) -> str:
-        tallies = self.tallies[period]
+    def snapshot(self, agency: str, period: str, policy: Policy, tallies: dict[str, Tally]) -> str:
         summary = {
             "agency": agency,
             "period": period,
@@ -1245,9 +1254,11 @@ class History:
         return found if len(found) >= 3 else month.working[-3:]
 
     def close_and_appeal(self, closed: int, now: Month) -> list[Spec]:
-        """On the 2nd of ``now``: close month ``closed`` everywhere; then its appeals."""
+        """On the 2nd of ``now``: close month ``closed`` everywhere; then its appeals. Then
+        its tallies are dropped, their marks added to ``mark_totals``."""
         rng = self.rng
         period = self.month(closed).period
+        tallies = self.tallies
         specs: list[Spec] = []
         close_day = now.first.replace(day=2)
         for k, agency in enumerate(self.agencies):
@@ -1260,14 +1271,13 @@ class History:
                     {
                         "agency": agency.code,
                         "period": period,
-                        "snapshot": self.snapshot(agency.code, period, policy),
+                        "snapshot": self.snapshot(agency.code, period, policy, tallies),
                     },
                 )
             )
         days = self.working_from(now, 3)
         if closed == 0 and self.pending_late is not None:
             specs += self.late_entry(days[0])
-        tallies = self.tallies[period]
         stories: list[str] = []
         if closed == 0:
             stories = [self.story_codes["appeal"], self.story_codes["withdrawn"]]
@@ -1282,6 +1292,10 @@ class History:
                 acts = rng.sample(acts, min(len(acts), rng.randint(1, 3)))
             withdraw = closed == 0 and appellant == stories[1]
             specs += self.appeal(appellant, acts, days, withdraw=withdraw)
+        for code, tally in tallies.items():
+            if tally.marks:
+                self.mark_totals[code] += int(sum(tally.marks.values()) * 100)
+        self.tallies = {}
         return specs
 
     def appeal(
@@ -1388,7 +1402,7 @@ class History:
                     "period": period,
                     "employee": employee,
                     "reason": "Sản phẩm đã kê khai trước khi khóa kỳ nhưng chưa được duyệt",
-                    "until": instant(at(day, 8, 30) + dt.timedelta(days=5)),
+                    "until": at(day, 8, 30) + dt.timedelta(days=5),
                 },
             ),
             self.spec(
@@ -1425,8 +1439,8 @@ class History:
                         "employee": mother.code,
                         "leave": f"TS-{mother.code}-{first:%Y%m}",
                         "kind": "maternity",
-                        "start": first.isoformat(),
-                        "end": last.isoformat(),
+                        "start": first,
+                        "end": last,
                     },
                 )
             )
@@ -1439,7 +1453,7 @@ class History:
                     {
                         "agency": "KH-NT",
                         "version": 2,
-                        "effective_from": add_months(self.start, 2).isoformat(),
+                        "effective_from": add_months(self.start, 2),
                         "items": [i.as_data() for i in CATALOGUE_V2_NT],
                     },
                 )
@@ -1456,7 +1470,7 @@ class History:
                         "employee": moved.code,
                         "unit": unit.code,
                         "position": position,
-                        "since": add_months(self.start, self.transfer_month).isoformat(),
+                        "since": add_months(self.start, self.transfer_month),
                         "reason": "Điều động theo Quyết định của Chủ tịch UBND tỉnh"
                         " về luân chuyển công chức",
                     },
@@ -1474,7 +1488,7 @@ class History:
                         "discipline": f"KL-{code}-1",
                         "employee": code,
                         "level": "reprimand",
-                        "decided_on": day.isoformat(),
+                        "decided_on": day,
                         "legal_basis": "Luật Cán bộ, công chức 2025; Nghị định về xử lý kỷ luật"
                         " cán bộ, công chức",
                         "reason": "Vi phạm quy định về thời giờ làm việc nhiều lần",
@@ -1508,11 +1522,7 @@ class History:
             specs.append(self.annulment(self.working_from(now, 8)[0]))
         # The reward: the best marks over the history, among staff outside the stories.
         story = set(self.story_codes.values())
-        totals: Counter[str] = Counter()
-        for tallies in self.tallies.values():
-            for code, tally in tallies.items():
-                if code not in story and tally.marks:
-                    totals[code] += int(sum(tally.marks.values()) * 100)
+        totals = {code: total for code, total in self.mark_totals.items() if code not in story}
         best = min(totals, key=lambda c: (-totals[c], c))
         periods = [self.month(m).period for m in range(months)]
         decision = f"QD-KT-{now.period}-001"
@@ -1538,24 +1548,20 @@ class History:
 
 # -- signing and submitting ---------------------------------------------------------------------
 
-_WORKER_KEYS: dict[str, SigningKey] = {}
+Row = tuple[str, str, dict[str, Any], dt.datetime, str]  # actor, type, data, time, nonce
 _WORKER_SEED = 0
 
 
 def _worker_init(seed: int) -> None:
     global _WORKER_SEED
     _WORKER_SEED = seed
-    _WORKER_KEYS.clear()
 
 
-def _sign_chunk(chunk: Sequence[tuple[str, str, dict[str, Any], str, str]]) -> list[bytes]:
-    out = []
-    for actor, fact_type, data, when, nonce in chunk:
-        key = _WORKER_KEYS.get(actor)
-        if key is None:
-            key = _WORKER_KEYS[actor] = demo_key(_WORKER_SEED, actor)
-        out.append(sign_fact(key, fact_type, data, time=when, nonce=nonce).to_bytes())
-    return out
+def _sign_chunk(chunk: Sequence[Row]) -> list[bytes]:
+    return [
+        sign_fact(demo_key(_WORKER_SEED, actor), fact_type, data, time=when, nonce=nonce).to_bytes()
+        for actor, fact_type, data, when, nonce in chunk
+    ]
 
 
 class SimulatedClock:
@@ -1568,13 +1574,10 @@ class SimulatedClock:
         return self.now
 
 
-@dataclass
-class Outcome:
-    counts: Counter[str] = field(default_factory=Counter)
-    facts: int = 0
-
-
 class Submitter:
+    """Signs each phase (in worker processes, or here) and submits it in order; ``counts``
+    holds the facts appended, derived ones included, by type."""
+
     def __init__(
         self,
         service: LedgerService,
@@ -1582,14 +1585,15 @@ class Submitter:
         clock: SimulatedClock,
         workers: int,
         progress: ProgressBar,
+        expected: int,
     ) -> None:
         self.service = service
         self.seed = seed
         self.clock = clock
         self.counter = 0
-        self.outcome = Outcome()
+        self.counts: Counter[str] = Counter()
         self.progress = progress
-        self.expected = 0
+        self.expected = expected  # facts, for the progress bar
         self.pool = (
             multiprocessing.get_context("spawn").Pool(workers, _worker_init, (seed,))
             if workers
@@ -1613,11 +1617,11 @@ class Submitter:
         chunks = [specs[i : i + MAX_BATCH] for i in range(0, len(specs), MAX_BATCH)]
         work = []
         for chunk in chunks:
-            rows = []
+            rows: list[Row] = []
             for spec in chunk:
                 self.counter += 1
                 nonce = demo_nonce(self.seed, self.counter)
-                rows.append((spec.actor, spec.type, spec.data, instant(spec.time), nonce))
+                rows.append((spec.actor, spec.type, spec.data, spec.time, nonce))
             work.append(rows)
         signed: Iterator[list[bytes]] = (
             self.pool.imap(_sign_chunk, work) if self.pool is not None else map(_sign_chunk, work)
@@ -1631,20 +1635,18 @@ class Submitter:
                     raise DemoRefused(
                         f"the ledger refused a generated fact — a bug in the demo or the"
                         f" domain rules: {outcome}\n  fact: {spec.type} by {spec.actor} at"
-                        f" {instant(spec.time)}: {spec.data}"
+                        f" {format_time(spec.time)}: {spec.data}"
                     )
                 self._count(spec, outcome)
                 if spec.tag is not None:
                     positions[spec.tag] = outcome.seq
-            self.progress(self.outcome.facts, max(self.expected, self.outcome.facts))
+            self.progress(self.counts.total(), self.expected)
         return positions
 
     def _count(self, spec: Spec, outcome: Appended) -> None:
-        self.outcome.counts[spec.type] += 1
-        self.outcome.facts += 1
+        self.counts[spec.type] += 1
         for derived in outcome.derived:
-            self.outcome.counts[derived.type] += 1
-            self.outcome.facts += 1
+            self.counts[derived.type] += 1
 
 
 # -- the command --------------------------------------------------------------------------------
@@ -1654,52 +1656,85 @@ class Submitter:
 class DemoResult:
     entries: int
     counts: Counter[str]
-    employees: int
     principals: int
     seconds: float
     database_bytes: int
     checkpoint_size: int
     units: int
     periods: tuple[str, str]
-    keys_out: Path | None
 
 
-def _database_bytes(service: LedgerService, database: Database) -> int:
-    if database.backend == "sqlite":
-        path = Path(database.env["SQLITE_DBNAME"])
-        return sum(p.stat().st_size for p in (path, Path(f"{path}-wal")) if p.exists())
+def _make_keys_dir(keys_out: Path, home: LedgerHome) -> list[Path]:
+    """Check ``--keys-out`` and create it, with its missing parents, before anything is stored:
+    a new or empty directory outside the home. Returns the directories created."""
+    where = keys_out.resolve()
+    if where.is_relative_to(home.path.resolve()):
+        raise DemoError(
+            f"--keys-out {keys_out} lies in the home {home.path}, which holds the ledger's own"
+            " keys: give a directory outside it; nothing was changed"
+        )
+    created: list[Path] = []
+    try:
+        for path in (*reversed(where.parents), where):
+            if not path.is_dir():
+                path.mkdir()
+                created.append(path)
+        if not created and any(where.iterdir()):
+            raise DemoError(
+                f"--keys-out {keys_out} must be a new or empty directory; nothing was changed"
+            )
+        if not os.access(where, os.W_OK | os.X_OK):
+            raise DemoError(f"--keys-out {keys_out} is not writable; nothing was changed")
+    except OSError as exc:
+        _remove_empty(created)
+        problem = (
+            f"{exc.filename} is not a directory"
+            if isinstance(exc, FileExistsError)
+            else f"{exc.strerror}: {exc.filename}"
+        )
+        raise DemoError(f"--keys-out {keys_out}: {problem}; nothing was changed") from None
+    return created
+
+
+def _remove_empty(directories: list[Path]) -> None:
+    """Remove the directories ``_make_keys_dir`` created, innermost first, while empty."""
+    for path in reversed(directories):
+        try:
+            path.rmdir()
+        except OSError:
+            return
+
+
+def _postgres_bytes(service: LedgerService) -> int:
     datastore = service.sealed.datastore  # type: ignore[attr-defined]
     with datastore.get_connection() as conn:
         row = conn.execute("SELECT pg_database_size(current_database())").fetchone()
     return int(row[0] if not isinstance(row, dict) else next(iter(row.values())))
 
 
+def _sqlite_bytes(database: Database) -> int:
+    """The database file and its write-ahead log (after closing: the log folded in)."""
+    path = Path(database.env["SQLITE_DBNAME"])
+    return sum(p.stat().st_size for p in (path, Path(f"{path}-wal")) if p.exists())
+
+
 def run_demo(
-    database: Database,
-    home: LedgerHome,
-    options: DemoOptions,
-    *,
-    progress: bool | None = None,
-    err: TextIO | None = None,
+    database: Database, home: LedgerHome, options: DemoOptions, *, progress: bool | None = None
 ) -> DemoResult:
     """Seed ``database`` and ``home`` with the demo history (see the module docstring)."""
     options.check()
     if home.exists():
         raise DemoError(f"{home.path} is already an initialised ledger home; nothing was changed")
     keys_out = options.keys_out
-    if (
-        keys_out is not None
-        and keys_out.exists()
-        and (not keys_out.is_dir() or any(keys_out.iterdir()))
-    ):
-        raise DemoError(f"--keys-out {options.keys_out} must be a new or empty directory")
+    new_dirs = _make_keys_dir(keys_out, home) if keys_out is not None else []
     history = History(options)
     started = time.monotonic()
     bootstrap_at = at(add_months(options.first_month, -1), 8)
     clock = SimulatedClock(bootstrap_at)
-    service = LedgerService(database, clock=clock, window=TimeWindow(past=None))
+    service: LedgerService | None = None
     submitter: Submitter | None = None
     try:
+        service = LedgerService(database, clock=clock, window=TimeWindow(past=None))
         admin = demo_key(options.seed, ADMIN)
         try:
             service.initialise(
@@ -1714,15 +1749,21 @@ def run_demo(
             raise DemoError(str(exc)) from None
         except Refusal as refusal:
             raise DemoRefused(f"the ledger refused its own start: {refusal}") from None
+        bootstrapped = service.sealed.log_size()  # key registrations (entries 0 and 1)
         ledger_key = home.ledger_key()
         write_key_pair(admin, home.path)
-        expected = options.employees * options.months * 38
+        if keys_out is not None:
+            try:
+                for name in history.principals():
+                    write_key_pair(demo_key(options.seed, name), keys_out)
+            except OSError as exc:
+                raise DemoRefused(f"cannot write the key pairs to --keys-out: {exc}") from None
+        expected = options.employees * options.months * FACTS_PER_EMPLOYEE_MONTH
         workers = options.workers
         if workers is None:
             workers = 1 if expected >= PARALLEL_FROM and (os.cpu_count() or 1) > 1 else 0
-        bar = ProgressBar("demo", stream=err or sys.stderr, enabled=progress)
-        submitter = Submitter(service, options.seed, clock, workers, bar)
-        submitter.expected = expected
+        bar = ProgressBar("demo", enabled=progress)
+        submitter = Submitter(service, options.seed, clock, workers, bar, expected)
         first_period = last_period = ""
         try:
             for label, specs in history.phases():
@@ -1735,41 +1776,36 @@ def run_demo(
         submitter.close()
         signed = Checkpointer(service.sealed, ledger_key, home.state_path).checkpoint()
         entries = service.sealed.log_size()
-        expected_entries = 2 + submitter.outcome.facts
-        if entries != expected_entries:
-            raise DemoRefused(f"the log holds {entries} entries, the demo made {expected_entries}")
-        if options.keys_out is not None:
-            for name in history.principals():
-                write_key_pair(demo_key(options.seed, name), options.keys_out)
-        counts = submitter.outcome.counts
-        counts[KEY_REGISTERED] += 2
-        size = _database_bytes(service, database)
-    except DemoRefused as exc:
+        made = bootstrapped + submitter.counts.total()
+        if entries != made:
+            raise DemoRefused(f"the log holds {entries} entries, the demo made {made}")
+        counts = submitter.counts
+        counts[KEY_REGISTERED] += bootstrapped
+        # PostgreSQL is measured through the open connection, SQLite once closed.
+        size = None if database.backend == "sqlite" else _postgres_bytes(service)
+    except BaseException as exc:
+        _remove_empty(new_dirs)  # if nothing was written to them
         if submitter is not None:
             submitter.terminate()
-        raise DemoRefused(
-            f"{exc}\n  the ledger in {database.display} and {home.path} is incomplete:"
-            " start again with a new database and home"
-        ) from None
-    except BaseException:
-        if submitter is not None:
-            submitter.terminate()
+        if isinstance(exc, DemoRefused):
+            raise DemoRefused(
+                f"{exc}\n  the ledger in {database.display} and {home.path} is incomplete:"
+                " start again with a new database and home"
+            ) from None
         raise
     finally:
-        service.close()
-    if database.backend == "sqlite":
-        size = _database_bytes(service, database)
+        if service is not None:
+            service.close()
+        demo_key.cache_clear()
     return DemoResult(
         entries=entries,
         counts=counts,
-        employees=options.employees,
         principals=len(history.principals()) + 1,
         seconds=time.monotonic() - started,
-        database_bytes=size,
+        database_bytes=_sqlite_bytes(database) if size is None else size,
         checkpoint_size=signed.checkpoint.size,
         units=len(history.units),
         periods=(first_period, last_period),
-        keys_out=options.keys_out,
     )
 
 
@@ -1796,7 +1832,7 @@ def print_summary(
         f" {len(AGENCIES)} agencies, {result.units} units\n"
     )
     w(
-        f"  people:     {result.employees} employees, {officials} officials, the administrator,"
+        f"  people:     {options.employees} employees, {officials} officials, the administrator,"
         f" {len(SYSTEMS)} systems and the ledger: {result.principals} keys\n"
     )
     w(f"  entries:    {result.entries:,} (refusals: 0)\n")
@@ -1810,8 +1846,8 @@ def print_summary(
     w(
         f'  keys:       derived from the seed (SHA-256 of "{options.seed}/<name>"): demo only;'
         + (
-            f" key pairs in {result.keys_out}\n"
-            if result.keys_out
+            f" key pairs in {options.keys_out}\n"
+            if options.keys_out
             else " --keys-out DIR writes them\n"
         )
     )

@@ -187,6 +187,11 @@ class KeyRing:
         self.size = max(self.size, seq + 1)
 
 
+def key_registration_data(key: VerifierKey, *, admin: bool = False) -> dict[str, Any]:
+    """The data of the ``key.registered`` fact for ``key`` (its name is the principal)."""
+    return {"principal": key.name, "public_key": key.to_text(), "admin": admin}
+
+
 def key_registration(
     signer: SigningKey, key: VerifierKey, *, admin: bool = False, **fact: Any
 ) -> Envelope:
@@ -197,9 +202,4 @@ def key_registration(
     """
     from signing.facts import sign_fact
 
-    return sign_fact(
-        signer,
-        KEY_REGISTERED,
-        {"principal": key.name, "public_key": key.to_text(), "admin": admin},
-        **fact,
-    )
+    return sign_fact(signer, KEY_REGISTERED, key_registration_data(key, admin=admin), **fact)

@@ -218,16 +218,45 @@ def test_bad_input_stores_nothing(
     assert not (tmp_path / "ledger.db").exists()
 
 
+@pytest.mark.parametrize(
+    ("where", "message"),
+    [
+        ("home", "lies in the home"),
+        ("home/keys", "lies in the home"),
+        ("file", "file is not a directory"),
+        ("file/keys", "file is not a directory"),
+        ("full", "must be a new or empty directory"),
+    ],
+)
+def test_a_bad_keys_out_stores_nothing(
+    sqlite_url: str, tmp_path: Path, capsys: pytest.CaptureFixture[str], where: str, message: str
+) -> None:
+    """``--keys-out`` is checked and created before any database is opened: a clash with the
+    home or a file in the way fails at once (not after the whole run), with nothing stored."""
+    (tmp_path / "file").write_text("not a directory\n")
+    (tmp_path / "full").mkdir()
+    (tmp_path / "full" / "notes.txt").write_text("taken\n")
+    before = sorted(tmp_path.rglob("*"))
+    keys_out = tmp_path / where
+    code, out, err = _demo(sqlite_url, tmp_path / "home", capsys, "--keys-out", str(keys_out))
+    assert code == 2, err
+    assert err.startswith(f"kpi-ledger demo: --keys-out {keys_out}") and message in err
+    assert out == ""
+    assert sorted(tmp_path.rglob("*")) == before  # no home, no directory, no SQLite file
+
+
 def test_an_existing_ledger_is_refused(
     db_url: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     assert main(["init", "--db", db_url, "--home", str(tmp_path / "first")]) == 0
     before = _envelopes(db_url)
-    code, _, err = _demo(db_url, tmp_path / "second", capsys)
+    keys = tmp_path / "new" / "keys"
+    code, _, err = _demo(db_url, tmp_path / "second", capsys, "--keys-out", str(keys))
     assert code == 2
     assert "already holds a ledger; nothing was changed" in err
     assert _envelopes(db_url) == before
     assert not (tmp_path / "second").exists()
+    assert not (tmp_path / "new").exists()  # the --keys-out directory made for the run
     # An initialised home is refused too, before the database is touched.
     fresh = f"sqlite:///{tmp_path / 'fresh.db'}"
     code, _, err = _demo(fresh, tmp_path / "first", capsys)
