@@ -4,9 +4,10 @@ One stream per employee. All by an HR officer covering the employee's unit, neve
 themselves.
 
 ``discipline.imposed`` ``{discipline, employee, level, decided_on, legal_basis, reason}``
-    level: reprimand (khiển trách), warning (cảnh cáo), demotion (hạ bậc lương / giáng chức),
-    removal (cách chức), dismissal (buộc thôi việc). The policy says which levels force the
-    year's grade to "fails".
+    level (Decree 112/2020/NĐ-CP's forms for civil servants, the codes of the shipped packs):
+    reprimand (khiển trách), warning (cảnh cáo), salary_grade_reduction (hạ bậc lương),
+    demotion (giáng chức), removal_from_office (cách chức), dismissal (buộc thôi việc). The
+    policy says which levels force the year's grade to "fails".
 ``discipline.annulled`` ``{discipline, employee, reason, legal_basis}``
     The discipline no longer counts; both facts stay in the log, so replay shows both states.
 ``conduct.concluded`` ``{conclusion, employee, kind, decided_on, legal_basis}``
@@ -30,13 +31,15 @@ IMPOSED = "discipline.imposed"
 ANNULLED = "discipline.annulled"
 CONCLUDED = "conduct.concluded"
 
-LEVELS = ("reprimand", "warning", "demotion", "removal", "dismissal")
+Level = Literal[
+    "reprimand", "warning", "salary_grade_reduction", "demotion", "removal_from_office", "dismissal"
+]
 
 
 class ImposedData(FactData):
     discipline: Code
     employee: Code
-    level: Literal["reprimand", "warning", "demotion", "removal", "dismissal"]
+    level: Level
     decided_on: Day
     legal_basis: Text
     reason: Text

@@ -1,0 +1,929 @@
+"""The evaluation projection: folds the log, in batches, into the read models.
+
+Each batch of entries (in log order) is folded into the registry (reference facts, in
+memory) and into the sheets of the employee periods it touches; then every touched period is
+scored again (``projections/score.py``), and the views that depend on those scores — the
+year, the unit view with the quota, the close snapshot, the "HR decision due" items, the
+appeals and the flags — are recomputed. Everything the batch changed is written with the
+tracking position in **one transaction**; a crash loses nothing and repeats nothing.
+
+Memory does not grow with the log: sheets live in the view (``view = "sheet"``) and only a
+bounded cache of them stays in memory; the registry grows with the organisation only.
+
+Views (``kpi_view_docs.view``), each a JSON document:
+
+| view | key | what |
+|---|---|---|
+| ``sheet`` | ``employee/period`` | the period's facts (for incremental scoring) |
+| ``score`` | ``employee/period`` | the ``Result`` with its trace |
+| ``quarter`` | ``employee/YYYY-Qn`` | mean of the quarter's month totals (months worked) |
+| ``year`` | ``employee/YYYY`` | mean of months worked, leave months excluded, overrides |
+| ``unit`` | ``agency/period`` | distribution by grade, the quota check, final grades |
+| ``snapshot`` | ``agency/period`` | the close: recorded and recomputed hash |
+| ``appeal`` | ``appellant/appeal`` | status, answer deadline |
+| ``hr_due`` | ``employee/YYYY`` | consecutive failing years: a person must act before ``due`` |
+| ``flag`` | ``kind/subject/seq`` | an anti-gaming signal with the facts that raised it |
+| ``evidence`` | sha-256 | the first claim of a piece of evidence |
+| ``approvals`` | ``approver/period`` | approvals per day (bulk approval flag) |
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections import OrderedDict
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass, field, replace
+from fractions import Fraction
+from typing import Any
+
+from eventsourcing.persistence import Tracking
+
+from domain.policy import Policy
+from projections.facts import Fact, decode, parse_day, parse_instant
+from projections.registry import (
+    POSTING_TYPES,
+    REFERENCE_TYPES,
+    Registry,
+    period_first_day,
+    rules_for,
+)
+from projections.score import Result, compute, discipline_overrides, exact, lowest, show
+from projections.sheet import SHEET_TYPES, Sheet, subject_key, subject_of
+from projections.store import APP_NAME, LogRow, Put, _ViewSQL
+
+REF = "ref"  # the stream-index subject of reference streams
+BATCH = 2000
+SHEET_CACHE = 4096
+
+
+def snapshot_hash(doc: dict[str, Any]) -> str:
+    """SHA-256 (hex) of the canonical JSON of a snapshot document (sorted keys, no spaces,
+    UTF-8): what ``period.closed`` carries as ``snapshot``."""
+    text = json.dumps(doc, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+    return hashlib.sha256(text.encode()).hexdigest()
+
+
+@dataclass
+class _Batch:
+    puts: dict[tuple[str, str], Put] = field(default_factory=dict)
+    streams: list[tuple[str, str, int]] = field(default_factory=list)
+    dirty: dict[str, None] = field(default_factory=dict)  # subject keys, insertion ordered
+    units: dict[tuple[str, str], None] = field(default_factory=dict)
+    years: dict[tuple[str, str], None] = field(default_factory=dict)
+    appeals: dict[tuple[str, str], None] = field(default_factory=dict)
+
+    def put(self, p: Put) -> None:
+        self.puts[(p.view, p.key)] = p
+
+
+class Evaluations:
+    """The projection. ``process(rows)`` folds a batch of log rows and commits it."""
+
+    name = "evaluations"
+
+    def __init__(self, view: _ViewSQL, *, sheet_cache: int = SHEET_CACHE) -> None:
+        self.view = view
+        self.registry = Registry()
+        self.position = view.max_tracking_id(APP_NAME) or 0  # type: ignore[attr-defined]
+        self.seq = view.seq_for_notification(self.position) if self.position else -1
+        self._sheets: OrderedDict[str, Sheet] = OrderedDict()
+        self._sheet_cache = sheet_cache
+        self._stream_subjects: OrderedDict[str, str] = OrderedDict()
+        self._head = self.seq
+        if self.seq >= 0:
+            for fact in view.stream_facts(view.streams_of([REF]), self.seq):
+                self.registry.apply(fact)
+
+    # -- the fold ----------------------------------------------------------------------------
+
+    def process(self, rows: Sequence[LogRow]) -> int:
+        """Fold ``rows`` (consecutive, in log order, after the current position); returns how
+        many were new. One transaction."""
+        rows = [r for r in rows if r.notification_id > self.position]
+        if not rows:
+            return 0
+        batch = _Batch()
+        self._head = rows[-1].seq
+        facts = [decode(r.seq, r.stream, r.state) for r in rows]
+        self._subjects_of_streams(facts)
+        for fact in facts:
+            if fact.type in REFERENCE_TYPES:
+                self._reference(fact, batch)
+            elif fact.type in SHEET_TYPES:
+                self._sheet_fact(fact, batch)
+        self._settle(batch)
+        last = rows[-1]
+        self.view.commit(
+            batch.puts.values(), batch.streams, Tracking(APP_NAME, last.notification_id)
+        )
+        self.position, self.seq = last.notification_id, last.seq
+        return len(rows)
+
+    def catch_up(
+        self, *, limit: int | None = None, progress: Callable[[int], object] | None = None
+    ) -> int:
+        """Process every entry after the current position (at most ``limit``)."""
+        done = 0
+        while limit is None or done < limit:
+            size = BATCH if limit is None else min(BATCH, limit - done)
+            page = self.view.log_page(self.position, size)
+            if not page:
+                break
+            done += self.process(page)
+            if progress is not None:
+                progress(done)
+            if len(page) < size:
+                break
+        return done
+
+    def _subjects_of_streams(self, facts: list[Fact]) -> None:
+        """Look up, in one query, the subjects of work streams the cache does not know."""
+        unknown = {
+            f.stream
+            for f in facts
+            if f.type in SHEET_TYPES
+            and f.type != "work.assigned"
+            and f.type.startswith("work.")
+            and f.stream not in self._stream_subjects
+        }
+        if unknown:
+            for stream, subject in self.view.subjects_of_streams(sorted(unknown)).items():
+                self._remember(stream, subject)
+
+    def _remember(self, stream: str, subject: str) -> None:
+        self._stream_subjects[stream] = subject
+        self._stream_subjects.move_to_end(stream)
+        if len(self._stream_subjects) > 8 * self._sheet_cache:
+            self._stream_subjects.popitem(last=False)
+
+    def _sheet(self, key: str, batch: _Batch) -> Sheet:
+        sheet = self._sheets.get(key)
+        if sheet is None:
+            doc = self.view.doc("sheet", key)
+            employee, period = key.split("/", 1)
+            sheet = Sheet.from_doc(doc) if doc is not None else Sheet(employee, period)
+            self._sheets[key] = sheet
+            if len(self._sheets) > self._sheet_cache:
+                old, _ = self._sheets.popitem(last=False)
+                if old in batch.dirty:  # still needed in this batch: keep it
+                    self._sheets[old] = _
+        self._sheets.move_to_end(key)
+        return sheet
+
+    def _sheet_fact(self, fact: Fact, batch: _Batch) -> None:
+        named = subject_of(fact)
+        if named is not None:
+            key = subject_key(*named)
+            if fact.type in ("work.assigned", "survey.rated"):
+                batch.streams.append((key, fact.stream, fact.seq))
+                self._remember(fact.stream, key)
+        else:
+            found = self._stream_subjects.get(fact.stream)
+            if found is None:
+                return  # a work fact on a stream without an assignment: cannot be scored
+            key = found
+        item = None
+        if fact.type.startswith("work."):
+            item = fact.data.get("item") or fact.data.get("target", {}).get("item")
+        sheet = self._sheet(key, batch)
+        sheet.apply(fact, item)
+        batch.dirty[key] = None
+        if fact.type == "work.declared":
+            self._evidence(fact, key, batch)
+        elif fact.type == "work.approved":
+            self._approval(fact, key, batch)
+        close = self._close_of(key)
+        if close is not None and fact.seq > close.seq and not fact.type.endswith("ruling_applied"):
+            self._flag(
+                batch,
+                "entry_after_close",
+                key,
+                [close.seq, fact.seq],
+                f"{fact.type} recorded at {fact.seq} after the close of {key.split('/')[1]}"
+                f" (at {close.seq})",
+            )
+
+    def _close_of(self, key: str) -> Any:
+        employee, period = key.split("/", 1)
+        posting = self.registry.posting(employee, period_first_day(period))
+        if posting is None:
+            return None
+        return self.registry.closes.get((self.registry.agency_of(posting.unit), period))
+
+    def _reference(self, fact: Fact, batch: _Batch) -> None:
+        batch.streams.append((REF, fact.stream, fact.seq))
+        if fact.type in POSTING_TYPES:
+            unit = fact.data["unit"]
+            self.registry.apply(fact)
+            for ancestor in self.registry.chain(unit):
+                batch.streams.append((f"unit:{ancestor}", fact.stream, fact.seq))
+            self._touch_employee(fact.data["employee"], batch, since=fact.data["since"])
+            return
+        self.registry.apply(fact)
+        t, d = fact.type, fact.data
+        if t in (
+            "discipline.imposed",
+            "discipline.annulled",
+            "conduct.concluded",
+            "employee.leave_recorded",
+        ):
+            self._touch_employee(d["employee"], batch)
+        elif t in ("policy.published", "catalogue.published"):
+            self._touch_all(batch)
+        elif t == "period.closed":
+            self._settle(batch)  # the snapshot is of the result before the close
+            self._snapshot(d["agency"], d["period"], batch, fact)
+            for key in self._keys_where("score", agency=d["agency"], period=d["period"]):
+                batch.years[(key.split("/")[0], d["period"][:4])] = None
+        elif t == "period.ruling_applied":
+            target = d["target"]
+            self._snapshot(target["agency"], target["period"], batch, None)
+        elif t.startswith("appeal."):
+            appellant = d.get("appellant", fact.actor)
+            batch.appeals[(appellant, d["appeal"])] = None
+        elif t == "hr.decision_proposed":
+            for key in self._keys_where("year", employee=d["employee"]):
+                batch.years[tuple(key.split("/"))] = None  # type: ignore[index]
+
+    def _keys_where(self, view: str, **where: str) -> list[str]:
+        docs = self.view.find(view, **where)  # type: ignore[arg-type]
+        return [f"{d['employee']}/{d['period']}" if "period" in d else d["key"] for d in docs]
+
+    def _touch_employee(self, employee: str, batch: _Batch, since: str | None = None) -> None:
+        keys = set(self._keys_where("score", employee=employee))
+        keys.update(k for k in self._sheets if k.startswith(employee + "/"))
+        for key in sorted(keys):
+            period = key.split("/", 1)[1]
+            if since is None or period_first_day(period) >= parse_day(since).replace(day=1):
+                batch.dirty[key] = None
+            batch.years[(employee, period[:4])] = None
+
+    def _touch_all(self, batch: _Batch) -> None:
+        for key in self.view.keys("score"):
+            batch.dirty[key] = None
+
+    # -- scoring and the views that follow ---------------------------------------------------
+
+    def _settle(self, batch: _Batch) -> None:
+        """Score every dirty period, then recompute the views that depend on them."""
+        if not batch.dirty:
+            self._views(batch)
+            return
+        changed: list[Result] = []
+        keys = list(batch.dirty)
+        batch.dirty.clear()
+        leaders: dict[str, None] = {}
+        for key in keys:
+            result = self._score(key, batch)
+            if result is not None:
+                changed.append(result)
+                for leader in self._leaders_over(result):
+                    leaders[subject_key(leader, result.period)] = None
+        for key in leaders:
+            if key not in keys:
+                result = self._score(key, batch)
+                if result is not None:
+                    changed.append(result)
+        for result in changed:
+            batch.units[(result.agency, result.period)] = None
+            batch.years[(result.employee, result.period[:4])] = None
+        self._views(batch)
+
+    def _views(self, batch: _Batch) -> None:
+        for agency, period in list(batch.units):
+            self._unit(agency, period, batch)
+        batch.units.clear()
+        for employee, year in list(batch.years):
+            self._year(employee, year, batch)
+        batch.years.clear()
+        for appellant, appeal in list(batch.appeals):
+            self._appeal(appellant, appeal, batch)
+        batch.appeals.clear()
+
+    def _score(self, key: str, batch: _Batch) -> Result | None:
+        sheet = self._sheet(key, batch)
+        batch.put(Put("sheet", key, sheet.to_doc(), sheet.employee, None, sheet.period))
+        rules = rules_for(self.registry, sheet.employee, sheet.period)
+        if rules is None:
+            return None
+        if rules.leader and rules.policy.policy.leader_unit is not None:
+            staff = [
+                e
+                for e in self.registry.members(rules.unit, period_first_day(sheet.period))
+                if e != sheet.employee
+            ]
+            found = self._scores([subject_key(e, sheet.period) for e in staff], batch)
+            rules = replace(
+                rules,
+                subordinates=tuple((d["employee"], d["grade"]) for d in found.values()),
+            )
+        result = compute(sheet, rules)
+        self._sheet_flags(sheet, result, rules.policy.policy, batch)
+        batch.put(Put("score", key, result.to_doc(), result.employee, result.agency, result.period))
+        return result
+
+    def _leaders_over(self, result: Result) -> list[str]:
+        day = period_first_day(result.period)
+        out = []
+        for code, person in self.registry.people.items():
+            if code == result.employee:
+                continue
+            posting = person.posting_on(day)
+            if (
+                posting is not None
+                and self.registry.is_leader(posting.position)
+                and posting.unit in self.registry.chain(result.unit)
+            ):
+                out.append(code)
+        return out
+
+    def _scores(self, keys: Sequence[str], batch: _Batch) -> dict[str, dict[str, Any]]:
+        """Score documents, this batch's first."""
+        out = self.view.docs("score", [k for k in keys if ("score", k) not in batch.puts])
+        for k in keys:
+            put = batch.puts.get(("score", k))
+            if put is not None:
+                out[k] = put.doc
+        return out
+
+    def _docs_where(
+        self, view: str, batch: _Batch, match: Callable[[Put], bool], **where: str
+    ) -> dict[str, dict[str, Any]]:
+        found = {self._key_of(view, d): d for d in self.view.find(view, **where)}  # type: ignore[arg-type]
+        for (v, key), put in batch.puts.items():
+            if v == view and match(put):
+                found[key] = put.doc
+        return found
+
+    @staticmethod
+    def _key_of(view: str, doc: dict[str, Any]) -> str:
+        if view == "unit":
+            return f"{doc['agency']}/{doc['period']}"
+        if view == "approvals":
+            return f"{doc['approver']}/{doc['period']}"
+        return f"{doc['employee']}/{doc['period']}"
+
+    def _unit(self, agency: str, period: str, batch: _Batch) -> None:
+        scores = self._docs_where(
+            "score",
+            batch,
+            lambda p: p.agency == agency and p.period == period,
+            agency=agency,
+            period=period,
+        )
+        results = [scores[k] for k in sorted(scores)]
+        if not results:
+            return
+        start = period_first_day(period)
+        chosen = None
+        for doc in results:
+            posting = self.registry.posting(doc["employee"], start)
+            if posting is not None:
+                chosen = self.registry.policy_for(posting.unit, start)
+                break
+        if chosen is None:
+            return
+        doc = unit_view(agency, period, results, chosen.policy, self._head)
+        batch.put(Put("unit", f"{agency}/{period}", doc, None, agency, period))
+        self._bulk_flags(agency, period, results, chosen.policy, batch)
+
+    def _snapshot(self, agency: str, period: str, batch: _Batch, close: Fact | None) -> None:
+        unit = self._docs_where(
+            "unit",
+            batch,
+            lambda p: p.agency == agency and p.period == period and p.view == "unit",
+            agency=agency,
+            period=period,
+        )
+        recorded = self.registry.closes.get((agency, period))
+        if recorded is None:
+            return
+        doc = unit.get(f"{agency}/{period}")
+        published = snapshot_document(agency, period, doc["results"] if doc else [], recorded.seq)
+        computed = snapshot_hash(published)
+        set_aside = sorted(
+            e for (a, p, e) in self.registry.set_aside if a == agency and p == period
+        )
+        key = f"{agency}/{period}"
+        previous = batch.puts.get(("snapshot", key))
+        if close is None:  # a ruling set a classification aside: keep the close's own figures
+            base = previous.doc if previous is not None else self.view.doc("snapshot", key)
+            if base is None:
+                return
+            base = dict(base, set_aside=set_aside)
+            batch.put(Put("snapshot", key, base, None, agency, period))
+            return
+        batch.put(
+            Put(
+                "snapshot",
+                key,
+                {
+                    "agency": agency,
+                    "period": period,
+                    "close_seq": recorded.seq,
+                    "closed_at": recorded.at.isoformat(),
+                    "closed_by": recorded.by,
+                    "recorded": recorded.snapshot,
+                    "computed": computed,
+                    "matches": computed == recorded.snapshot,
+                    "published": published,
+                    "set_aside": set_aside,
+                },
+                None,
+                agency,
+                period,
+            )
+        )
+
+    def _year(self, employee: str, year: str, batch: _Batch) -> None:
+        scores = self._docs_where(
+            "score",
+            batch,
+            lambda p: p.employee == employee and (p.period or "").startswith(year),
+            employee=employee,
+        )
+        months = [scores[k] for k in sorted(scores) if scores[k]["period"].startswith(year + "-")]
+        if not months:
+            return
+        person = self.registry.people.get(employee)
+        if person is None:
+            return
+        last = months[-1]
+        posting = self.registry.posting(employee, period_first_day(last["period"]))
+        if posting is None:
+            return
+        chosen = self.registry.policy_for(posting.unit, period_first_day(last["period"]))
+        if chosen is None:
+            return
+        doc = year_view(employee, year, months, person, chosen.policy, self.registry)
+        batch.put(Put("year", f"{employee}/{year}", doc, employee, doc["agency"], year))
+        for quarter, qdoc in quarter_views(employee, months, person, chosen.policy).items():
+            batch.put(
+                Put("quarter", f"{employee}/{quarter}", qdoc, employee, doc["agency"], quarter)
+            )
+        self._hr_due(employee, year, doc, chosen.policy, batch)
+
+    def _hr_due(
+        self, employee: str, year: str, doc: dict[str, Any], policy: Policy, batch: _Batch
+    ) -> None:
+        rule = policy.hr_decision
+        key = f"{employee}/{year}"
+        if not doc["final"] or doc["grade"] != rule.failing_grade:
+            if self.view.doc("hr_due", key) is not None or ("hr_due", key) in batch.puts:
+                batch.put(
+                    Put(
+                        "hr_due",
+                        key,
+                        {
+                            "employee": employee,
+                            "year": year,
+                            "open": False,
+                            "reason": "no longer failing",
+                        },
+                        employee,
+                        None,
+                        year,
+                    )
+                )
+            return
+        years = [str(int(year) - i) for i in range(rule.consecutive_failing_years)]
+        earlier = self._docs_where(
+            "year", batch, lambda p: p.employee == employee, employee=employee
+        )
+        docs = {y: earlier.get(f"{employee}/{y}") for y in years}
+        docs[year] = doc
+        if any(
+            d is None or not d["final"] or d["grade"] != rule.failing_grade for d in docs.values()
+        ):
+            return
+        raised = parse_instant(doc["final_at"])
+        due = policy.hr_decision_due(raised)
+        acted = [
+            h.id
+            for h in self.registry.hr_decisions.values()
+            if h.employee == employee and h.proposed_at >= raised and h.status != "withdrawn"
+        ]
+        batch.put(
+            Put(
+                "hr_due",
+                key,
+                {
+                    "employee": employee,
+                    "year": year,
+                    "years": sorted(years),
+                    "grade": rule.failing_grade,
+                    "raised_at": doc["final_at"],
+                    "raised_by_seq": doc["final_seq"],
+                    "due": due.isoformat(),
+                    "open": not acted,
+                    "acted_on_by": acted,
+                    "rule": f"hr_decision: {rule.consecutive_failing_years} consecutive years {rule.failing_grade}",
+                },
+                employee,
+                None,
+                year,
+            )
+        )
+
+    def _appeal(self, appellant: str, appeal_id: str, batch: _Batch) -> None:
+        appeal = self.registry.appeals.get((appellant, appeal_id))
+        if appeal is None:
+            return
+        day = appeal.filed_at.date()
+        posting = self.registry.posting(appellant, day)
+        chosen = self.registry.policy_for(posting.unit, day) if posting is not None else None
+        due = chosen.policy.appeal_answer_deadline(appeal.filed_at) if chosen is not None else None
+        answered_late = (
+            appeal.closed_at is not None
+            and due is not None
+            and appeal.status == "decided"
+            and appeal.closed_at >= due
+        )
+        batch.put(
+            Put(
+                "appeal",
+                f"{appellant}/{appeal_id}",
+                {
+                    "appellant": appellant,
+                    "appeal": appeal_id,
+                    "contested": list(appeal.contested),
+                    "filed_seq": appeal.filed_seq,
+                    "filed_at": appeal.filed_at.isoformat(),
+                    "reviewer": appeal.reviewer,
+                    "status": appeal.status,
+                    "outcome": appeal.outcome,
+                    "closed_seq": appeal.closed_seq,
+                    "answer_due": due.isoformat() if due is not None else None,
+                    "answered_late": answered_late,
+                    "open": appeal.status in ("filed", "assigned"),
+                },
+                appellant,
+                posting and self.registry.agency_of(posting.unit),
+                None,
+            )
+        )
+
+    # -- flags -------------------------------------------------------------------------------
+
+    def _flag(self, batch: _Batch, kind: str, subject: str, seqs: list[int], why: str) -> None:
+        employee = subject.split("/")[0]
+        period = subject.split("/")[1] if "/" in subject else None
+        batch.put(
+            Put(
+                "flag",
+                f"{kind}/{subject}/{seqs[-1]}",
+                {"kind": kind, "subject": subject, "facts": seqs, "why": why},
+                employee,
+                None,
+                period,
+            )
+        )
+
+    def _evidence(self, fact: Fact, key: str, batch: _Batch) -> None:
+        employee = key.split("/")[0]
+        hashes = list(fact.data.get("evidence", ()))
+        if not hashes:
+            return
+        known = self.view.docs("evidence", [h for h in hashes if ("evidence", h) not in batch.puts])
+        for h in hashes:
+            put = batch.puts.get(("evidence", h))
+            first = put.doc if put is not None else known.get(h)
+            if first is None:
+                batch.put(Put("evidence", h, {"employee": employee, "seq": fact.seq}, employee))
+            elif first["employee"] != employee:
+                self._flag(
+                    batch,
+                    "same_evidence",
+                    key,
+                    [first["seq"], fact.seq],
+                    f"evidence {h[:12]}… claimed by {first['employee']} (at {first['seq']})"
+                    f" and by {employee} (at {fact.seq})",
+                )
+
+    def _approval(self, fact: Fact, key: str, batch: _Batch) -> None:
+        period = key.split("/", 1)[1]
+        akey = f"{fact.actor}/{period}"
+        put = batch.puts.get(("approvals", akey))
+        doc = (
+            dict(put.doc)
+            if put is not None
+            else (
+                self.view.doc("approvals", akey)
+                or {"approver": fact.actor, "period": period, "days": {}}
+            )
+        )
+        days = dict(doc["days"])
+        day = fact.at.date().isoformat()
+        days[day] = days.get(day, []) + [fact.seq]
+        doc = dict(doc, days=days)
+        batch.put(Put("approvals", akey, doc, fact.actor, None, period))
+        sheet = self._sheets.get(key)
+        if sheet is None:
+            return
+        item = fact.data["item"]
+        declared = [r for r in sheet.items.get(item, []) if r[1] == "work.declared"]
+        rules = rules_for(self.registry, sheet.employee, sheet.period)
+        if declared and rules is not None:
+            gap = (fact.at - parse_instant(declared[-1][3])).total_seconds()
+            limit = rules.policy.policy.flags.fast_approval_seconds
+            if gap < limit:
+                self._flag(
+                    batch,
+                    "fast_approval",
+                    key,
+                    [declared[-1][0], fact.seq],
+                    f"{fact.actor} approved {item} {gap:.0f} s after its declaration"
+                    f" (flags.fast_approval_seconds = {limit})",
+                )
+
+    def _sheet_flags(self, sheet: Sheet, result: Result, policy: Policy, batch: _Batch) -> None:
+        first, last = policy.period_bounds(sheet.period)
+        hours = Fraction(0)
+        seqs = []
+        for rows in sheet.items.values():
+            declared = [
+                r for r in rows if r[1] == "work.declared" and r[5].get("hours") is not None
+            ]
+            if declared:
+                hours += Fraction(declared[-1][5]["hours"])
+                seqs.append(declared[-1][0])
+        if seqs:
+            working = sum(
+                1
+                for n in range((last - first).days + 1)
+                if policy.calendar.is_working_day(first.fromordinal(first.toordinal() + n))
+            )
+            limit = Fraction(policy.flags.hours_per_working_day) * working
+            if hours > limit:
+                self._flag(
+                    batch,
+                    "padded_hours",
+                    sheet.key,
+                    sorted(seqs),
+                    f"{show(hours)} hours declared against {show(limit)} possible"
+                    f" ({working} working days × {policy.flags.hours_per_working_day} h)",
+                )
+
+    def _bulk_flags(
+        self, agency: str, period: str, results: list[dict[str, Any]], policy: Policy, batch: _Batch
+    ) -> None:
+        f = policy.flags
+        _first, last = policy.period_bounds(period)
+        window: list[str] = []
+        day = last
+        while len(window) < f.bulk_approval_window_days and day >= _first:
+            if policy.calendar.is_working_day(day):
+                window.append(day.isoformat())
+            day = day.fromordinal(day.toordinal() - 1)
+        if not window:
+            return
+        docs = self._docs_where(
+            "approvals",
+            batch,
+            lambda p: p.period == period and p.view == "approvals",
+            period=period,
+        )
+        for akey, doc in docs.items():
+            seqs = [s for d in window for s in doc["days"].get(d, [])]
+            if len(seqs) >= f.bulk_approval_count:
+                self._flag(
+                    batch,
+                    "bulk_approval",
+                    f"{doc['approver']}/{period}",
+                    sorted(seqs),
+                    f"{doc['approver']} made {len(seqs)} approvals in the last"
+                    f" {f.bulk_approval_window_days} working days of {period}"
+                    f" (flags.bulk_approval_count = {f.bulk_approval_count})",
+                )
+
+
+# -- the views as pure functions ------------------------------------------------------------
+
+
+def unit_view(
+    agency: str, period: str, results: list[dict[str, Any]], policy: Policy, as_of: int
+) -> dict[str, Any]:
+    """Distribution by grade and the quota: who keeps the rationed grade, who is moved to
+    ``demote_to``, per group of the quota's ``per`` keys, ordered by its tie-break."""
+    final = {r["employee"]: r["grade"] for r in results}
+    checks = []
+    q = policy.quota
+    if q is not None:
+        groups: dict[tuple[str, ...], list[dict[str, Any]]] = {}
+        for r in results:
+            key = tuple(
+                {
+                    "agency": r["agency"],
+                    "unit": r["unit"],
+                    "task_group": r["task_group"],
+                    "position": r["position"],
+                }[k]
+                for k in q.per
+            )
+            groups.setdefault(key, []).append(r)
+        for key, members in sorted(groups.items()):
+            population = [r for r in members if r["grade"] in q.of_grades]
+            holders = [r for r in members if r["grade"] == q.grade]
+            allowed = q.allowed(len(population))
+            ranked = sorted(holders, key=_tie_key(q.tie_break))
+            kept, moved = ranked[:allowed], ranked[allowed:]
+            for r in moved:
+                final[r["employee"]] = q.demote_to
+            checks.append(
+                {
+                    "group": dict(zip(q.per, key, strict=True)),
+                    "population": len(population),
+                    "allowed": allowed,
+                    "holders": len(holders),
+                    "kept": [r["employee"] for r in kept],
+                    "moved_to_" + q.demote_to: [r["employee"] for r in moved],
+                    "rule": f"quota: {q.grade} ≤ {q.max_ratio} × {sorted(q.of_grades)} ({q.rounding})",
+                }
+            )
+    distribution = {g.code: 0 for g in policy.grades}
+    for grade in final.values():
+        distribution[grade] = distribution.get(grade, 0) + 1
+    totals = [Fraction(r["total"]) for r in results]
+    return {
+        "agency": agency,
+        "period": period,
+        "policy": f"{policy.id}@{policy.version}",
+        "as_of": as_of,
+        "count": len(results),
+        "mean": exact(sum(totals, Fraction(0)) / len(totals)),
+        "distribution": distribution,
+        "quota": checks,
+        "results": [
+            {
+                "employee": r["employee"],
+                "total": r["total"],
+                "points_grade": r["points_grade"],
+                "grade": final[r["employee"]],
+                "policy": r["policy"],
+                "catalogue": r["catalogue"],
+            }
+            for r in results
+        ],
+    }
+
+
+def _tie_key(tie_break: Iterable[Any]) -> Callable[[dict[str, Any]], tuple[Any, ...]]:
+    rules = list(tie_break)
+
+    def key(r: dict[str, Any]) -> tuple[Any, ...]:
+        out: list[Any] = []
+        for rule in rules:
+            if rule.key == "employee_id":
+                value: Any = r["employee"]
+                out.append(value if rule.order == "asc" else _Desc(value))
+            else:
+                number = Fraction(r[rule.key])
+                out.append(number if rule.order == "asc" else -number)
+        return tuple(out)
+
+    return key
+
+
+class _Desc:
+    def __init__(self, value: str) -> None:
+        self.value = value
+
+    def __lt__(self, other: _Desc) -> bool:
+        return self.value > other.value
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, _Desc) and self.value == other.value
+
+    def __hash__(self) -> int:
+        return hash(self.value)
+
+
+def snapshot_document(
+    agency: str, period: str, results: list[dict[str, Any]], close_seq: int
+) -> dict[str, Any]:
+    """What a close publishes: every employee's exact total and final grade (after the quota)
+    with the policy and catalogue versions, as the log stood before the close."""
+    return {
+        "format": 1,
+        "agency": agency,
+        "period": period,
+        "before": close_seq,
+        "results": [
+            {k: r[k] for k in ("employee", "total", "points_grade", "grade", "policy", "catalogue")}
+            for r in sorted(results, key=lambda r: r["employee"])
+        ],
+    }
+
+
+def _excluded(person: Any, period: str, policy: Policy) -> list[int]:
+    """Leave facts that exclude ``period`` from the year: leave of an excluded kind covering
+    at least half of the period's working days."""
+    first, last = policy.period_bounds(period)
+    days = [
+        first.fromordinal(n)
+        for n in range(first.toordinal(), last.toordinal() + 1)
+        if policy.calendar.is_working_day(first.fromordinal(n))
+    ]
+    out = []
+    for leave in person.leaves:
+        if leave.kind not in policy.year.excluded_leave:
+            continue
+        covered = sum(1 for d in days if leave.start <= d <= leave.end)
+        if days and 2 * covered >= len(days):
+            out.append(leave.seq)
+    return out
+
+
+def _mean_of(
+    months: list[dict[str, Any]], person: Any, policy: Policy
+) -> tuple[list[dict[str, Any]], list[dict[str, Any]], Fraction | None]:
+    counted, excluded = [], []
+    for m in months:
+        leave = _excluded(person, m["period"], policy)
+        (excluded if leave else counted).append(
+            {"period": m["period"], "total": m["total"], "agency": m["agency"], "leave": leave}
+        )
+    if not counted:
+        return counted, excluded, None
+    return (
+        counted,
+        excluded,
+        sum((Fraction(m["total"]) for m in counted), Fraction(0)) / len(counted),
+    )
+
+
+def year_view(
+    employee: str,
+    year: str,
+    months: list[dict[str, Any]],
+    person: Any,
+    policy: Policy,
+    registry: Registry,
+) -> dict[str, Any]:
+    """The year: the mean of the months worked (leave months left out), graded, then the
+    overrides of the year (discipline with scope "year", conclusions); months from every
+    agency the employee worked in (a transfer brings its signed monthly results along)."""
+    counted, excluded, mean = _mean_of(months, person, policy)
+    first = period_first_day(f"{year}-01")
+    bounds = (first, first.replace(month=12, day=31))
+    points = policy.grade_of(mean).code if mean is not None else None
+    forced = []
+    o = policy.overrides
+    if o.discipline is not None and o.discipline.scope == "year":
+        forced.extend(discipline_overrides(policy, person.disciplines.values(), bounds))
+    for c in person.conclusions:
+        if (
+            bounds[0] <= c.decided_on <= bounds[1]
+            and o.conduct is not None
+            and c.kind in o.conduct.kinds
+        ):
+            forced.append((o.conduct.grade, c.seq, f"conclusion of {c.kind} on {c.decided_on}"))
+    grade = points
+    if points is not None and forced:
+        grade = lowest(policy, [points] + [g for g, _, _ in forced])
+    agency = months[-1]["agency"]
+    last_period = policy.period_of(bounds[1])
+    close = registry.closes.get((agency, last_period))
+    return {
+        "employee": employee,
+        "year": year,
+        "period": year,
+        "agency": agency,
+        "agencies": sorted({m["agency"] for m in months}),
+        "policy": f"{policy.id}@{policy.version}",
+        "months": counted,
+        "excluded": excluded,
+        "mean": exact(mean) if mean is not None else None,
+        "shown": show(mean) if mean is not None else None,
+        "points_grade": points,
+        "grade": grade,
+        "overrides": [{"grade": g, "seq": s, "why": w} for g, s, w in forced],
+        "final": close is not None,
+        "final_seq": close.seq if close is not None else None,
+        "final_at": close.at.isoformat().replace("+00:00", "Z") if close is not None else None,
+    }
+
+
+def quarter_views(
+    employee: str, months: list[dict[str, Any]], person: Any, policy: Policy
+) -> dict[str, dict[str, Any]]:
+    """Quarters of a monthly policy: the mean of the quarter's months worked."""
+    if policy.period != "month":
+        return {}
+    quarters: dict[str, list[dict[str, Any]]] = {}
+    for m in months:
+        y, mm = m["period"].split("-")
+        quarters.setdefault(f"{y}-Q{(int(mm) - 1) // 3 + 1}", []).append(m)
+    out = {}
+    for quarter, members in quarters.items():
+        counted, excluded, mean = _mean_of(members, person, policy)
+        out[quarter] = {
+            "employee": employee,
+            "period": quarter,
+            "months": counted,
+            "excluded": excluded,
+            "mean": exact(mean) if mean is not None else None,
+            "points_grade": policy.grade_of(mean).code if mean is not None else None,
+        }
+    return out

@@ -1,0 +1,214 @@
+"""As-of and what-if: a score recomputed from the log itself, never from the read models.
+
+``Replay(view).score(employee, period, as_of=, policy=)`` reads the streams that hold the
+facts of that employee's period — their employee and conduct streams, their assessment
+stream, the work items and ratings the stream index lists for the period, the units above
+them, the policies published for those units, the agency's catalogue and closes — keeping
+only entries at or before ``as_of`` (a log position; default the head), folds them with the
+same code as the projection runner and scores them with ``projections.score.compute``.
+``policy`` scores the same facts under another version of the policy line (or any parsed
+policy document) without writing anything: "under the rule in force then" against "under the
+rule you claim". ``diff`` (``projections/score.py``) explains the difference of two results.
+
+The stream index is append-only and keyed by the fact that opened each stream (a
+``work.assigned`` or ``survey.rated`` names its employee and period, and is never edited);
+entries past the index's own position are found by reading the tail of the log.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime as dt
+from domain.policy import Policy
+from domain.signed import stream_id
+from projections.facts import Fact, decode, parse_instant
+from projections.registry import (
+    POSTING_TYPES,
+    REFERENCE_TYPES,
+    PolicyVersion,
+    Registry,
+    period_first_day,
+    rules_for,
+)
+from projections.score import Result, Rules, compute
+from projections.sheet import SHEET_TYPES, Sheet, subject_key, subject_of
+from projections.store import APP_NAME, _ViewSQL
+
+
+class ReplayError(LookupError):
+    """The question cannot be answered from the log (unknown employee, no policy, bad
+    position or time, unknown policy version)."""
+
+
+def _sid(kind: str, key: str) -> str:
+    return str(stream_id(kind, key))
+
+
+class Replay:
+    def __init__(self, view: _ViewSQL) -> None:
+        self.view = view
+
+    # -- positions ---------------------------------------------------------------------------
+
+    def position(self, as_of: int | str | dt.datetime | None = None) -> int:
+        """A log position from a position, an RFC 3339 time (the last entry recorded at or
+        before it) or None (the head)."""
+        head, _ = self.view.head()
+        if as_of is None:
+            return head
+        if isinstance(as_of, int):
+            if as_of < 0 or as_of > head:
+                raise ReplayError(f"position {as_of} is not in the log (0 … {head})")
+            return as_of
+        when = parse_instant(as_of) if isinstance(as_of, str) else as_of
+        low, high, found = 0, head, -1
+        while low <= high:  # recorded_at never decreases along the log
+            mid = (low + high) // 2
+            text = self.view.recorded_at(mid)
+            if text is not None and parse_instant(text) <= when:
+                found, low = mid, mid + 1
+            else:
+                high = mid - 1
+        if found < 0:
+            raise ReplayError(f"nothing was recorded at or before {as_of}")
+        return found
+
+    # -- reading -----------------------------------------------------------------------------
+
+    def _indexed(self, subjects: list[str], upto: int) -> list[str]:
+        streams = self.view.streams_of(subjects, upto)
+        tracked = self.view.max_tracking_id(APP_NAME) or 0  # type: ignore[attr-defined]
+        indexed_to = self.view.seq_for_notification(tracked) if tracked else -1
+        after = tracked
+        while indexed_to < upto:  # the index lags: read the tail of the log for new streams
+            page = self.view.log_page(after, 5000)
+            for row in page:
+                if row.seq > upto:
+                    return streams
+                fact = decode(row.seq, row.stream, row.state)
+                if fact.type in ("work.assigned", "survey.rated"):
+                    named = subject_of(fact)
+                    if named is not None and subject_key(*named) in subjects:
+                        streams.append(row.stream)
+                elif fact.type in POSTING_TYPES:
+                    if "unit:" + fact.data["unit"] in subjects:
+                        streams.append(row.stream)
+            if len(page) < 5000:
+                break
+            after, indexed_to = page[-1].notification_id, page[-1].seq
+        return streams
+
+    def registry(self, employee: str, period: str, upto: int) -> tuple[Registry, list[Fact]]:
+        """The reference facts one score needs (registry) and the sheet's facts."""
+        registry = Registry()
+        subject = subject_key(employee, period)
+        streams = [
+            _sid("employee", employee),
+            _sid("conduct", employee),
+            _sid("assessment", f"{employee}/{period}"),
+            *self._indexed([subject], upto),
+        ]
+        facts = self.view.stream_facts(streams, upto)
+        sheet_facts = [f for f in facts if f.type in SHEET_TYPES]
+        for f in facts:
+            if f.type in REFERENCE_TYPES:
+                registry.apply(f)
+        posting = registry.posting(employee, period_first_day(period))
+        if posting is None:
+            return registry, sheet_facts
+        self._organisation(registry, [posting.unit], upto)
+        agency = registry.agency_of(posting.unit)
+        more = [
+            *(_sid("policies", unit) for unit in registry.chain(posting.unit)),
+            _sid("catalogue", agency),
+            _sid("periods", agency),
+            _sid("position", posting.position),
+        ]
+        for f in self.view.stream_facts(more, upto):
+            registry.apply(f)
+        return registry, sheet_facts
+
+    def _organisation(self, registry: Registry, units: list[str], upto: int) -> None:
+        """Fold the units and their ancestors, one level per query."""
+        todo = [u for u in units if u not in registry.parents]
+        while todo:
+            for f in self.view.stream_facts([_sid("unit", u) for u in todo], upto):
+                registry.apply(f)
+            todo = [
+                p
+                for u in todo
+                if (p := registry.parents.get(u)) is not None and p not in registry.parents
+            ]
+
+    # -- scores ------------------------------------------------------------------------------
+
+    def score(
+        self,
+        employee: str,
+        period: str,
+        *,
+        as_of: int | str | dt.datetime | None = None,
+        policy: int | Policy | None = None,
+        _depth: int = 0,
+    ) -> Result:
+        """The score of ``employee``'s ``period`` from the log as of ``as_of``, under the policy
+        in force then, another version of that policy line (``policy`` = its version number)
+        or a given ``Policy``."""
+        upto = self.position(as_of)
+        registry, sheet_facts = self.registry(employee, period, upto)
+        if employee not in registry.people:
+            raise ReplayError(f"no employee {employee!r} in the log up to position {upto}")
+        rules = rules_for(registry, employee, period)
+        if rules is None:
+            raise ReplayError(
+                f"{employee!r} had no posting or no policy in force on the first day of {period}"
+            )
+        if policy is not None:
+            rules = dataclasses.replace(rules, policy=self._other_policy(registry, rules, policy))
+        if rules.leader and rules.policy.policy.leader_unit is not None and _depth < 4:
+            staff = [e for e in self._members(registry, rules.unit, period, upto) if e != employee]
+            grades = []
+            for other in staff:
+                try:
+                    grades.append(
+                        (other, self.score(other, period, as_of=upto, _depth=_depth + 1).grade)
+                    )
+                except ReplayError:
+                    continue
+            rules = dataclasses.replace(rules, subordinates=tuple(grades))
+        sheet = Sheet(employee, period)
+        items: dict[str, str] = {}
+        for fact in sheet_facts:
+            if fact.type == "work.assigned":
+                items[fact.stream] = fact.data["item"]
+            sheet.apply(fact, items.get(fact.stream))
+        return compute(sheet, rules)
+
+    def _members(self, registry: Registry, unit: str, period: str, upto: int) -> list[str]:
+        streams = self._indexed([f"unit:{unit}"], upto)
+        members = Registry()
+        for f in self.view.stream_facts(streams, upto):
+            members.apply(f)
+        members.parents, members.kinds = registry.parents, registry.kinds
+        self._organisation(
+            members, sorted({p.unit for x in members.people.values() for p in x.postings}), upto
+        )
+        registry.parents.update(members.parents)
+        return members.members(unit, period_first_day(period))
+
+    def _other_policy(
+        self, registry: Registry, rules: Rules, policy: int | Policy
+    ) -> PolicyVersion:
+        if isinstance(policy, Policy):
+            return PolicyVersion(policy, rules.policy.scope, -1)
+        line = rules.policy.policy.id
+        upto = self.view.head()[0]
+        scopes = list(registry.policies)
+        wider = Registry()
+        for f in self.view.stream_facts([_sid("policies", s) for s in scopes], upto):
+            wider.apply(f)
+        for version in wider.policy_versions(line):
+            if version.policy.version == policy:
+                return version
+        known = sorted(v.policy.version for v in wider.policy_versions(line))
+        raise ReplayError(f"policy {line} has no version {policy} (published: {known})")
