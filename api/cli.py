@@ -9,6 +9,7 @@ fact is refused or verification finds a problem, 2 on bad usage or input.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import math
 import os
@@ -16,20 +17,25 @@ import secrets
 import sys
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
-from typing import TextIO
+from typing import Any, TextIO
 
 from eventsourcing.persistence import PersistenceError
 
 from api.progress import ProgressBar
 from domain.errors import AlreadyInitialised, Refusal
+from domain.policy import PolicyError
 from domain.service import Appended, LedgerService, TimeWindow
 from ledger.checkpoints import Checkpointer, EmptyLogError, InconsistentLogError
-from ledger.config import ConfigError, database_url, parse_database
+from ledger.config import ConfigError, Database, database_url, parse_database
 from ledger.export import export_bundle
 from ledger.home import LedgerHome, home_path
 from ledger.online import DatabaseSource
+from projections import runners as projection_runners
+from projections.engine import VIEWS, snapshot_document, snapshot_hash
+from projections.replay import Replay, ReplayError
+from projections.score import Result, diff, exact, show
 from signing.bundle import BundleError, ExportSource
-from signing.canonical import loads_strict
+from signing.canonical import loads_strict, parse_time
 from signing.checkpoint import verify_checkpoint
 from signing.errors import IntegrityError, NoteError, ProofError
 from signing.facts import make_payload, sign_fact, sign_payload
@@ -385,6 +391,142 @@ def cmd_verify_receipt(args: argparse.Namespace) -> int:
     return 0
 
 
+def _caught_up_view(database: Database) -> Any:
+    """The evaluation views, brought up to the head of the log first unless a running
+    service's runner holds the writer lock (then they are as current as it keeps them)."""
+    with contextlib.suppress(projection_runners.RunnerBusy):
+        projection_runners.catch_up(database)
+    return projection_runners.open_view(database)
+
+
+def _as_of(text: str | None) -> int | str | None:
+    if text is None:
+        return None
+    if text.isdigit():
+        return int(text)
+    try:
+        parse_time(text, field="--as-of")
+    except ValueError as exc:
+        raise UsageError(f"--as-of takes a log position or an RFC 3339 UTC time: {exc}") from None
+    return text
+
+
+def _print_result(result: Result, *, trace: bool) -> None:
+    print(
+        f"{result.employee} {result.period} as of log position {result.as_of}:"
+        f" policy {result.policy} (published at {result.policy_seq}),"
+        f" catalogue v{result.catalogue} (at {result.catalogue_seq})"
+    )
+    print(
+        f"  Q {show(result.Q)}%  C {show(result.C)}%  P {show(result.P)}%"
+        f"  E {show(result.E)}%  S {show(result.S)}%"
+    )
+    print(
+        f"  task {show(result.task)} + general {show(result.general)} = {show(result.total)}"
+        f" -> {result.grade}"
+        + (f" (points: {result.points_grade})" if result.grade != result.points_grade else "")
+        + f"  [exact total {exact(result.total)}]"
+    )
+    for why in result.overrides:
+        print(f"  override: {why}")
+    if trace:
+        for line in result.trace:
+            where = f"{line.seq:>8}" if line.seq is not None else " " * 8
+            rule = f"  [{line.rule}]" if line.rule else ""
+            print(f"  {where}  {line.fact or '-':<32} {line.subject:<14} {line.effect}{rule}")
+
+
+def cmd_score(args: argparse.Namespace) -> int:
+    database = parse_database(database_url(args.db))
+    view = _caught_up_view(database)
+    try:
+        replay = Replay(view)
+        try:
+            result = replay.score(
+                args.employee, args.period, as_of=_as_of(args.as_of), policy=args.policy
+            )
+            other = None
+            if args.diff_as_of is not None or args.diff_policy is not None:
+                other = replay.score(
+                    args.employee,
+                    args.period,
+                    as_of=_as_of(args.diff_as_of)
+                    if args.diff_as_of is not None
+                    else _as_of(args.as_of),
+                    policy=args.diff_policy if args.diff_policy is not None else args.policy,
+                )
+        except (ReplayError, PolicyError) as exc:
+            raise UsageError(str(exc)) from None
+        if args.json:
+            doc: dict[str, Any] = result.to_doc()
+            if other is not None:
+                doc = {"result": doc, "other": other.to_doc(), "diff": diff(result, other).to_doc()}
+            print(json.dumps(doc, ensure_ascii=False, indent=2))
+            return 0
+        _print_result(result, trace=args.trace)
+        if other is not None:
+            print()
+            _print_result(other, trace=args.trace)
+            d = diff(result, other)
+            print("\ndifference:")
+            for what, before, after in d.changes:
+                print(f"  {what}: {before} -> {after}")
+            for line in d.only_before:
+                print(f"  only in the first:  {line.seq} {line.fact} {line.subject}: {line.effect}")
+            for line in d.only_after:
+                print(f"  only in the second: {line.seq} {line.fact} {line.subject}: {line.effect}")
+        return 0
+    finally:
+        projection_runners.close_view(view)
+
+
+def cmd_rebuild(args: argparse.Namespace) -> int:
+    database = parse_database(database_url(args.db))
+    service = LedgerService(database)
+    total = service.sealed.log_size()
+    service.close()
+    bar = ProgressBar(f"rebuild {args.name}", enabled=True if args.progress else None)
+    try:
+        done = projection_runners.rebuild(database, progress=lambda n: bar(n, total))
+    except projection_runners.RunnerBusy as exc:
+        raise UsageError(f"{exc}: stop the running service first") from None
+    finally:
+        bar.close()
+    print(f"rebuilt {args.name} from {done} entries")
+    return 0
+
+
+def cmd_snapshot(args: argparse.Namespace) -> int:
+    database = parse_database(database_url(args.db))
+    view = _caught_up_view(database)
+    try:
+        doc = view.doc("unit", f"{args.agency}/{args.period}")
+        if doc is None:
+            raise UsageError(f"no scores for agency {args.agency!r} in {args.period}")
+        head, _ = view.head()
+        published = snapshot_document(args.agency, args.period, doc["results"], head + 1)
+        if args.json:
+            print(json.dumps(published, ensure_ascii=False, indent=2))
+        print(snapshot_hash(published))
+        return 0
+    finally:
+        projection_runners.close_view(view)
+
+
+def cmd_show(args: argparse.Namespace) -> int:
+    database = parse_database(database_url(args.db))
+    view = _caught_up_view(database)
+    try:
+        docs = view.find(args.view, employee=args.employee, agency=args.agency, period=args.period)
+        if args.open:
+            docs = [d for d in docs if d.get("open")]
+        for doc in docs:
+            print(json.dumps(doc, ensure_ascii=False, sort_keys=True))
+        return 0
+    finally:
+        projection_runners.close_view(view)
+
+
 def cmd_demo(args: argparse.Namespace) -> int:
     """Seed a realistic signed history (api/demo.py)."""
     from api.demo import DemoError, DemoOptions, DemoRefused, print_summary, run_demo
@@ -531,7 +673,49 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--workers", type=int, default=None, help="signing processes (default auto)")
     p.add_argument("--progress", action="store_true", help="show progress even when piped")
     p.set_defaults(func=cmd_demo)
+
+    _add_projection_commands(sub, common)
     return parser
+
+
+def _add_projection_commands(sub: Any, common: argparse.ArgumentParser) -> None:
+    p = sub.add_parser(
+        "score",
+        parents=[common],
+        help="an employee's score for a period, replayed from the log",
+    )
+    p.add_argument("employee")
+    p.add_argument("period", help="2026-03 (month) or 2026-Q1 (quarter)")
+    p.add_argument("--as-of", help="a log position or an RFC 3339 UTC time (default: now)")
+    p.add_argument("--policy", type=_count, help="another version of the policy line (what-if)")
+    p.add_argument("--trace", action="store_true", help="every fact that moved the score")
+    p.add_argument("--diff-as-of", help="compare with the score as of this position or time")
+    p.add_argument("--diff-policy", type=_count, help="compare with this policy version")
+    p.add_argument("--json", action="store_true", help="print the result as JSON")
+    p.set_defaults(func=cmd_score)
+
+    p = sub.add_parser("rebuild", parents=[common], help="rebuild a projection from zero")
+    p.add_argument("name", choices=projection_runners.PROJECTIONS)
+    p.add_argument("--progress", action="store_true", help="always show the progress bar")
+    p.set_defaults(func=cmd_rebuild)
+
+    p = sub.add_parser(
+        "snapshot", parents=[common], help="the hash a period.closed must carry, as of now"
+    )
+    p.add_argument("agency")
+    p.add_argument("period")
+    p.add_argument("--json", action="store_true", help="also print the snapshot document")
+    p.set_defaults(func=cmd_snapshot)
+
+    p = sub.add_parser("show", parents=[common], help="print a read model's documents (JSON lines)")
+    p.add_argument("view", choices=VIEWS)
+    p.add_argument("--employee")
+    p.add_argument("--agency")
+    p.add_argument("--period", help="a period, a quarter or a year, as the view keys it")
+    p.add_argument(
+        "--open", action="store_true", help="only open items (appeals, HR decisions due)"
+    )
+    p.set_defaults(func=cmd_show)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

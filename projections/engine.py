@@ -52,6 +52,8 @@ from projections.score import Result, compute, discipline_overrides, exact, lowe
 from projections.sheet import SHEET_TYPES, Sheet, subject_key, subject_of
 from projections.store import APP_NAME, LogRow, Put, _ViewSQL
 
+#: the read models ``kpi-ledger show`` prints
+VIEWS = ("score", "quarter", "year", "unit", "snapshot", "appeal", "hr_due", "flag")
 REF = "ref"  # the stream-index subject of reference streams
 BATCH = 2000
 SHEET_CACHE = 4096
@@ -422,7 +424,7 @@ class Evaluations:
                     "agency": agency,
                     "period": period,
                     "close_seq": recorded.seq,
-                    "closed_at": recorded.at.isoformat(),
+                    "closed_at": recorded.at.isoformat().replace("+00:00", "Z"),
                     "closed_by": recorded.by,
                     "recorded": recorded.snapshot,
                     "computed": computed,
@@ -518,7 +520,8 @@ class Evaluations:
                     "due": due.isoformat(),
                     "open": not acted,
                     "acted_on_by": acted,
-                    "rule": f"hr_decision: {rule.consecutive_failing_years} consecutive years {rule.failing_grade}",
+                    "rule": f"hr_decision: {rule.consecutive_failing_years} consecutive"
+                    f" years {rule.failing_grade}",
                 },
                 employee,
                 None,
@@ -549,7 +552,7 @@ class Evaluations:
                     "appeal": appeal_id,
                     "contested": list(appeal.contested),
                     "filed_seq": appeal.filed_seq,
-                    "filed_at": appeal.filed_at.isoformat(),
+                    "filed_at": appeal.filed_at.isoformat().replace("+00:00", "Z"),
                     "reviewer": appeal.reviewer,
                     "status": appeal.status,
                     "outcome": appeal.outcome,
@@ -559,7 +562,7 @@ class Evaluations:
                     "open": appeal.status in ("filed", "assigned"),
                 },
                 appellant,
-                posting and self.registry.agency_of(posting.unit),
+                self.registry.agency_of(posting.unit) if posting is not None else None,
                 None,
             )
         )
@@ -615,7 +618,7 @@ class Evaluations:
         )
         days = dict(doc["days"])
         day = fact.at.date().isoformat()
-        days[day] = days.get(day, []) + [fact.seq]
+        days[day] = [*days.get(day, []), fact.seq]
         doc = dict(doc, days=days)
         batch.put(Put("approvals", akey, doc, fact.actor, None, period))
         sheet = self._sheets.get(key)
@@ -684,7 +687,7 @@ class Evaluations:
             lambda p: p.period == period and p.view == "approvals",
             period=period,
         )
-        for akey, doc in docs.items():
+        for _akey, doc in docs.items():
             seqs = [s for d in window for s in doc["days"].get(d, [])]
             if len(seqs) >= f.bulk_approval_count:
                 self._flag(
@@ -738,7 +741,8 @@ def unit_view(
                     "holders": len(holders),
                     "kept": [r["employee"] for r in kept],
                     "moved_to_" + q.demote_to: [r["employee"] for r in moved],
-                    "rule": f"quota: {q.grade} ≤ {q.max_ratio} × {sorted(q.of_grades)} ({q.rounding})",
+                    "rule": f"quota: {q.grade} ≤ {q.max_ratio} × {sorted(q.of_grades)}"
+                    f" ({q.rounding})",
                 }
             )
     distribution = {g.code: 0 for g in policy.grades}
@@ -838,7 +842,8 @@ def _excluded(person: Any, period: str, policy: Policy) -> list[int]:
 def _mean_of(
     months: list[dict[str, Any]], person: Any, policy: Policy
 ) -> tuple[list[dict[str, Any]], list[dict[str, Any]], Fraction | None]:
-    counted, excluded = [], []
+    counted: list[dict[str, Any]] = []
+    excluded: list[dict[str, Any]] = []
     for m in months:
         leave = _excluded(person, m["period"], policy)
         (excluded if leave else counted).append(

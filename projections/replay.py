@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import dataclasses
 import datetime as dt
+
 from domain.policy import Policy
 from domain.signed import stream_id
 from projections.facts import Fact, decode, parse_instant
@@ -90,9 +91,8 @@ class Replay:
                     named = subject_of(fact)
                     if named is not None and subject_key(*named) in subjects:
                         streams.append(row.stream)
-                elif fact.type in POSTING_TYPES:
-                    if "unit:" + fact.data["unit"] in subjects:
-                        streams.append(row.stream)
+                elif fact.type in POSTING_TYPES and "unit:" + fact.data["unit"] in subjects:
+                    streams.append(row.stream)
             if len(page) < 5000:
                 break
             after, indexed_to = page[-1].notification_id, page[-1].seq

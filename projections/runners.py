@@ -25,7 +25,7 @@ import fcntl
 import os
 import threading
 from collections.abc import Callable
-from typing import Any
+from typing import Any, ClassVar
 
 from eventsourcing.application import Application
 from eventsourcing.persistence import InfrastructureFactory, Tracking
@@ -195,7 +195,10 @@ class LogReader(Application[Any]):
     mapper, nothing written."""
 
     name = APP_NAME
-    env = {"MAPPER_TOPIC": "ledger.mapper:EnvelopeMapper", "IS_SNAPSHOTTING_ENABLED": "no"}
+    env: ClassVar[dict[str, str]] = {
+        "MAPPER_TOPIC": "ledger.mapper:EnvelopeMapper",
+        "IS_SNAPSHOTTING_ENABLED": "no",
+    }
 
 
 class EvaluationProjection(Projection[PostgresEvaluationView]):

@@ -378,7 +378,8 @@ def _item(
         n = 0
         for f in acts:
             if f.nonce in overturned:
-                effect = f"{what} overturned by appeal {overturned[f.nonce].data['appeal']}: no deduction"
+                appeal = overturned[f.nonce].data["appeal"]
+                effect = f"{what} overturned by appeal {appeal}: no deduction"
             elif waiver in d.exemption_waives and f.nonce in exempted:
                 effect = (
                     f"{what} exempted by appeal {exempted[f.nonce].data['appeal']}: no deduction"
@@ -411,27 +412,28 @@ def _item(
         progress = weight * max(ZERO, 1 - n_delay * Fraction(d.delay))
         hours = declaration.data.get("hours") if declaration is not None else None
         standard = entry.hours if entry is not None else None
-        if hours is not None and standard is not None and n_fail == 0:
-            if Fraction(Decimal(hours)) < quantity * Fraction(standard):
-                early = True
-                bonus = Fraction(policy.early_finish_bonus)
-                if bonus:
-                    quality += weight * bonus
-                lines.append(
-                    Line(
-                        declaration.seq,
-                        declaration.type,
-                        item,
-                        f"finished in {hours} h of {show(quantity * Fraction(standard))} standard"
-                        f" hours: early (E)"
-                        + (
-                            f", quality +{policy.early_finish_bonus} × {show(weight)}"
-                            if bonus
-                            else ""
-                        ),
-                        f"task.early_finish_bonus = {policy.early_finish_bonus}",
-                    )
+        if (
+            declaration is not None
+            and hours is not None
+            and standard is not None
+            and n_fail == 0
+            and Fraction(Decimal(hours)) < quantity * Fraction(standard)
+        ):
+            early = True
+            bonus = Fraction(policy.early_finish_bonus)
+            if bonus:
+                quality += weight * bonus
+            lines.append(
+                Line(
+                    declaration.seq,
+                    declaration.type,
+                    item,
+                    f"finished in {hours} h of {show(quantity * Fraction(standard))} standard"
+                    f" hours: early (E)"
+                    + (f", quality +{policy.early_finish_bonus} × {show(weight)}" if bonus else ""),
+                    f"task.early_finish_bonus = {policy.early_finish_bonus}",
                 )
+            )
     group = entry.group if entry is not None else ""
     return _Item(code, weight, counts, quality, progress, early, group), lines
 
@@ -488,14 +490,19 @@ def _general(facts: Sequence[Fact], policy: Policy) -> tuple[Fraction, Fraction,
         criterion = proposal.data["criterion"]
         delta = Fraction(Decimal(proposal.data["delta"]))
         rule = f"adjustments.max_abs = {policy.adjustment_max_abs}"
-        what = f"adjustment {f.data['adjustment']} ({'+' if delta >= 0 else ''}{show(delta)} on {criterion}, proposed at {proposal.seq} by {proposal.actor}, approved by {f.actor})"
+        sign = "+" if delta >= 0 else ""
+        what = (
+            f"adjustment {f.data['adjustment']} ({sign}{show(delta)} on {criterion},"
+            f" proposed at {proposal.seq} by {proposal.actor}, approved by {f.actor})"
+        )
         if f.nonce in overturned:
             lines.append(
                 Line(
                     f.seq,
                     f.type,
                     criterion,
-                    f"{what}: overturned by appeal {overturned[f.nonce].data['appeal']}, does not count",
+                    f"{what}: overturned by appeal {overturned[f.nonce].data['appeal']},"
+                    " does not count",
                     rule,
                 )
             )
@@ -725,6 +732,10 @@ class Difference:
         }
 
 
+def _text(value: object) -> str:
+    return show(value, 4) if isinstance(value, Fraction) else str(value)
+
+
 def diff(before: Result, after: Result) -> Difference:
     """The components that differ, and the trace lines (facts with their effect and rule)
     found in one result but not the other: the facts and rules that explain the change."""
@@ -745,8 +756,7 @@ def diff(before: Result, after: Result) -> Difference:
     ):
         a, b = getattr(before, name), getattr(after, name)
         if a != b:
-            text = lambda v: show(v, 4) if isinstance(v, Fraction) else str(v)
-            changes.append((name, text(a), text(b)))
+            changes.append((name, _text(a), _text(b)))
     kept = set(before.trace) & set(after.trace)
     return Difference(
         tuple(changes),
