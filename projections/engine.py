@@ -55,7 +55,7 @@ from projections.store import APP_NAME, LogRow, Put, _ViewSQL
 #: the read models ``kpi-ledger show`` prints
 VIEWS = ("score", "quarter", "year", "unit", "snapshot", "appeal", "hr_due", "flag")
 REF = "ref"  # the stream-index subject of reference streams
-BATCH = 2000
+BATCH = 10000
 SHEET_CACHE = 4096
 
 
@@ -69,6 +69,8 @@ def snapshot_hash(doc: dict[str, Any]) -> str:
 @dataclass
 class _Batch:
     puts: dict[tuple[str, str], Put] = field(default_factory=dict)
+    by_view: dict[str, dict[str, Put]] = field(default_factory=dict)
+    evidence: dict[str, dict[str, Any]] = field(default_factory=dict)  # known first claims
     streams: list[tuple[str, str, int]] = field(default_factory=list)
     dirty: dict[str, None] = field(default_factory=dict)  # subject keys, insertion ordered
     units: dict[tuple[str, str], None] = field(default_factory=dict)
@@ -77,6 +79,7 @@ class _Batch:
 
     def put(self, p: Put) -> None:
         self.puts[(p.view, p.key)] = p
+        self.by_view.setdefault(p.view, {})[p.key] = p
 
 
 class Evaluations:
@@ -109,6 +112,10 @@ class Evaluations:
         self._head = rows[-1].seq
         facts = [decode(r.seq, r.stream, r.state) for r in rows]
         self._subjects_of_streams(facts)
+        hashes = sorted(
+            {h for f in facts if f.type == "work.declared" for h in f.data.get("evidence", ())}
+        )
+        batch.evidence = self.view.docs("evidence", hashes) if hashes else {}
         for fact in facts:
             if fact.type in REFERENCE_TYPES:
                 self._reference(fact, batch)
@@ -353,8 +360,8 @@ class Evaluations:
         self, view: str, batch: _Batch, match: Callable[[Put], bool], **where: str
     ) -> dict[str, dict[str, Any]]:
         found = {self._key_of(view, d): d for d in self.view.find(view, **where)}  # type: ignore[arg-type]
-        for (v, key), put in batch.puts.items():
-            if v == view and match(put):
+        for key, put in batch.by_view.get(view, {}).items():
+            if match(put):
                 found[key] = put.doc
         return found
 
@@ -588,10 +595,9 @@ class Evaluations:
         hashes = list(fact.data.get("evidence", ()))
         if not hashes:
             return
-        known = self.view.docs("evidence", [h for h in hashes if ("evidence", h) not in batch.puts])
         for h in hashes:
             put = batch.puts.get(("evidence", h))
-            first = put.doc if put is not None else known.get(h)
+            first = put.doc if put is not None else batch.evidence.get(h)
             if first is None:
                 batch.put(Put("evidence", h, {"employee": employee, "seq": fact.seq}, employee))
             elif first["employee"] != employee:

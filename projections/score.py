@@ -22,6 +22,7 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from decimal import Decimal
 from fractions import Fraction
+from functools import lru_cache
 from typing import Any
 
 from domain.policy import Policy
@@ -35,7 +36,11 @@ HUNDRED = Fraction(100)
 
 def show(value: Fraction | Decimal | int, places: int = 2) -> str:
     """A number as shown to people: ``places`` decimals, half away from zero (display only)."""
-    exact = Fraction(value)
+    return _show(Fraction(value), places)
+
+
+@lru_cache(maxsize=8192)
+def _show(exact: Fraction, places: int) -> str:
     scaled = abs(exact) * 10**places
     whole = scaled.numerator // scaled.denominator
     if scaled - whole >= Fraction(1, 2):
