@@ -251,8 +251,11 @@ class Evaluations:
         elif t.startswith("appeal."):
             appellant = d.get("appellant", fact.actor)
             batch.appeals[(appellant, d["appeal"])] = None
-        elif t == "hr.decision_proposed":
-            for key in self._keys_where("year", employee=d["employee"]):
+        elif t.startswith("hr."):
+            decision = self.registry.hr_decisions.get(d.get("decision") or d["target"]["decision"])
+            if decision is None:
+                return
+            for key in self._keys_where("year", employee=decision.employee):
                 batch.years[tuple(key.split("/"))] = None  # type: ignore[index]
 
     def _keys_where(self, view: str, **where: str) -> list[str]:
@@ -623,16 +626,17 @@ class Evaluations:
             )
         )
         days = dict(doc["days"])
-        day = fact.at.date().isoformat()
+        sheet = self._sheets.get(key)
+        rules = rules_for(self.registry, *key.split("/", 1)) if sheet is not None else None
+        local = rules.policy.policy.calendar.local_date(fact.at) if rules is not None else None
+        day = (local or fact.at.date()).isoformat()
         days[day] = [*days.get(day, []), fact.seq]
         doc = dict(doc, days=days)
         batch.put(Put("approvals", akey, doc, fact.actor, None, period))
-        sheet = self._sheets.get(key)
         if sheet is None:
             return
         item = fact.data["item"]
         declared = [r for r in sheet.items.get(item, []) if r[1] == "work.declared"]
-        rules = rules_for(self.registry, sheet.employee, sheet.period)
         if declared and rules is not None:
             gap = (fact.at - parse_instant(declared[-1][3])).total_seconds()
             limit = rules.policy.policy.flags.fast_approval_seconds
