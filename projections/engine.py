@@ -396,7 +396,8 @@ class Evaluations:
                 break
         if chosen is None:
             return
-        doc = unit_view(agency, period, results, chosen.policy, self._head)
+        as_of = max(int(r["as_of"]) for r in results)
+        doc = unit_view(agency, period, results, chosen.policy, as_of)
         batch.put(Put("unit", f"{agency}/{period}", doc, None, agency, period))
         self._bulk_flags(agency, period, results, chosen.policy, batch)
 

@@ -594,8 +594,22 @@ def compute(sheet: Sheet, rules: Rules) -> Result:
     """Score ``sheet`` under ``rules``."""
     policy = rules.policy.policy
     bounds = policy.period_bounds(sheet.period)
-    lines: list[Line] = []
     catalogue = rules.catalogue
+    lines: list[Line] = [
+        Line(
+            rules.policy.seq,
+            "policy.published",
+            "rules",
+            f"policy {policy.id}@{policy.version} in force for {rules.unit or 'the unit'} on"
+            f" {bounds[0]}"
+            + (
+                f"; {rules.agency} catalogue v{catalogue.version} (published at {catalogue.seq})"
+                if catalogue is not None
+                else "; no catalogue in force"
+            ),
+            "a period is scored under the policy and catalogue in force on its first day",
+        )
+    ]
     assigned = done = quality = progress = early = ZERO
     groups: dict[str, Fraction] = {}
     ordered = sorted(sheet.items.items(), key=lambda kv: kv[1][0][0])
