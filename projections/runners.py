@@ -266,6 +266,7 @@ class SubscriptionRunner:
             view_class=PostgresEvaluationView,
             env=env,
         )
+        self.runner.__enter__()  # starts the subscription
         self.projection: EvaluationProjection = self.runner.projection  # type: ignore[assignment]
         self.interval = interval
         self.error: BaseException | None = None
@@ -303,8 +304,7 @@ class SubscriptionRunner:
     def stop(self) -> None:
         self._stop.set()
         self._thread.join()
-        self.runner.stop()
-        self.runner.__exit__(None, None, None)
+        self.runner.__exit__(None, None, None)  # stops it and joins its threads
         self.lock.release()
         if self.error is not None:
             raise self.error
