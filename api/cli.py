@@ -13,6 +13,7 @@ import contextlib
 import json
 import math
 import os
+import re
 import secrets
 import sys
 from collections.abc import Callable, Iterator, Sequence
@@ -24,6 +25,7 @@ from eventsourcing.persistence import PersistenceError
 from api.progress import ProgressBar
 from domain.errors import AlreadyInitialised, Refusal
 from domain.policy import PolicyError
+from domain.schemas import PERIOD_PATTERN
 from domain.service import Appended, LedgerService, TimeWindow
 from ledger.checkpoints import Checkpointer, EmptyLogError, InconsistentLogError
 from ledger.config import ConfigError, Database, database_url, parse_database
@@ -31,7 +33,7 @@ from ledger.export import export_bundle
 from ledger.home import LedgerHome, home_path
 from ledger.online import DatabaseSource
 from projections import runners as projection_runners
-from projections.engine import VIEWS, snapshot_document, snapshot_hash
+from projections.engine import VIEWS, next_close_snapshot, snapshot_hash
 from projections.replay import Replay, ReplayError
 from projections.score import Result, diff, exact, show
 from signing.bundle import BundleError, ExportSource
@@ -391,6 +393,22 @@ def cmd_verify_receipt(args: argparse.Namespace) -> int:
     return 0
 
 
+def _ledger_database(args: argparse.Namespace) -> Database:
+    """The database of an existing ledger: a SQLite file that does not exist is refused
+    rather than created empty."""
+    database = parse_database(database_url(args.db))
+    path = database.env.get("SQLITE_DBNAME")
+    if path is not None and not Path(path).is_file():
+        raise UsageError(f"no ledger at {path}: run 'kpi-ledger init' or pass --db")
+    return database
+
+
+def _period(text: str) -> str:
+    if not re.fullmatch(PERIOD_PATTERN, text):
+        raise argparse.ArgumentTypeError(f"{text!r} is not a period: write 2026-03 or 2026-Q1")
+    return text
+
+
 def _caught_up_view(database: Database) -> Any:
     """The evaluation views, brought up to the head of the log first unless a running
     service's runner holds the writer lock (then they are as current as it keeps them)."""
@@ -437,8 +455,7 @@ def _print_result(result: Result, *, trace: bool) -> None:
 
 
 def cmd_score(args: argparse.Namespace) -> int:
-    database = parse_database(database_url(args.db))
-    view = _caught_up_view(database)
+    view = _caught_up_view(_ledger_database(args))
     try:
         replay = Replay(view)
         try:
@@ -481,10 +498,10 @@ def cmd_score(args: argparse.Namespace) -> int:
 
 
 def cmd_rebuild(args: argparse.Namespace) -> int:
-    database = parse_database(database_url(args.db))
-    service = LedgerService(database)
-    total = service.sealed.log_size()
-    service.close()
+    database = _ledger_database(args)
+    view = projection_runners.open_view(database)
+    total = view.head()[0] + 1
+    projection_runners.close_view(view)
     bar = ProgressBar(f"rebuild {args.name}", enabled=True if args.progress else None)
     try:
         done = projection_runners.rebuild(database, progress=lambda n: bar(n, total))
@@ -497,14 +514,11 @@ def cmd_rebuild(args: argparse.Namespace) -> int:
 
 
 def cmd_snapshot(args: argparse.Namespace) -> int:
-    database = parse_database(database_url(args.db))
-    view = _caught_up_view(database)
+    view = _caught_up_view(_ledger_database(args))
     try:
-        doc = view.doc("unit", f"{args.agency}/{args.period}")
-        if doc is None:
+        if view.doc("unit", f"{args.agency}/{args.period}") is None:
             raise UsageError(f"no scores for agency {args.agency!r} in {args.period}")
-        head, _ = view.head()
-        published = snapshot_document(args.agency, args.period, doc["results"], head + 1)
+        published = next_close_snapshot(view, args.agency, args.period)
         if args.json:
             print(json.dumps(published, ensure_ascii=False, indent=2))
         print(snapshot_hash(published))
@@ -514,8 +528,7 @@ def cmd_snapshot(args: argparse.Namespace) -> int:
 
 
 def cmd_show(args: argparse.Namespace) -> int:
-    database = parse_database(database_url(args.db))
-    view = _caught_up_view(database)
+    view = _caught_up_view(_ledger_database(args))
     try:
         docs = view.find(args.view, employee=args.employee, agency=args.agency, period=args.period)
         if args.open:
@@ -685,12 +698,12 @@ def _add_projection_commands(sub: Any, common: argparse.ArgumentParser) -> None:
         help="an employee's score for a period, replayed from the log",
     )
     p.add_argument("employee")
-    p.add_argument("period", help="2026-03 (month) or 2026-Q1 (quarter)")
+    p.add_argument("period", type=_period, help="2026-03 (month) or 2026-Q1 (quarter)")
     p.add_argument("--as-of", help="a log position or an RFC 3339 UTC time (default: now)")
-    p.add_argument("--policy", type=_count, help="another version of the policy line (what-if)")
+    p.add_argument("--policy", type=_count(1), help="another version of the policy line (what-if)")
     p.add_argument("--trace", action="store_true", help="every fact that moved the score")
     p.add_argument("--diff-as-of", help="compare with the score as of this position or time")
-    p.add_argument("--diff-policy", type=_count, help="compare with this policy version")
+    p.add_argument("--diff-policy", type=_count(1), help="compare with this policy version")
     p.add_argument("--json", action="store_true", help="print the result as JSON")
     p.set_defaults(func=cmd_score)
 
@@ -703,7 +716,7 @@ def _add_projection_commands(sub: Any, common: argparse.ArgumentParser) -> None:
         "snapshot", parents=[common], help="the hash a period.closed must carry, as of now"
     )
     p.add_argument("agency")
-    p.add_argument("period")
+    p.add_argument("period", type=_period)
     p.add_argument("--json", action="store_true", help="also print the snapshot document")
     p.set_defaults(func=cmd_snapshot)
 

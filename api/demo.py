@@ -73,13 +73,10 @@ about 3 % of approved items; spot checks by the inspector on about 1.5 %; a self
 and the supervisor's assessment of the five general criteria; a satisfaction rating for
 one-stop staff; a few adjustments (proposed by one HR officer, approved — or now and then
 declined — by the other). The month is closed for each agency on the 2nd of the next month.
-Its ``snapshot`` is SHA-256 of the canonical JSON (RFC 8785) of the demo's own tally of the
-month for that agency: ``{"agency", "period", "policy": [id, version], "employees": [...]}``
-with, per employee posted there (sorted by code): items assigned, declared, approved,
-rejected (still standing), quality failures, delays, exemptions and spot checks, the standard
-amount assigned and approved (products, or hours under an hours-based policy), the
-supervisor's marks, the approved adjustments and the survey score. It stands in for the
-published result until the projections define theirs.
+Its ``snapshot`` is the hash of the result the projections publish at that moment
+(``projections.engine.next_close_snapshot``, ``docs/scoring.md``): the demo signs each close
+only once everything before it is in the log, so ``kpi-ledger show snapshot`` finds every
+recorded hash equal to the recomputed one.
 
 **After each close**: appeals filed within the policy's five days against standing
 rejections, delays, quality failures and approved negative adjustments, assigned by HR to the
@@ -128,7 +125,9 @@ from domain.service import MAX_BATCH, Appended, LedgerService, TimeWindow
 from ledger.checkpoints import Checkpointer
 from ledger.config import Database
 from ledger.home import LEDGER_PRINCIPAL, LedgerHome
-from signing.canonical import canonical_json, format_time
+from projections.engine import Evaluations, next_close_snapshot, snapshot_hash
+from projections.runners import close_view, open_view
+from signing.canonical import format_time
 from signing.facts import sign_fact
 from signing.keyring import KEY_REGISTERED, key_registration_data
 from signing.keys import SigningKey, write_key_pair
@@ -471,42 +470,15 @@ class Spec:
 
 @dataclass
 class Tally:
-    """One employee's month, as the demo generated it (the close's snapshot covers it)."""
+    """What the demo remembers of one employee's month while generating it: the agency,
+    the supervisor's marks (adjustments stay within them), the survey score and the acts
+    an appeal may contest."""
 
     agency: str
-    assigned: int = 0
-    declared: int = 0
-    approved: int = 0
-    rejected: int = 0
-    quality_failures: int = 0
-    delays: int = 0
-    exemptions: int = 0
-    spot_checks: int = 0
-    amount_assigned: Decimal = Decimal(0)
-    amount_approved: Decimal = Decimal(0)
     marks: dict[str, Decimal] = field(default_factory=dict)
-    adjustments: list[tuple[str, str, Decimal]] = field(default_factory=list)  # id, crit, delta
     survey: str | None = None
     # contestable acts: (tag, type) of standing rejections, unexempted delays, failures
     contestable: list[tuple[Hashable, str]] = field(default_factory=list)
-
-    def summary(self, code: str) -> dict[str, Any]:
-        return {
-            "employee": code,
-            "assigned": self.assigned,
-            "declared": self.declared,
-            "approved": self.approved,
-            "rejected": self.rejected,
-            "quality_failures": self.quality_failures,
-            "delays": self.delays,
-            "exemptions": self.exemptions,
-            "spot_checks": self.spot_checks,
-            "amount_assigned": format_decimal(self.amount_assigned),
-            "amount_approved": format_decimal(self.amount_approved),
-            "marks": {k: format_decimal(v) for k, v in sorted(self.marks.items())},
-            "adjustments": [[a, c, format_decimal(d)] for a, c, d in self.adjustments],
-            "survey": self.survey,
-        }
 
 
 @dataclass(frozen=True)
@@ -986,9 +958,6 @@ class History:
                 },
             )
         ]
-        standard = Decimal(item.hours if agency.hours else item.products) * Decimal(quantity)
-        tally.assigned += 1
-        tally.amount_assigned += standard
         if force is None and rng.random() < 0.08:
             return specs  # not done this month
         late = force == "late" or (force is None and rng.random() < (0.07 if system else 0.12))
@@ -1011,7 +980,6 @@ class History:
             if Decimal(hours) <= 0:
                 hours = "0.5"
         specs.append(self.declaration(declared_at, declarer, code, done_at, hours))
-        tally.declared += 1
         if late:
             days = (wd[done_day] - wd[d]).days
             reason = DELAY_REASONS[1] if system else rng.choice(DELAY_REASONS[::2])
@@ -1026,9 +994,7 @@ class History:
                     delay_tag,
                 )
             )
-            tally.delays += 1
             if force is None and rng.random() < 0.25 and done_day < last:
-                tally.exemptions += 1
                 specs.append(
                     self.spec(
                         at(wd[done_day + 1], 10, rng.randint(0, 59)),
@@ -1070,16 +1036,12 @@ class History:
                 specs.append(
                     self.declaration(redone_at, declarer, code, done_again, hours, again=True)
                 )
-                tally.declared += 1
                 verdict_day = min(redo + 1, last)
                 verdict_at = self._after(redone_at, wd[verdict_day])
             else:
-                tally.rejected += 1
                 tally.contestable.append((reject_tag, "work.rejected"))
                 return specs
         specs.append(self.spec(verdict_at, supervisor, "work.approved", {"item": code}))
-        tally.approved += 1
-        tally.amount_approved += standard
         cursor = verdict_at
         if rng.random() < 0.03:
             check_day = min(verdict_day + rng.randint(1, 2), last)
@@ -1099,7 +1061,6 @@ class History:
                     fail_tag,
                 )
             )
-            tally.quality_failures += 1
             tally.contestable.append((fail_tag, "work.quality_failed"))
         if rng.random() < 0.015:
             check_day = min(verdict_day + rng.randint(1, 3), last)
@@ -1120,7 +1081,6 @@ class History:
                     },
                 )
             )
-            tally.spot_checks += 1
         return specs
 
     def declaration(
@@ -1220,7 +1180,6 @@ class History:
             if rng.random() < 0.85:
                 tag = ("adjustment", adjustment)
                 specs.append(self.spec(when, approver, "score.adjustment_approved", data, tag))
-                tally.adjustments.append((adjustment, criterion, delta))
                 if delta < 0:
                     tally.contestable.append((tag, "score.adjustment_approved"))
             else:
@@ -1235,19 +1194,6 @@ class History:
         return specs
 
     # -- closes and appeals -----------------------------------------------------------------
-    def snapshot(self, agency: str, period: str, policy: Policy, tallies: dict[str, Tally]) -> str:
-        summary = {
-            "agency": agency,
-            "period": period,
-            "policy": [policy.id, policy.version],
-            "employees": [
-                tallies[code].summary(code)
-                for code in sorted(tallies)
-                if tallies[code].agency == agency
-            ],
-        }
-        return hashlib.sha256(canonical_json(summary)).hexdigest()
-
     def working_from(self, month: Month, day: int) -> list[dt.date]:
         """Working days of ``month`` from its ``day``-th on (at least its last three)."""
         found = [d for d in month.working if d.day >= day]
@@ -1262,7 +1208,6 @@ class History:
         specs: list[Spec] = []
         close_day = now.first.replace(day=2)
         for k, agency in enumerate(self.agencies):
-            policy = self.policies["khanh-hoa" if agency.hours else "default"]
             specs.append(
                 self.spec(
                     at(close_day, 16, 5 * k),
@@ -1271,7 +1216,7 @@ class History:
                     {
                         "agency": agency.code,
                         "period": period,
-                        "snapshot": self.snapshot(agency.code, period, policy, tallies),
+                        "snapshot": "",  # filled in by the Submitter, from the projections
                     },
                 )
             )
@@ -1558,9 +1503,13 @@ def _worker_init(seed: int) -> None:
 
 
 def _sign_chunk(chunk: Sequence[Row]) -> list[bytes]:
+    return _sign_rows(_WORKER_SEED, chunk)
+
+
+def _sign_rows(seed: int, rows: Sequence[Row]) -> list[bytes]:
     return [
-        sign_fact(demo_key(_WORKER_SEED, actor), fact_type, data, time=when, nonce=nonce).to_bytes()
-        for actor, fact_type, data, when, nonce in chunk
+        sign_fact(demo_key(seed, actor), fact_type, data, time=when, nonce=nonce).to_bytes()
+        for actor, fact_type, data, when, nonce in rows
     ]
 
 
@@ -1594,6 +1543,7 @@ class Submitter:
         self.counts: Counter[str] = Counter()
         self.progress = progress
         self.expected = expected  # facts, for the progress bar
+        self.evaluations: Evaluations | None = None  # the projection the closes' snapshots use
         self.pool = (
             multiprocessing.get_context("spawn").Pool(workers, _worker_init, (seed,))
             if workers
@@ -1606,14 +1556,46 @@ class Submitter:
         if self.pool is not None:
             self.pool.close()
             self.pool.join()
+        self._close_views()
 
     def terminate(self) -> None:
         if self.pool is not None:
             self.pool.terminate()
             self.pool.join()
+        self._close_views()
+
+    def _close_views(self) -> None:
+        if self.evaluations is not None:
+            close_view(self.evaluations.view)
+            self.evaluations = None
 
     def run(self, specs: list[Spec]) -> dict[Hashable, int]:
+        """Sign and submit ``specs`` in time order. A ``period.closed`` is signed here, once
+        everything before it is in the log: its ``snapshot`` is the hash of the result the
+        projections compute then (``projections.engine.next_close_snapshot``)."""
         specs.sort(key=lambda s: (s.time, s.order))
+        positions: dict[Hashable, int] = {}
+        segment: list[Spec] = []
+        for spec in specs:
+            if spec.type != "period.closed":
+                segment.append(spec)
+                continue
+            self._submit(segment, positions)
+            segment = []
+            spec.data["snapshot"] = self._snapshot(spec.data["agency"], spec.data["period"])
+            self._submit([spec], positions, here=True)
+        self._submit(segment, positions)
+        return positions
+
+    def _snapshot(self, agency: str, period: str) -> str:
+        if self.evaluations is None:
+            self.evaluations = Evaluations(open_view(self.service.database))
+        self.evaluations.catch_up()
+        return snapshot_hash(next_close_snapshot(self.evaluations.view, agency, period))
+
+    def _submit(
+        self, specs: list[Spec], positions: dict[Hashable, int], *, here: bool = False
+    ) -> None:
         chunks = [specs[i : i + MAX_BATCH] for i in range(0, len(specs), MAX_BATCH)]
         work = []
         for chunk in chunks:
@@ -1623,10 +1605,11 @@ class Submitter:
                 nonce = demo_nonce(self.seed, self.counter)
                 rows.append((spec.actor, spec.type, spec.data, spec.time, nonce))
             work.append(rows)
-        signed: Iterator[list[bytes]] = (
-            self.pool.imap(_sign_chunk, work) if self.pool is not None else map(_sign_chunk, work)
-        )
-        positions: dict[Hashable, int] = {}
+        signed: Iterator[list[bytes]]
+        if here or self.pool is None:
+            signed = (_sign_rows(self.seed, rows) for rows in work)
+        else:
+            signed = self.pool.imap(_sign_chunk, work)
         for chunk, envelopes in zip(chunks, signed, strict=True):
             self.clock.now = chunk[-1].time
             outcomes = self.service.submit_many(envelopes)
@@ -1641,7 +1624,6 @@ class Submitter:
                 if spec.tag is not None:
                     positions[spec.tag] = outcome.seq
             self.progress(self.counts.total(), self.expected)
-        return positions
 
     def _count(self, spec: Spec, outcome: Appended) -> None:
         self.counts[spec.type] += 1

@@ -15,7 +15,8 @@ Views (``kpi_view_docs.view``), each a JSON document:
 | view | key | what |
 |---|---|---|
 | ``sheet`` | ``employee/period`` | the period's facts (for incremental scoring) |
-| ``score`` | ``employee/period`` | the ``Result`` with its trace |
+| ``score`` | ``employee/period`` | the ``Result``: components, total, grades |
+| ``trace`` | ``employee/period`` | its trace: one line per fact, then the arithmetic |
 | ``quarter`` | ``employee/YYYY-Qn`` | mean of the quarter's month totals (months worked) |
 | ``year`` | ``employee/YYYY`` | mean of months worked, leave months excluded, overrides |
 | ``unit`` | ``agency/period`` | distribution by grade, the quota check, final grades |
@@ -24,11 +25,12 @@ Views (``kpi_view_docs.view``), each a JSON document:
 | ``hr_due`` | ``employee/YYYY`` | consecutive failing years: a person must act before ``due`` |
 | ``flag`` | ``kind/subject/seq`` | an anti-gaming signal with the facts that raised it |
 | ``evidence`` | sha-256 | the first claim of a piece of evidence |
-| ``approvals`` | ``approver/period`` | approvals per day (bulk approval flag) |
+| ``approvals`` | ``approver/agency/period`` | approvals per local day (bulk approval flag) |
 """
 
 from __future__ import annotations
 
+import datetime as dt
 import hashlib
 import json
 from collections import OrderedDict
@@ -40,20 +42,20 @@ from typing import Any
 from eventsourcing.persistence import Tracking
 
 from domain.policy import Policy
+from domain.schemas import period_start
 from projections.facts import Fact, decode, parse_day, parse_instant
 from projections.registry import (
     POSTING_TYPES,
     REFERENCE_TYPES,
     Registry,
-    period_first_day,
     rules_for,
 )
-from projections.score import Result, compute, discipline_overrides, exact, lowest, show
+from projections.score import Result, Rules, compute, discipline_overrides, exact, lowest, show
 from projections.sheet import SHEET_TYPES, Sheet, subject_key, subject_of
 from projections.store import APP_NAME, LogRow, Put, _ViewSQL
 
 #: the read models ``kpi-ledger show`` prints
-VIEWS = ("score", "quarter", "year", "unit", "snapshot", "appeal", "hr_due", "flag")
+VIEWS = ("score", "trace", "quarter", "year", "unit", "snapshot", "appeal", "hr_due", "flag")
 REF = "ref"  # the stream-index subject of reference streams
 BATCH = 10000
 SHEET_CACHE = 4096
@@ -71,6 +73,7 @@ class _Batch:
     puts: dict[tuple[str, str], Put] = field(default_factory=dict)
     by_view: dict[str, dict[str, Put]] = field(default_factory=dict)
     evidence: dict[str, dict[str, Any]] = field(default_factory=dict)  # known first claims
+    rules: dict[str, Rules | None] = field(default_factory=dict)  # by subject, until a ref fact
     streams: list[tuple[str, str, int]] = field(default_factory=list)
     dirty: dict[str, None] = field(default_factory=dict)  # subject keys, insertion ordered
     units: dict[tuple[str, str], None] = field(default_factory=dict)
@@ -89,16 +92,11 @@ class Evaluations:
 
     def __init__(self, view: _ViewSQL, *, sheet_cache: int = SHEET_CACHE) -> None:
         self.view = view
-        self.registry = Registry()
-        self.position = view.max_tracking_id(APP_NAME) or 0  # type: ignore[attr-defined]
-        self.seq = view.seq_for_notification(self.position) if self.position else -1
         self._sheets: OrderedDict[str, Sheet] = OrderedDict()
         self._sheet_cache = sheet_cache
         self._stream_subjects: OrderedDict[str, str] = OrderedDict()
-        self._head = self.seq
-        if self.seq >= 0:
-            for fact in view.stream_facts(view.streams_of([REF]), self.seq):
-                self.registry.apply(fact)
+        self._staff: dict[Any, tuple[dict[str, list[str]], dict[str, list[str]]]] = {}
+        self._reload()
 
     # -- the fold ----------------------------------------------------------------------------
 
@@ -108,8 +106,26 @@ class Evaluations:
         rows = [r for r in rows if r.notification_id > self.position]
         if not rows:
             return 0
+        try:
+            self._process(rows)
+        except BaseException:
+            self._reload()  # memory may be ahead of what was committed: start again from it
+            raise
+        return len(rows)
+
+    def _reload(self) -> None:
+        """Memory as of the committed position: the registry re-read, caches emptied."""
+        self.position = self.view.max_tracking_id(APP_NAME) or 0  # type: ignore[attr-defined]
+        self.seq = self.view.seq_for_notification(self.position) if self.position else -1
+        self.registry = Registry()
+        self._sheets.clear()
+        self._stream_subjects.clear()
+        if self.seq >= 0:
+            for fact in self.view.stream_facts(self.view.streams_of([REF]), self.seq):
+                self.registry.apply(fact)
+
+    def _process(self, rows: Sequence[LogRow]) -> None:
         batch = _Batch()
-        self._head = rows[-1].seq
         facts = [decode(r.seq, r.stream, r.state) for r in rows]
         self._subjects_of_streams(facts)
         hashes = sorted(
@@ -127,7 +143,6 @@ class Evaluations:
             batch.puts.values(), batch.streams, Tracking(APP_NAME, last.notification_id)
         )
         self.position, self.seq = last.notification_id, last.seq
-        return len(rows)
 
     def catch_up(
         self, *, limit: int | None = None, progress: Callable[[int], object] | None = None
@@ -169,7 +184,8 @@ class Evaluations:
     def _sheet(self, key: str, batch: _Batch) -> Sheet:
         sheet = self._sheets.get(key)
         if sheet is None:
-            doc = self.view.doc("sheet", key)
+            put = batch.by_view.get("sheet", {}).get(key)  # written earlier in this batch
+            doc = put.doc if put is not None else self.view.doc("sheet", key)
             employee, period = key.split("/", 1)
             sheet = Sheet.from_doc(doc) if doc is not None else Sheet(employee, period)
             self._sheets[key] = sheet
@@ -213,15 +229,22 @@ class Evaluations:
                 f" (at {close.seq})",
             )
 
+    def _rules(self, key: str, batch: _Batch) -> Rules | None:
+        """``rules_for`` the subject, once per batch (reference facts clear the cache)."""
+        if key not in batch.rules:
+            batch.rules[key] = rules_for(self.registry, *key.split("/", 1))
+        return batch.rules[key]
+
     def _close_of(self, key: str) -> Any:
         employee, period = key.split("/", 1)
-        posting = self.registry.posting(employee, period_first_day(period))
+        posting = self.registry.posting(employee, period_start(period))
         if posting is None:
             return None
         return self.registry.closes.get((self.registry.agency_of(posting.unit), period))
 
     def _reference(self, fact: Fact, batch: _Batch) -> None:
         batch.streams.append((REF, fact.stream, fact.seq))
+        batch.rules.clear()
         if fact.type in POSTING_TYPES:
             unit = fact.data["unit"]
             self.registry.apply(fact)
@@ -239,11 +262,12 @@ class Evaluations:
         ):
             self._touch_employee(d["employee"], batch)
         elif t in ("policy.published", "catalogue.published"):
-            self._touch_all(batch)
+            effective = d["document"]["effective_from"] if "document" in d else d["effective_from"]
+            self._touch_from(parse_day(effective), batch)
         elif t == "period.closed":
             self._settle(batch)  # the snapshot is of the result before the close
             self._snapshot(d["agency"], d["period"], batch, fact)
-            for key in self._keys_where("score", agency=d["agency"], period=d["period"]):
+            for key in self.view.keys("score", agency=d["agency"], period=d["period"]):
                 batch.years[(key.split("/")[0], d["period"][:4])] = None
         elif t == "period.ruling_applied":
             target = d["target"]
@@ -255,25 +279,23 @@ class Evaluations:
             decision = self.registry.hr_decisions.get(d.get("decision") or d["target"]["decision"])
             if decision is None:
                 return
-            for key in self._keys_where("year", employee=decision.employee):
-                batch.years[tuple(key.split("/"))] = None  # type: ignore[index]
-
-    def _keys_where(self, view: str, **where: str) -> list[str]:
-        docs = self.view.find(view, **where)  # type: ignore[arg-type]
-        return [f"{d['employee']}/{d['period']}" if "period" in d else d["key"] for d in docs]
+            for key in self.view.keys("year", employee=decision.employee):
+                batch.years[(decision.employee, key.split("/")[1])] = None
 
     def _touch_employee(self, employee: str, batch: _Batch, since: str | None = None) -> None:
-        keys = set(self._keys_where("score", employee=employee))
+        keys = set(self.view.keys("score", employee=employee))
         keys.update(k for k in self._sheets if k.startswith(employee + "/"))
         for key in sorted(keys):
             period = key.split("/", 1)[1]
-            if since is None or period_first_day(period) >= parse_day(since).replace(day=1):
+            if since is None or period_start(period) >= parse_day(since).replace(day=1):
                 batch.dirty[key] = None
             batch.years[(employee, period[:4])] = None
 
-    def _touch_all(self, batch: _Batch) -> None:
+    def _touch_from(self, day: Any, batch: _Batch) -> None:
+        """Periods starting on or after ``day`` (a publication never changes an earlier one)."""
         for key in self.view.keys("score"):
-            batch.dirty[key] = None
+            if period_start(key.split("/", 1)[1]) >= day:
+                batch.dirty[key] = None
 
     # -- scoring and the views that follow ---------------------------------------------------
 
@@ -285,13 +307,17 @@ class Evaluations:
         changed: list[Result] = []
         keys = list(batch.dirty)
         batch.dirty.clear()
+        self._staff.clear()  # postings may have changed since the last settle
         leaders: dict[str, None] = {}
         for key in keys:
             result = self._score(key, batch)
             if result is not None:
                 changed.append(result)
-                for leader in self._leaders_over(result):
-                    leaders[subject_key(leader, result.period)] = None
+                led = self._staff_on(period_start(result.period))[1]
+                for unit in self.registry.chain(result.unit):
+                    for leader in led.get(unit, ()):
+                        if leader != result.employee:
+                            leaders[subject_key(leader, result.period)] = None
         for key in leaders:
             if key not in keys:
                 result = self._score(key, batch)
@@ -316,39 +342,49 @@ class Evaluations:
     def _score(self, key: str, batch: _Batch) -> Result | None:
         sheet = self._sheet(key, batch)
         batch.put(Put("sheet", key, sheet.to_doc(), sheet.employee, None, sheet.period))
-        rules = rules_for(self.registry, sheet.employee, sheet.period)
+        rules = self._rules(key, batch)
         if rules is None:
             return None
         if rules.leader and rules.policy.policy.leader_unit is not None:
-            staff = [
-                e
-                for e in self.registry.members(rules.unit, period_first_day(sheet.period))
-                if e != sheet.employee
-            ]
+            members = self._staff_on(period_start(sheet.period))[0].get(rules.unit, [])
+            staff = [e for e in members if e != sheet.employee]
             found = self._scores([subject_key(e, sheet.period) for e in staff], batch)
             rules = replace(
                 rules,
                 subordinates=tuple((d["employee"], d["grade"]) for d in found.values()),
             )
         result = compute(sheet, rules)
-        self._sheet_flags(sheet, result, rules.policy.policy, batch)
-        batch.put(Put("score", key, result.to_doc(), result.employee, result.agency, result.period))
+        self._sheet_flags(sheet, rules.policy.policy, batch)
+        where = (result.employee, result.agency, result.period)
+        batch.put(Put("score", key, result.to_doc(trace=False), *where))
+        trace = [line.to_doc() for line in result.trace]
+        batch.put(
+            Put(
+                "trace",
+                key,
+                {"employee": key.split("/")[0], "period": result.period, "trace": trace},
+                *where,
+            )
+        )
         return result
 
-    def _leaders_over(self, result: Result) -> list[str]:
-        day = period_first_day(result.period)
-        out = []
-        for code, person in self.registry.people.items():
-            if code == result.employee:
-                continue
-            posting = person.posting_on(day)
-            if (
-                posting is not None
-                and self.registry.is_leader(posting.position)
-                and posting.unit in self.registry.chain(result.unit)
-            ):
-                out.append(code)
-        return out
+    def _staff_on(self, day: Any) -> tuple[dict[str, list[str]], dict[str, list[str]]]:
+        """Who is posted on ``day`` under each unit (the unit and those below it), and who
+        holds a leader's position in each unit: one pass over the people per settle."""
+        found = self._staff.get(day)
+        if found is None:
+            members: dict[str, list[str]] = {}
+            leaders: dict[str, list[str]] = {}
+            for code in sorted(self.registry.people):
+                posting = self.registry.people[code].posting_on(day)
+                if posting is None:
+                    continue
+                for unit in self.registry.chain(posting.unit):
+                    members.setdefault(unit, []).append(code)
+                if self.registry.is_leader(posting.position):
+                    leaders.setdefault(posting.unit, []).append(code)
+            found = self._staff[day] = (members, leaders)
+        return found
 
     def _scores(self, keys: Sequence[str], batch: _Batch) -> dict[str, dict[str, Any]]:
         """Score documents, this batch's first."""
@@ -373,7 +409,7 @@ class Evaluations:
         if view == "unit":
             return f"{doc['agency']}/{doc['period']}"
         if view == "approvals":
-            return f"{doc['approver']}/{doc['period']}"
+            return f"{doc['approver']}/{doc['agency']}/{doc['period']}"
         return f"{doc['employee']}/{doc['period']}"
 
     def _unit(self, agency: str, period: str, batch: _Batch) -> None:
@@ -387,7 +423,7 @@ class Evaluations:
         results = [scores[k] for k in sorted(scores)]
         if not results:
             return
-        start = period_first_day(period)
+        start = period_start(period)
         chosen = None
         for doc in results:
             posting = self.registry.posting(doc["employee"], start)
@@ -399,7 +435,7 @@ class Evaluations:
         as_of = max(int(r["as_of"]) for r in results)
         doc = unit_view(agency, period, results, chosen.policy, as_of)
         batch.put(Put("unit", f"{agency}/{period}", doc, None, agency, period))
-        self._bulk_flags(agency, period, results, chosen.policy, batch)
+        self._bulk_flags(agency, period, chosen.policy, batch)
 
     def _snapshot(self, agency: str, period: str, batch: _Batch, close: Fact | None) -> None:
         unit = self._docs_where(
@@ -463,10 +499,10 @@ class Evaluations:
         if person is None:
             return
         last = months[-1]
-        posting = self.registry.posting(employee, period_first_day(last["period"]))
+        posting = self.registry.posting(employee, period_start(last["period"]))
         if posting is None:
             return
-        chosen = self.registry.policy_for(posting.unit, period_first_day(last["period"]))
+        chosen = self.registry.policy_for(posting.unit, period_start(last["period"]))
         if chosen is None:
             return
         doc = year_view(employee, year, months, person, chosen.policy, self.registry)
@@ -615,30 +651,22 @@ class Evaluations:
                 )
 
     def _approval(self, fact: Fact, key: str, batch: _Batch) -> None:
-        period = key.split("/", 1)[1]
-        akey = f"{fact.actor}/{period}"
-        put = batch.puts.get(("approvals", akey))
-        doc = (
-            dict(put.doc)
-            if put is not None
-            else (
-                self.view.doc("approvals", akey)
-                or {"approver": fact.actor, "period": period, "days": {}}
-            )
-        )
-        days = dict(doc["days"])
-        sheet = self._sheets.get(key)
-        rules = rules_for(self.registry, *key.split("/", 1)) if sheet is not None else None
-        local = rules.policy.policy.calendar.local_date(fact.at) if rules is not None else None
-        day = (local or fact.at.date()).isoformat()
-        days[day] = [*days.get(day, []), fact.seq]
-        doc = dict(doc, days=days)
-        batch.put(Put("approvals", akey, doc, fact.actor, None, period))
-        if sheet is None:
+        rules = self._rules(key, batch)
+        if rules is None:
             return
+        period = key.split("/", 1)[1]
+        akey = f"{fact.actor}/{rules.agency}/{period}"
+        put = batch.puts.get(("approvals", akey))
+        doc = put.doc if put is not None else self.view.doc("approvals", akey)
+        if doc is None:
+            doc = {"approver": fact.actor, "agency": rules.agency, "period": period, "days": {}}
+        day = rules.policy.policy.calendar.local_date(fact.at).isoformat()
+        days = {**doc["days"], day: [*doc["days"].get(day, []), fact.seq]}
+        batch.put(Put("approvals", akey, {**doc, "days": days}, fact.actor, rules.agency, period))
+        sheet = self._sheets[key]
         item = fact.data["item"]
         declared = [r for r in sheet.items.get(item, []) if r[1] == "work.declared"]
-        if declared and rules is not None:
+        if declared:
             gap = (fact.at - parse_instant(declared[-1][3])).total_seconds()
             limit = rules.policy.policy.flags.fast_approval_seconds
             if gap < limit:
@@ -651,8 +679,7 @@ class Evaluations:
                     f" (flags.fast_approval_seconds = {limit})",
                 )
 
-    def _sheet_flags(self, sheet: Sheet, result: Result, policy: Policy, batch: _Batch) -> None:
-        first, last = policy.period_bounds(sheet.period)
+    def _sheet_flags(self, sheet: Sheet, policy: Policy, batch: _Batch) -> None:
         hours = Fraction(0)
         seqs = []
         for rows in sheet.items.values():
@@ -663,11 +690,7 @@ class Evaluations:
                 hours += Fraction(declared[-1][5]["hours"])
                 seqs.append(declared[-1][0])
         if seqs:
-            working = sum(
-                1
-                for n in range((last - first).days + 1)
-                if policy.calendar.is_working_day(first.fromordinal(first.toordinal() + n))
-            )
+            working = len(working_days(policy, sheet.period))
             limit = Fraction(policy.flags.hours_per_working_day) * working
             if hours > limit:
                 self._flag(
@@ -679,37 +702,51 @@ class Evaluations:
                     f" ({working} working days × {policy.flags.hours_per_working_day} h)",
                 )
 
-    def _bulk_flags(
-        self, agency: str, period: str, results: list[dict[str, Any]], policy: Policy, batch: _Batch
-    ) -> None:
+    def _bulk_flags(self, agency: str, period: str, policy: Policy, batch: _Batch) -> None:
         f = policy.flags
-        _first, last = policy.period_bounds(period)
-        window: list[str] = []
-        day = last
-        while len(window) < f.bulk_approval_window_days and day >= _first:
-            if policy.calendar.is_working_day(day):
-                window.append(day.isoformat())
-            day = day.fromordinal(day.toordinal() - 1)
+        days = working_days(policy, period)
+        window = {d.isoformat() for d in days[len(days) - f.bulk_approval_window_days :]}
         if not window:
             return
         docs = self._docs_where(
             "approvals",
             batch,
-            lambda p: p.period == period and p.view == "approvals",
+            lambda p: p.agency == agency and p.period == period,
+            agency=agency,
             period=period,
         )
-        for _akey, doc in docs.items():
-            seqs = [s for d in window for s in doc["days"].get(d, [])]
+        for doc in docs.values():
+            seqs = sorted(s for d, found in doc["days"].items() if d in window for s in found)
             if len(seqs) >= f.bulk_approval_count:
                 self._flag(
                     batch,
                     "bulk_approval",
                     f"{doc['approver']}/{period}",
-                    sorted(seqs),
-                    f"{doc['approver']} made {len(seqs)} approvals in the last"
+                    seqs,
+                    f"{doc['approver']} made {len(seqs)} approvals in {agency} in the last"
                     f" {f.bulk_approval_window_days} working days of {period}"
                     f" (flags.bulk_approval_count = {f.bulk_approval_count})",
                 )
+
+
+_WORKING_DAYS: dict[tuple[str, int, str], list[dt.date]] = {}
+
+
+def working_days(policy: Policy, period: str) -> list[dt.date]:
+    """The working days of ``period`` in the policy's calendar (cached per policy version)."""
+    key = (policy.id, policy.version, period)
+    found = _WORKING_DAYS.get(key)
+    if found is None:
+        first, last = policy.period_bounds(period)
+        found = [
+            first.fromordinal(n)
+            for n in range(first.toordinal(), last.toordinal() + 1)
+            if policy.calendar.is_working_day(first.fromordinal(n))
+        ]
+        if len(_WORKING_DAYS) > 4096:
+            _WORKING_DAYS.clear()
+        _WORKING_DAYS[key] = found
+    return found
 
 
 # -- the views as pure functions ------------------------------------------------------------
@@ -831,15 +868,19 @@ def snapshot_document(
     }
 
 
+def next_close_snapshot(view: _ViewSQL, agency: str, period: str) -> dict[str, Any]:
+    """The snapshot document a ``period.closed`` appended next (at the position after the
+    head) must hash: the agency's unit view as the views stand (bring them up to the head
+    first)."""
+    unit = view.doc("unit", f"{agency}/{period}")
+    head, _ = view.head()
+    return snapshot_document(agency, period, unit["results"] if unit else [], head + 1)
+
+
 def _excluded(person: Any, period: str, policy: Policy) -> list[int]:
     """Leave facts that exclude ``period`` from the year: leave of an excluded kind covering
     at least half of the period's working days."""
-    first, last = policy.period_bounds(period)
-    days = [
-        first.fromordinal(n)
-        for n in range(first.toordinal(), last.toordinal() + 1)
-        if policy.calendar.is_working_day(first.fromordinal(n))
-    ]
+    days = working_days(policy, period)
     out = []
     for leave in person.leaves:
         if leave.kind not in policy.year.excluded_leave:
@@ -881,7 +922,7 @@ def year_view(
     overrides of the year (discipline with scope "year", conclusions); months from every
     agency the employee worked in (a transfer brings its signed monthly results along)."""
     counted, excluded, mean = _mean_of(months, person, policy)
-    first = period_first_day(f"{year}-01")
+    first = period_start(f"{year}-01")
     bounds = (first, first.replace(month=12, day=31))
     points = policy.grade_of(mean).code if mean is not None else None
     forced = []

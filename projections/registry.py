@@ -16,6 +16,7 @@ from decimal import Decimal
 from typing import Any
 
 from domain.policy import Policy, effective_policy, parse_policy
+from domain.schemas import period_start
 from projections.facts import Fact, parse_day
 
 #: the fact types the registry folds (everything else is work, assessment or a rating)
@@ -33,7 +34,6 @@ REFERENCE_TYPES = frozenset(
         "discipline.annulled",
         "conduct.concluded",
         "period.closed",
-        "period.late_entry_requested",
         "period.ruling_applied",
         "appeal.filed",
         "appeal.assigned",
@@ -171,7 +171,6 @@ class Registry:
         self.catalogues: dict[str, list[CatalogueVersion]] = {}
         self.closes: dict[tuple[str, str], Close] = {}
         self.set_aside: dict[tuple[str, str, str], int] = {}  # (agency, period, employee)
-        self.late_entries: dict[str, tuple[str, str, str]] = {}  # request -> agency, period, emp
         self.appeals: dict[tuple[str, str], Appeal] = {}  # (appellant, appeal)
         self.hr_decisions: dict[str, HrDecision] = {}
         self._chains: dict[str, tuple[str, ...]] = {}
@@ -263,10 +262,6 @@ class Registry:
         self.closes[(d["agency"], d["period"])] = Close(
             d["agency"], d["period"], fact.seq, fact.at, d["snapshot"], fact.actor
         )
-
-    def _late_entry(self, fact: Fact) -> None:
-        d = fact.data
-        self.late_entries[d["request"]] = (d["agency"], d["period"], d["employee"])
 
     def _period_ruling(self, fact: Fact) -> None:
         t = fact.data["target"]
@@ -410,7 +405,6 @@ _FOLD = {
     "discipline.annulled": Registry._annulment,
     "conduct.concluded": Registry._conclusion,
     "period.closed": Registry._close,
-    "period.late_entry_requested": Registry._late_entry,
     "period.ruling_applied": Registry._period_ruling,
     "appeal.filed": Registry._appeal_filed,
     "appeal.assigned": Registry._appeal,
@@ -432,7 +426,7 @@ def rules_for(registry: Registry, employee: str, period: str) -> Any:
     employee had no posting or no policy applied then (nothing can be scored)."""
     from projections.score import Rules
 
-    start = period_first_day(period)
+    start = period_start(period)
     posting = registry.posting(employee, start)
     if posting is None:
         return None
@@ -454,10 +448,3 @@ def rules_for(registry: Registry, employee: str, period: str) -> Any:
         ),
         conclusions=tuple(person.conclusions),
     )
-
-
-def period_first_day(period: str) -> dt.date:
-    year, part = period.split("-")
-    if part.startswith("Q"):
-        return dt.date(int(year), 3 * int(part[1]) - 2, 1)
-    return dt.date(int(year), int(part), 1)

@@ -21,6 +21,7 @@ import dataclasses
 import datetime as dt
 
 from domain.policy import Policy
+from domain.schemas import period_start
 from domain.signed import stream_id
 from projections.facts import Fact, decode, parse_instant
 from projections.registry import (
@@ -28,11 +29,10 @@ from projections.registry import (
     REFERENCE_TYPES,
     PolicyVersion,
     Registry,
-    period_first_day,
     rules_for,
 )
-from projections.score import Result, Rules, compute
-from projections.sheet import SHEET_TYPES, Sheet, subject_key, subject_of
+from projections.score import Result, Rules, score_of
+from projections.sheet import SHEET_TYPES, subject_key, subject_of
 from projections.store import APP_NAME, _ViewSQL
 
 
@@ -113,7 +113,7 @@ class Replay:
         for f in facts:
             if f.type in REFERENCE_TYPES:
                 registry.apply(f)
-        posting = registry.posting(employee, period_first_day(period))
+        posting = registry.posting(employee, period_start(period))
         if posting is None:
             return registry, sheet_facts
         self._organisation(registry, [posting.unit], upto)
@@ -176,13 +176,7 @@ class Replay:
                 except ReplayError:
                     continue
             rules = dataclasses.replace(rules, subordinates=tuple(grades))
-        sheet = Sheet(employee, period)
-        items: dict[str, str] = {}
-        for fact in sheet_facts:
-            if fact.type == "work.assigned":
-                items[fact.stream] = fact.data["item"]
-            sheet.apply(fact, items.get(fact.stream))
-        return compute(sheet, rules)
+        return score_of(sheet_facts, employee, period, rules)
 
     def _members(self, registry: Registry, unit: str, period: str, upto: int) -> list[str]:
         streams = self._indexed([f"unit:{unit}"], upto)
@@ -194,7 +188,7 @@ class Replay:
             members, sorted({p.unit for x in members.people.values() for p in x.postings}), upto
         )
         registry.parents.update(members.parents)
-        return members.members(unit, period_first_day(period))
+        return members.members(unit, period_start(period))
 
     def _other_policy(
         self, registry: Registry, rules: Rules, policy: int | Policy

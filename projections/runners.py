@@ -24,7 +24,8 @@ from __future__ import annotations
 import fcntl
 import os
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from typing import Any, ClassVar
 
 from eventsourcing.application import Application
@@ -116,60 +117,66 @@ class WriterLock:
             self._conn = None
 
 
-def rebuild(database: Database, progress: Callable[[int], object] | None = None) -> int:
-    """Empty the evaluation views and fold the whole log again; returns entries processed."""
+@contextmanager
+def writing(database: Database) -> Iterator[_ViewSQL]:
+    """The views, opened under the projection's writer lock (``RunnerBusy`` if held)."""
     lock = WriterLock(database)
     lock.acquire()
-    view = open_view(database)
     try:
+        view = open_view(database)
+        try:
+            yield view
+        finally:
+            close_view(view)
+    finally:
+        lock.release()
+
+
+def rebuild(database: Database, progress: Callable[[int], object] | None = None) -> int:
+    """Empty the evaluation views and fold the whole log again; returns entries processed."""
+    with writing(database) as view:
         view.clear()
         return Evaluations(view).catch_up(progress=progress)
-    finally:
-        close_view(view)
-        lock.release()
 
 
 def catch_up(database: Database) -> int:
     """Bring the views up to the head of the log (takes the writer lock while it works)."""
-    lock = WriterLock(database)
-    lock.acquire()
-    view = open_view(database)
-    try:
+    with writing(database) as view:
         return Evaluations(view).catch_up()
-    finally:
-        close_view(view)
-        lock.release()
 
 
-class CatchUpRunner:
-    """Polls the log every ``interval`` seconds in a thread (SQLite; also PostgreSQL's
-    safety net). ``wait_for(seq)`` gives read-your-writes."""
+class _Runner:
+    """What both runners share: the writer lock, a thread that calls ``tick`` every
+    ``interval`` seconds, ``wait_for`` (read-your-writes) and ``stop``."""
 
-    def __init__(self, database: Database, *, interval: float = 0.5) -> None:
+    engine: Evaluations
+
+    def __init__(self, database: Database, interval: float) -> None:
         self.lock = WriterLock(database)
         self.lock.acquire()
-        self.view = open_view(database)
-        self.engine = Evaluations(self.view)
         self.interval = interval
         self.error: BaseException | None = None
         self._stop = threading.Event()
         self._advanced = threading.Condition()
-        self._thread = threading.Thread(target=self._run, name="evaluations-catch-up", daemon=True)
-        self._thread.start()
+        self._thread = threading.Thread(target=self._run, name="evaluations-runner", daemon=True)
 
     def _run(self) -> None:
         try:
             while not self._stop.is_set():
-                self.tick()
+                self._step()
+                with self._advanced:
+                    self._advanced.notify_all()
                 self._stop.wait(self.interval)
         except BaseException as exc:  # surfaced by wait_for / stop
             self.error = exc
+            with self._advanced:
+                self._advanced.notify_all()
 
-    def tick(self) -> int:
-        done = self.engine.catch_up()
-        with self._advanced:
-            self._advanced.notify_all()
-        return done
+    def _step(self) -> None:
+        raise NotImplementedError
+
+    def _close(self) -> None:
+        raise NotImplementedError
 
     def wait_for(self, seq: int, timeout: float = 10.0) -> bool:
         """Block until the views reflect log position ``seq`` (or ``timeout``)."""
@@ -183,11 +190,35 @@ class CatchUpRunner:
 
     def stop(self) -> None:
         self._stop.set()
-        self._thread.join()
-        close_view(self.view)
-        self.lock.release()
+        if self._thread.is_alive():
+            self._thread.join()
+        try:
+            self._close()
+        finally:
+            self.lock.release()
         if self.error is not None:
             raise self.error
+
+
+class CatchUpRunner(_Runner):
+    """Polls the log every ``interval`` seconds (SQLite, which has no subscriptions; on
+    PostgreSQL with ``KPI_LEDGER_POLL_ONLY=1``)."""
+
+    def __init__(self, database: Database, *, interval: float = 0.5) -> None:
+        super().__init__(database, interval)
+        try:
+            self.view = open_view(database)
+            self.engine = Evaluations(self.view)
+        except BaseException:
+            self.lock.release()
+            raise
+        self._thread.start()
+
+    def _step(self) -> None:
+        self.engine.catch_up()
+
+    def _close(self) -> None:
+        close_view(self.view)
 
 
 class LogReader(Application[Any]):
@@ -222,6 +253,12 @@ class EvaluationProjection(Projection[PostgresEvaluationView]):
             if len(self._pending) >= self.BATCH:
                 self.flush()
 
+    @property
+    def pending(self) -> int:
+        """Events received from the subscription and not yet committed."""
+        with self.lock:
+            return len(self._pending)
+
     def flush(self) -> None:
         with self.lock:
             if not self._pending:
@@ -242,72 +279,44 @@ class EvaluationProjection(Projection[PostgresEvaluationView]):
             self.engine.catch_up()
 
 
-class SubscriptionRunner:
-    """PostgreSQL: the library's ``ProjectionRunner`` plus the lock and the periodic tick."""
+class SubscriptionRunner(_Runner):
+    """PostgreSQL: the library's ``ProjectionRunner``; the tick flushes its buffer and
+    catches up after a lost NOTIFY."""
 
     def __init__(self, database: Database, *, interval: float = 0.5) -> None:
         if database.backend != "postgres":
             raise ValueError("subscriptions need PostgreSQL; use CatchUpRunner on SQLite")
-        self.lock = WriterLock(database)
-        self.lock.acquire()
-        env = {
-            **database.env,
-            "TRACKING_RECORDER_TOPIC": "projections.store:PostgresEvaluationView",
-        }
-        # catch up in batches first: the subscription then starts from the head
-        view = open_view(database)
+        super().__init__(database, interval)
         try:
-            Evaluations(view).catch_up()
-        finally:
-            close_view(view)
-        self.runner: ProjectionRunner[Any, Any] = ProjectionRunner(
-            application_class=LogReader,
-            projection_class=EvaluationProjection,
-            view_class=PostgresEvaluationView,
-            env=env,
-        )
-        self.runner.__enter__()  # starts the subscription
+            # catch up in batches first: the subscription then starts from the head
+            view = open_view(database)
+            try:
+                Evaluations(view).catch_up()
+            finally:
+                close_view(view)
+            env = {
+                **database.env,
+                "TRACKING_RECORDER_TOPIC": "projections.store:PostgresEvaluationView",
+            }
+            self.runner: ProjectionRunner[Any, Any] = ProjectionRunner(
+                application_class=LogReader,
+                projection_class=EvaluationProjection,
+                view_class=PostgresEvaluationView,
+                env=env,
+            )
+            self.runner.__enter__()  # starts the subscription
+        except BaseException:
+            self.lock.release()
+            raise
         self.projection: EvaluationProjection = self.runner.projection  # type: ignore[assignment]
-        self.interval = interval
-        self.error: BaseException | None = None
-        self._stop = threading.Event()
-        self._advanced = threading.Condition()
-        self._thread = threading.Thread(target=self._run, name="evaluations-tick", daemon=True)
+        self.engine = self.projection.engine
         self._thread.start()
 
-    @property
-    def engine(self) -> Evaluations:
-        return self.projection.engine
-
-    def _run(self) -> None:
-        try:
-            while not self._stop.is_set():
-                self.tick()
-                self._stop.wait(self.interval)
-        except BaseException as exc:
-            self.error = exc
-
-    def tick(self) -> None:
+    def _step(self) -> None:
         self.projection.tick()
-        with self._advanced:
-            self._advanced.notify_all()
 
-    def wait_for(self, seq: int, timeout: float = 10.0) -> bool:
-        with self._advanced:
-            ok = self._advanced.wait_for(
-                lambda: self.engine.seq >= seq or self.error is not None, timeout
-            )
-        if self.error is not None:
-            raise self.error
-        return ok
-
-    def stop(self) -> None:
-        self._stop.set()
-        self._thread.join()
+    def _close(self) -> None:
         self.runner.__exit__(None, None, None)  # stops it and joins its threads
-        self.lock.release()
-        if self.error is not None:
-            raise self.error
 
 
 def start_runner(

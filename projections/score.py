@@ -26,7 +26,7 @@ from functools import lru_cache
 from typing import Any
 
 from domain.policy import Policy
-from projections.facts import Fact, parse_day
+from projections.facts import Fact
 from projections.registry import CatalogueVersion, Conclusion, Discipline, PolicyVersion
 from projections.sheet import Sheet
 
@@ -69,10 +69,6 @@ def exact(value: Fraction) -> str:
     text = str(abs(scaled.numerator)).rjust(places + 1, "0")
     sign = "-" if value < 0 else ""
     return f"{sign}{text[:-places]}.{text[-places:]}" if places else f"{sign}{text}"
-
-
-def parse_exact(text: str) -> Fraction:
-    return Fraction(text)
 
 
 @dataclass(frozen=True)
@@ -146,7 +142,9 @@ class Result:
     as_of: int  # the last log position among the facts read (-1: none)
     trace: tuple[Line, ...] = field(compare=False)
 
-    def to_doc(self) -> dict[str, Any]:
+    def to_doc(self, *, trace: bool = True) -> dict[str, Any]:
+        """The result as JSON (exact numbers as strings); ``trace=False`` leaves the trace
+        out (the projection keeps it in a view of its own)."""
         doc: dict[str, Any] = {
             "employee": self.employee,
             "period": self.period,
@@ -165,11 +163,13 @@ class Result:
         }
         for name in ("assigned", "done", "Q", "C", "P", "E", "S", "task", "general", "total"):
             doc[name] = exact(getattr(self, name))
-        doc["trace"] = [line.to_doc() for line in self.trace]
+        if trace:
+            doc["trace"] = [line.to_doc() for line in self.trace]
         return doc
 
     @classmethod
-    def from_doc(cls, doc: dict[str, Any]) -> Result:
+    def from_doc(cls, doc: dict[str, Any], trace: list[dict[str, Any]] | None = None) -> Result:
+        """A result read back from ``to_doc``; ``trace`` when the document has none."""
         fractions = {
             name: Fraction(doc[name])
             for name in ("assigned", "done", "Q", "C", "P", "E", "S", "task", "general", "total")
@@ -189,7 +189,7 @@ class Result:
             overrides=tuple(doc["overrides"]),
             task_group=doc["task_group"],
             as_of=doc["as_of"],
-            trace=tuple(Line.from_doc(x) for x in doc["trace"]),
+            trace=tuple(Line.from_doc(x) for x in (doc["trace"] if trace is None else trace)),
             **fractions,
         )
 
@@ -782,7 +782,3 @@ def diff(before: Result, after: Result) -> Difference:
         tuple(x for x in before.trace if x not in kept),
         tuple(x for x in after.trace if x not in kept),
     )
-
-
-def day(text: str) -> dt.date:
-    return parse_day(text)

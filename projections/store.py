@@ -181,29 +181,36 @@ class _ViewSQL:
         employee: str | None = None,
         agency: str | None = None,
         period: str | None = None,
-        period_prefix: str | None = None,
     ) -> list[dict[str, Any]]:
         """Documents of ``view`` matching the given columns, ordered by key."""
+        return [json.loads(r["doc"]) for r in self._select("doc", view, employee, agency, period)]
+
+    def keys(
+        self,
+        view: str,
+        *,
+        employee: str | None = None,
+        agency: str | None = None,
+        period: str | None = None,
+    ) -> list[str]:
+        """The keys of those documents (nothing else is read)."""
+        return [r["key"] for r in self._select("key", view, employee, agency, period)]
+
+    def _select(
+        self, column: str, view: str, employee: str | None, agency: str | None, period: str | None
+    ) -> list[Any]:
         where, params = ["view = ?"], [view]
-        for column, value in (("employee", employee), ("agency", agency), ("period", period)):
+        for name, value in (("employee", employee), ("agency", agency), ("period", period)):
             if value is not None:
-                where.append(f"{column} = ?")
+                where.append(f"{name} = ?")
                 params.append(value)
-        if period_prefix is not None:
-            where.append("period LIKE ?")
-            params.append(period_prefix + "%")
         with self._cursor(commit=False) as c:
             self._exec(
                 c,
-                f"SELECT doc FROM {{s}}kpi_view_docs WHERE {' AND '.join(where)} ORDER BY key",
+                f"SELECT {column} FROM {{s}}kpi_view_docs WHERE {' AND '.join(where)} ORDER BY key",
                 params,
             )
-            return [json.loads(r["doc"]) for r in c.fetchall()]
-
-    def keys(self, view: str) -> list[str]:
-        with self._cursor(commit=False) as c:
-            self._exec(c, "SELECT key FROM {s}kpi_view_docs WHERE view = ? ORDER BY key", (view,))
-            return [r["key"] for r in c.fetchall()]
+            return list(c.fetchall())
 
     def subjects_of_streams(self, streams: Sequence[str]) -> dict[str, str]:
         out: dict[str, str] = {}

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import time
+
 import pytest
 
 from ledger.config import parse_database
@@ -36,4 +38,27 @@ def test_a_runner_follows_the_log_alone_and_resumes(db_url: str) -> None:
         )  # one more delay: P -0.625, T -70 x 0.625/300 = -7/48
     finally:
         again.stop()
+        w.service.close()
+
+
+def test_the_subscription_delivers_without_polling(pg_url: str) -> None:
+    """PostgreSQL: with the catch-up tick out of the way (an hour apart), new entries reach
+    the projection through the library's subscription alone."""
+    w = World(pg_url)
+    w.organise()
+    w.employ(LAN)
+    runner = runners.SubscriptionRunner(parse_database(pg_url), interval=3600)
+    try:
+        m = ordinary_month(w)
+        expected = m.assessed.seq - runner.engine.seq
+        deadline = time.monotonic() + 20
+        while runner.projection.pending < expected and time.monotonic() < deadline:
+            time.sleep(0.02)
+        assert runner.projection.pending == expected  # buffered, not yet committed
+        runner.projection.flush()
+        assert runner.engine.seq == m.assessed.seq
+        doc = runner.engine.view.doc("score", f"{LAN}/{MARCH}")
+        assert doc is not None and doc["total"] == "1073/12"
+    finally:
+        runner.stop()
         w.service.close()

@@ -83,8 +83,9 @@ def doc_of(ev: Evaluations, view: str, key: str) -> dict[str, Any]:
 
 
 def scored(ev: Evaluations, key: str = KEY) -> Result:
-    """The score view's result for ``key`` (``employee/period``)."""
-    return Result.from_doc(doc_of(ev, "score", key))
+    """The score view's result for ``key`` (``employee/period``), with the trace view's
+    lines."""
+    return Result.from_doc(doc_of(ev, "score", key), doc_of(ev, "trace", key)["trace"])
 
 
 def replayed(ev: Evaluations, as_of: int | str | None = None, period: str = MARCH) -> Result:
