@@ -50,7 +50,16 @@ from projections.registry import (
     Registry,
     rules_for,
 )
-from projections.score import Result, Rules, compute, discipline_overrides, exact, lowest, show
+from projections.score import (
+    ItemCache,
+    Result,
+    Rules,
+    compute,
+    discipline_overrides,
+    exact,
+    lowest,
+    show,
+)
 from projections.sheet import SHEET_TYPES, Sheet, subject_key, subject_of
 from projections.store import APP_NAME, LogRow, Put, _ViewSQL
 
@@ -59,6 +68,10 @@ VIEWS = ("score", "trace", "quarter", "year", "unit", "snapshot", "appeal", "hr_
 REF = "ref"  # the stream-index subject of reference streams
 BATCH = 10000
 SHEET_CACHE = 4096
+SETTLE_CHUNK = 1000  # periods scored per transaction when settling
+MAX_PENDING = 20000  # periods left unscored before a catch-up settles mid-way
+PENDING = ("pending", "evaluations")  # the document that lists them
+ITEM_CACHE = 16384  # item results kept between scorings of a period (score.ItemCache)
 
 
 def snapshot_hash(doc: dict[str, Any]) -> str:
@@ -69,20 +82,83 @@ def snapshot_hash(doc: dict[str, Any]) -> str:
 
 
 @dataclass
-class _Batch:
-    puts: dict[tuple[str, str], Put] = field(default_factory=dict)
-    by_view: dict[str, dict[str, Put]] = field(default_factory=dict)
-    evidence: dict[str, dict[str, Any]] = field(default_factory=dict)  # known first claims
-    rules: dict[str, Rules | None] = field(default_factory=dict)  # by subject, until a ref fact
-    streams: list[tuple[str, str, int]] = field(default_factory=list)
+class _Pending:
+    """What is folded but not yet scored: periods whose sheets changed, and the unit, year
+    and appeal views to recompute after them. Stored (``PENDING``) with every commit, so a
+    restarted runner scores them; empty whenever the views are at the head of the log."""
+
     dirty: dict[str, None] = field(default_factory=dict)  # subject keys, insertion ordered
     units: dict[tuple[str, str], None] = field(default_factory=dict)
     years: dict[tuple[str, str], None] = field(default_factory=dict)
     appeals: dict[tuple[str, str], None] = field(default_factory=dict)
 
+    def __bool__(self) -> bool:
+        return bool(self.dirty or self.units or self.years or self.appeals)
+
+    def to_doc(self) -> dict[str, Any]:
+        return {
+            "dirty": list(self.dirty),
+            "units": [list(k) for k in self.units],
+            "years": [list(k) for k in self.years],
+            "appeals": [list(k) for k in self.appeals],
+        }
+
+    @classmethod
+    def from_doc(cls, doc: dict[str, Any] | None) -> _Pending:
+        if doc is None:
+            return cls()
+        return cls(
+            dict.fromkeys(doc["dirty"]),
+            {(a, b): None for a, b in doc["units"]},
+            {(a, b): None for a, b in doc["years"]},
+            {(a, b): None for a, b in doc["appeals"]},
+        )
+
+
+@dataclass
+class _Batch:
+    pending: _Pending
+    puts: dict[tuple[str, str], Put] = field(default_factory=dict)
+    by_view: dict[str, dict[str, Put]] = field(default_factory=dict)
+    evidence: dict[str, dict[str, Any]] = field(default_factory=dict)  # known first claims
+    rules: dict[str, Rules | None] = field(default_factory=dict)  # by subject, until a ref fact
+    streams: list[tuple[str, str, int]] = field(default_factory=list)
+    touched: dict[str, None] = field(default_factory=dict)  # sheets changed, not yet put
+
+    # this batch's documents by the columns ``find`` filters on, so that merging them over
+    # the stored ones costs what the bucket holds, not a scan of the batch
+    by_employee: dict[tuple[str, str], dict[str, Put]] = field(default_factory=dict)
+    by_place: dict[tuple[str, str, str], dict[str, Put]] = field(default_factory=dict)
+
+    @property
+    def dirty(self) -> dict[str, None]:
+        return self.pending.dirty
+
+    @property
+    def units(self) -> dict[tuple[str, str], None]:
+        return self.pending.units
+
+    @property
+    def years(self) -> dict[tuple[str, str], None]:
+        return self.pending.years
+
+    @property
+    def appeals(self) -> dict[tuple[str, str], None]:
+        return self.pending.appeals
+
     def put(self, p: Put) -> None:
+        old = self.puts.get((p.view, p.key))
+        if old is not None:  # it may have moved (a transfer changes a score's agency)
+            if old.employee is not None:
+                self.by_employee[(old.view, old.employee)].pop(old.key, None)
+            if old.agency is not None:
+                self.by_place[(old.view, old.agency, old.period or "")].pop(old.key, None)
         self.puts[(p.view, p.key)] = p
         self.by_view.setdefault(p.view, {})[p.key] = p
+        if p.employee is not None:
+            self.by_employee.setdefault((p.view, p.employee), {})[p.key] = p
+        if p.agency is not None:
+            self.by_place.setdefault((p.view, p.agency, p.period or ""), {})[p.key] = p
 
 
 class Evaluations:
@@ -96,22 +172,52 @@ class Evaluations:
         self._sheet_cache = sheet_cache
         self._stream_subjects: OrderedDict[str, str] = OrderedDict()
         self._staff: dict[Any, tuple[dict[str, list[str]], dict[str, list[str]]]] = {}
+        self._items: ItemCache = {}
         self._reload()
 
     # -- the fold ----------------------------------------------------------------------------
 
-    def process(self, rows: Sequence[LogRow]) -> int:
+    def process(self, rows: Sequence[LogRow], *, settle: bool = True) -> int:
         """Fold ``rows`` (consecutive, in log order, after the current position); returns how
-        many were new. One transaction."""
+        many were new. The rows' facts and the tracking position are committed in one
+        transaction; then, with ``settle``, every pending period is scored (in transactions
+        of ``SETTLE_CHUNK`` periods). Without it, scoring waits for a later call: a catch-up
+        far behind the head scores each period once, not once per batch that touched it."""
         rows = [r for r in rows if r.notification_id > self.position]
-        if not rows:
-            return 0
         try:
-            self._process(rows)
+            if rows:
+                self._process(rows)
+            if settle and self.pending:
+                self.settle()
         except BaseException:
             self._reload()  # memory may be ahead of what was committed: start again from it
             raise
         return len(rows)
+
+    def settle(self) -> None:
+        """Score every pending period and recompute the views that follow; committed in
+        chunks (no new log rows, so the tracking position does not move)."""
+        while self.pending.dirty:
+            batch = _Batch(self.pending)
+            self._settle(batch, limit=SETTLE_CHUNK)
+            self._commit(batch, None)
+        batch = _Batch(self.pending)
+        self._views(batch)
+        self._commit(batch, None)
+
+    @property
+    def current(self) -> bool:
+        """Whether every view reflects ``seq`` (nothing folded is waiting to be scored)."""
+        return not self.pending
+
+    def _commit(self, batch: _Batch, tracking: Tracking | None) -> None:
+        for key in batch.touched:  # sheets changed by the batch and still in the cache
+            sheet = self._sheets.get(key)
+            if sheet is not None:
+                batch.put(Put("sheet", key, sheet.to_doc(), sheet.employee, None, sheet.period))
+        batch.touched.clear()
+        batch.put(Put(*PENDING, self.pending.to_doc()))
+        self.view.commit(batch.puts.values(), batch.streams, tracking)
 
     def _reload(self) -> None:
         """Memory as of the committed position: the registry re-read, caches emptied."""
@@ -120,12 +226,14 @@ class Evaluations:
         self.registry = Registry()
         self._sheets.clear()
         self._stream_subjects.clear()
+        self._items.clear()
+        self.pending = _Pending.from_doc(self.view.doc(*PENDING))
         if self.seq >= 0:
             for fact in self.view.stream_facts(self.view.streams_of([REF]), self.seq):
                 self.registry.apply(fact)
 
     def _process(self, rows: Sequence[LogRow]) -> None:
-        batch = _Batch()
+        batch = _Batch(self.pending)
         facts = [decode(r.seq, r.stream, r.state) for r in rows]
         self._subjects_of_streams(facts)
         hashes = sorted(
@@ -137,11 +245,8 @@ class Evaluations:
                 self._reference(fact, batch)
             elif fact.type in SHEET_TYPES:
                 self._sheet_fact(fact, batch)
-        self._settle(batch)
         last = rows[-1]
-        self.view.commit(
-            batch.puts.values(), batch.streams, Tracking(APP_NAME, last.notification_id)
-        )
+        self._commit(batch, Tracking(APP_NAME, last.notification_id))
         self.position, self.seq = last.notification_id, last.seq
 
     def catch_up(
@@ -154,11 +259,14 @@ class Evaluations:
             page = self.view.log_page(self.position, size)
             if not page:
                 break
-            done += self.process(page)
+            last = len(page) < size or (limit is not None and done + len(page) >= limit)
+            done += self.process(page, settle=last or len(self.pending.dirty) > MAX_PENDING)
             if progress is not None:
                 progress(done)
             if len(page) < size:
                 break
+        if self.pending:
+            self.settle()
         return done
 
     def _subjects_of_streams(self, facts: list[Fact]) -> None:
@@ -190,9 +298,12 @@ class Evaluations:
             sheet = Sheet.from_doc(doc) if doc is not None else Sheet(employee, period)
             self._sheets[key] = sheet
             if len(self._sheets) > self._sheet_cache:
-                old, _ = self._sheets.popitem(last=False)
-                if old in batch.dirty:  # still needed in this batch: keep it
-                    self._sheets[old] = _
+                old, evicted = self._sheets.popitem(last=False)
+                if old in batch.touched:  # changed by this batch: its document goes with it
+                    batch.put(
+                        Put("sheet", old, evicted.to_doc(), evicted.employee, None, evicted.period)
+                    )
+                    del batch.touched[old]
         self._sheets.move_to_end(key)
         return sheet
 
@@ -214,6 +325,7 @@ class Evaluations:
         sheet = self._sheet(key, batch)
         sheet.apply(fact, item)
         batch.dirty[key] = None
+        batch.touched[key] = None
         if fact.type == "work.declared":
             self._evidence(fact, key, batch)
         elif fact.type == "work.approved":
@@ -265,7 +377,9 @@ class Evaluations:
             effective = d["document"]["effective_from"] if "document" in d else d["effective_from"]
             self._touch_from(parse_day(effective), batch)
         elif t == "period.closed":
-            self._settle(batch)  # the snapshot is of the result before the close
+            place = (d["agency"], d["period"])
+            self._settle(batch, place=place)  # the snapshot is of the result before the close
+            self._views(batch, place)
             self._snapshot(d["agency"], d["period"], batch, fact)
             for key in self.view.keys("score", agency=d["agency"], period=d["period"]):
                 batch.years[(key.split("/")[0], d["period"][:4])] = None
@@ -283,7 +397,12 @@ class Evaluations:
                 batch.years[(decision.employee, key.split("/")[1])] = None
 
     def _touch_employee(self, employee: str, batch: _Batch, since: str | None = None) -> None:
-        keys = set(self.view.keys("score", employee=employee))
+        keys = {
+            *self.view.keys("sheet", employee=employee),
+            *self.view.keys("score", employee=employee),
+        }
+        for view in ("sheet", "score"):
+            keys.update(batch.by_employee.get((view, employee), {}))
         keys.update(k for k in self._sheets if k.startswith(employee + "/"))
         for key in sorted(keys):
             period = key.split("/", 1)[1]
@@ -293,45 +412,90 @@ class Evaluations:
 
     def _touch_from(self, day: Any, batch: _Batch) -> None:
         """Periods starting on or after ``day`` (a publication never changes an earlier one)."""
-        for key in self.view.keys("score"):
+        keys = {*self.view.keys("sheet"), *self.view.keys("score"), *self._sheets}
+        for view in ("sheet", "score"):
+            keys.update(batch.by_view.get(view, {}))
+        for key in sorted(keys):
             if period_start(key.split("/", 1)[1]) >= day:
                 batch.dirty[key] = None
 
     # -- scoring and the views that follow ---------------------------------------------------
 
-    def _settle(self, batch: _Batch) -> None:
-        """Score every dirty period, then recompute the views that depend on them."""
-        if not batch.dirty:
-            self._views(batch)
-            return
-        changed: list[Result] = []
+    def _settle(
+        self, batch: _Batch, *, place: tuple[str, str] | None = None, limit: int | None = None
+    ) -> None:
+        """Score the dirty periods (only those of ``place``, an agency and period about to
+        close; at most ``limit``). Staff are scored before the leaders over them, and
+        leaders of lower units before those above (a leader's score reads the grades of
+        everyone in their unit). The views that follow are left to ``_views``."""
         keys = list(batch.dirty)
-        batch.dirty.clear()
-        self._staff.clear()  # postings may have changed since the last settle
-        leaders: dict[str, None] = {}
+        if place is not None:
+            agency, period = place
+            keys = [
+                k
+                for k in keys
+                if k.endswith("/" + period) and (r := self._rules(k, batch)) and r.agency == agency
+            ]
+        if limit is not None:
+            keys = keys[:limit]
         for key in keys:
+            del batch.dirty[key]
+        self._staff.clear()  # postings may have changed since the last settle
+        changed: list[Result] = []
+        leaders: dict[str, int] = {}  # leader's key -> depth of their unit
+        for key in keys:
+            if self._leader_depth(key, batch) is not None:
+                self._leaders_over(key, batch, leaders)
+                continue
             result = self._score(key, batch)
             if result is not None:
                 changed.append(result)
-                led = self._staff_on(period_start(result.period))[1]
-                for unit in self.registry.chain(result.unit):
-                    for leader in led.get(unit, ()):
-                        if leader != result.employee:
-                            leaders[subject_key(leader, result.period)] = None
-        for key in leaders:
-            if key not in keys:
-                result = self._score(key, batch)
-                if result is not None:
-                    changed.append(result)
+                self._leaders_over(key, batch, leaders)
+        for key in sorted(leaders, key=lambda k: -leaders[k]):
+            result = self._score(key, batch)
+            if result is not None:
+                changed.append(result)
         for result in changed:
             batch.units[(result.agency, result.period)] = None
             batch.years[(result.employee, result.period[:4])] = None
-        self._views(batch)
 
-    def _views(self, batch: _Batch) -> None:
+    def _leader_depth(self, key: str, batch: _Batch) -> int | None:
+        """How deep the unit of a leader's position lies (None: not scored as a leader)."""
+        rules = self._rules(key, batch)
+        if rules is None or not rules.leader or rules.policy.policy.leader_unit is None:
+            return None
+        return len(self.registry.chain(rules.unit))
+
+    def _leaders_over(self, key: str, batch: _Batch, leaders: dict[str, int]) -> None:
+        """Add to ``leaders`` the leader's own key and every leader over the subject's unit,
+        recursively (a leader's result changes theirs)."""
+        rules = self._rules(key, batch)
+        if rules is None:
+            return
+        depth = self._leader_depth(key, batch)
+        if depth is not None:
+            if key in leaders:
+                return
+            leaders[key] = depth
+        employee, period = key.split("/", 1)
+        led = self._staff_on(period_start(period))[1]
+        for unit in self.registry.chain(rules.unit):
+            for leader in led.get(unit, ()):
+                other = subject_key(leader, period)
+                if leader != employee and other not in leaders:
+                    self._leaders_over(other, batch, leaders)
+
+    def _views(self, batch: _Batch, place: tuple[str, str] | None = None) -> None:
+        """The views that follow the scores: only ``place``'s unit view before its close (the
+        rest, and the years and appeals, wait for the next settle)."""
+        if place is not None:
+            if place in batch.units:
+                self._unit(*place, batch)
+                del batch.units[place]
+            return
         for agency, period in list(batch.units):
             self._unit(agency, period, batch)
-        batch.units.clear()
+            del batch.units[(agency, period)]
         for employee, year in list(batch.years):
             self._year(employee, year, batch)
         batch.years.clear()
@@ -341,7 +505,6 @@ class Evaluations:
 
     def _score(self, key: str, batch: _Batch) -> Result | None:
         sheet = self._sheet(key, batch)
-        batch.put(Put("sheet", key, sheet.to_doc(), sheet.employee, None, sheet.period))
         rules = self._rules(key, batch)
         if rules is None:
             return None
@@ -353,7 +516,9 @@ class Evaluations:
                 rules,
                 subordinates=tuple((d["employee"], d["grade"]) for d in found.values()),
             )
-        result = compute(sheet, rules)
+        if len(self._items) > ITEM_CACHE:
+            self._items.clear()
+        result = compute(sheet, rules, items=self._items)
         self._sheet_flags(sheet, rules.policy.policy, batch)
         where = (result.employee, result.agency, result.period)
         batch.put(Put("score", key, result.to_doc(trace=False), *where))
@@ -396,12 +561,30 @@ class Evaluations:
         return out
 
     def _docs_where(
-        self, view: str, batch: _Batch, match: Callable[[Put], bool], **where: str
+        self,
+        view: str,
+        batch: _Batch,
+        *,
+        employee: str | None = None,
+        agency: str | None = None,
+        period: str | None = None,
     ) -> dict[str, dict[str, Any]]:
-        found = {self._key_of(view, d): d for d in self.view.find(view, **where)}  # type: ignore[arg-type]
-        for key, put in batch.by_view.get(view, {}).items():
-            if match(put):
-                found[key] = put.doc
+        """Documents of ``view`` for one employee, or one agency and period: the stored ones,
+        with this batch's writes over them (a document the batch moved elsewhere left out)."""
+        if employee is not None:
+            stored = self.view.find(view, employee=employee)
+            ours = batch.by_employee.get((view, employee), {})
+        else:
+            assert agency is not None and period is not None
+            stored = self.view.find(view, agency=agency, period=period)
+            ours = batch.by_place.get((view, agency, period), {})
+        found = {}
+        for d in stored:
+            key = self._key_of(view, d)
+            if (view, key) not in batch.puts:
+                found[key] = d
+        for key, put in ours.items():
+            found[key] = put.doc
         return found
 
     @staticmethod
@@ -413,13 +596,7 @@ class Evaluations:
         return f"{doc['employee']}/{doc['period']}"
 
     def _unit(self, agency: str, period: str, batch: _Batch) -> None:
-        scores = self._docs_where(
-            "score",
-            batch,
-            lambda p: p.agency == agency and p.period == period,
-            agency=agency,
-            period=period,
-        )
+        scores = self._docs_where("score", batch, agency=agency, period=period)
         results = [scores[k] for k in sorted(scores)]
         if not results:
             return
@@ -438,13 +615,7 @@ class Evaluations:
         self._bulk_flags(agency, period, chosen.policy, batch)
 
     def _snapshot(self, agency: str, period: str, batch: _Batch, close: Fact | None) -> None:
-        unit = self._docs_where(
-            "unit",
-            batch,
-            lambda p: p.agency == agency and p.period == period and p.view == "unit",
-            agency=agency,
-            period=period,
-        )
+        unit = self._docs_where("unit", batch, agency=agency, period=period)
         recorded = self.registry.closes.get((agency, period))
         if recorded is None:
             return
@@ -486,12 +657,7 @@ class Evaluations:
         )
 
     def _year(self, employee: str, year: str, batch: _Batch) -> None:
-        scores = self._docs_where(
-            "score",
-            batch,
-            lambda p: p.employee == employee and (p.period or "").startswith(year),
-            employee=employee,
-        )
+        scores = self._docs_where("score", batch, employee=employee)
         months = [scores[k] for k in sorted(scores) if scores[k]["period"].startswith(year + "-")]
         if not months:
             return
@@ -537,9 +703,7 @@ class Evaluations:
                 )
             return
         years = [str(int(year) - i) for i in range(rule.consecutive_failing_years)]
-        earlier = self._docs_where(
-            "year", batch, lambda p: p.employee == employee, employee=employee
-        )
+        earlier = self._docs_where("year", batch, employee=employee)
         docs = {y: earlier.get(f"{employee}/{y}") for y in years}
         docs[year] = doc
         if any(
@@ -708,13 +872,7 @@ class Evaluations:
         window = {d.isoformat() for d in days[len(days) - f.bulk_approval_window_days :]}
         if not window:
             return
-        docs = self._docs_where(
-            "approvals",
-            batch,
-            lambda p: p.agency == agency and p.period == period,
-            agency=agency,
-            period=period,
-        )
+        docs = self._docs_where("approvals", batch, agency=agency, period=period)
         for doc in docs.values():
             seqs = sorted(s for d, found in doc["days"].items() if d in window for s in found)
             if len(seqs) >= f.bulk_approval_count:

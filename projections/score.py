@@ -18,7 +18,7 @@ hand with it.
 from __future__ import annotations
 
 import datetime as dt
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, MutableMapping, Sequence
 from dataclasses import dataclass, field
 from decimal import Decimal
 from fractions import Fraction
@@ -48,6 +48,13 @@ def _show(exact: Fraction, places: int) -> str:
     sign = "-" if exact < 0 and whole else ""
     text = str(whole).rjust(places + 1, "0")
     return f"{sign}{text[:-places]}.{text[-places:]}" if places else f"{sign}{text}"
+
+
+@lru_cache(maxsize=4096)
+def number(value: str | Decimal | int) -> Fraction:
+    """A number from a fact or a rule pack (a decimal string, a ``Decimal``) as a fraction;
+    cached, since the same few quantities and hours recur across thousands of items."""
+    return Fraction(Decimal(value) if isinstance(value, str) else value)
 
 
 def exact(value: Fraction) -> str:
@@ -225,7 +232,7 @@ def _item(
     lines: list[Line] = []
     assigned = facts[0]
     code = assigned.data["code"]
-    quantity = Fraction(Decimal(assigned.data.get("quantity", "1")))
+    quantity = number(assigned.data.get("quantity", "1"))
     entry = catalogue.items.get(code) if catalogue is not None else None
     unit_name = "standard products" if policy.conversion == "products" else "standard hours"
     value = None
@@ -245,7 +252,7 @@ def _item(
             )
         )
     else:
-        weight = quantity * Fraction(value)
+        weight = quantity * number(value)
         lines.append(
             Line(
                 assigned.seq,
@@ -413,8 +420,8 @@ def _item(
     quality = progress = ZERO
     early = False
     if counts:
-        quality = weight * max(ZERO, 1 - n_fail * Fraction(d.quality_failure))
-        progress = weight * max(ZERO, 1 - n_delay * Fraction(d.delay))
+        quality = weight * max(ZERO, 1 - n_fail * number(d.quality_failure))
+        progress = weight * max(ZERO, 1 - n_delay * number(d.delay))
         hours = declaration.data.get("hours") if declaration is not None else None
         standard = entry.hours if entry is not None else None
         if (
@@ -422,10 +429,10 @@ def _item(
             and hours is not None
             and standard is not None
             and n_fail == 0
-            and Fraction(Decimal(hours)) < quantity * Fraction(standard)
+            and number(hours) < quantity * number(standard)
         ):
             early = True
-            bonus = Fraction(policy.early_finish_bonus)
+            bonus = number(policy.early_finish_bonus)
             if bonus:
                 quality += weight * bonus
             lines.append(
@@ -433,7 +440,7 @@ def _item(
                     declaration.seq,
                     declaration.type,
                     item,
-                    f"finished in {hours} h of {show(quantity * Fraction(standard))} standard"
+                    f"finished in {hours} h of {show(quantity * number(standard))} standard"
                     f" hours: early (E)"
                     + (f", quality +{policy.early_finish_bonus} × {show(weight)}" if bonus else ""),
                     f"task.early_finish_bonus = {policy.early_finish_bonus}",
@@ -590,8 +597,15 @@ def lowest(policy: Policy, grades: Iterable[str]) -> str:
     return max(grades, key=order.index)
 
 
-def compute(sheet: Sheet, rules: Rules) -> Result:
-    """Score ``sheet`` under ``rules``."""
+#: item results by (policy position, catalogue position, item, positions of its facts): an
+#: item's result and trace lines depend on nothing else, so a caller that scores the same
+#: period again (the projection, as a period fills up) can pass one in ``compute(items=)``
+ItemCache = MutableMapping[tuple[Any, ...], "tuple[_Item, list[Line]]"]
+
+
+def compute(sheet: Sheet, rules: Rules, *, items: ItemCache | None = None) -> Result:
+    """Score ``sheet`` under ``rules`` (``items``: see ``ItemCache``; only for rules read
+    from the log, whose positions identify them)."""
     policy = rules.policy.policy
     bounds = policy.period_bounds(sheet.period)
     catalogue = rules.catalogue
@@ -614,8 +628,16 @@ def compute(sheet: Sheet, rules: Rules) -> Result:
     groups: dict[str, Fraction] = {}
     ordered = sorted(sheet.items.items(), key=lambda kv: kv[1][0][0])
     for item, rows in ordered:
-        facts = [Fact.from_compact("", r) for r in rows]
-        result, item_lines = _item(item, facts, policy, catalogue)
+        found = None
+        if items is not None:
+            where = catalogue.seq if catalogue is not None else None
+            key = (rules.policy.seq, where, item, tuple(r[0] for r in rows))
+            found = items.get(key)
+        if found is None:
+            found = _item(item, [Fact.from_compact("", r) for r in rows], policy, catalogue)
+            if items is not None:
+                items[key] = found
+        result, item_lines = found
         lines.extend(item_lines)
         assigned += result.weight
         groups[result.group] = groups.get(result.group, ZERO) + result.weight

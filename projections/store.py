@@ -34,8 +34,12 @@ _TABLES = [
     "CREATE TABLE IF NOT EXISTS {s}kpi_view_docs ("
     " view TEXT NOT NULL, key TEXT NOT NULL, employee TEXT, agency TEXT, period TEXT,"
     " doc TEXT NOT NULL, PRIMARY KEY (view, key))",
-    "CREATE INDEX IF NOT EXISTS kpi_view_docs_place ON {s}kpi_view_docs (view, agency, period)",
-    "CREATE INDEX IF NOT EXISTS kpi_view_docs_employee ON {s}kpi_view_docs (view, employee)",
+    # ``key`` last: a ``find`` (ordered by key) reads these indexes in order instead of
+    # walking the primary key over every document of the view
+    "CREATE INDEX IF NOT EXISTS kpi_view_docs_by_place"
+    " ON {s}kpi_view_docs (view, agency, period, key)",
+    "CREATE INDEX IF NOT EXISTS kpi_view_docs_by_employee"
+    " ON {s}kpi_view_docs (view, employee, key)",
     "CREATE TABLE IF NOT EXISTS {s}kpi_view_streams ("
     " subject TEXT NOT NULL, stream TEXT NOT NULL, seq BIGINT NOT NULL,"
     " PRIMARY KEY (subject, stream))",
