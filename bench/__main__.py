@@ -7,10 +7,10 @@ import time
 from collections.abc import Callable, Sequence
 from typing import Any
 
-from bench import append, domain, proofs, verify
+from bench import append, domain, projections, proofs, verify
 from bench.common import DEFAULT_PG, RESULTS_DIR, machine_info, pg_version, render_table, say
 
-BENCHMARKS = ("append", "verify", "proofs", "domain")
+BENCHMARKS = ("append", "verify", "proofs", "domain", "projections")
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -42,6 +42,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "verify": lambda: verify.run(mode),
         "proofs": lambda: proofs.run(mode, pg_url),
         "domain": lambda: domain.run(mode, pg_url),
+        "projections": lambda: projections.run(mode, pg_url),
     }
     results: dict[str, dict[str, Any]] = {}
     start = time.perf_counter()
@@ -116,6 +117,39 @@ def summary_rows(results: dict[str, dict[str, Any]]) -> list[list[Any]]:
                 r["ratio"],
                 "-" if target is None else f">= {target}",
                 "-" if target is None else ("meets" if r["meets_target"] else "MISSES"),
+            ]
+        )
+    p = results.get("projections")
+    if p is not None:
+        for label in ("small", "large"):
+            r = p["rebuild"][label]
+            rows.append(
+                [
+                    "projections",
+                    f"rebuild vs read+decode, {r['entries']:,} entries",
+                    r["ratio"],
+                    f">= {r['target']}",
+                    "meets" if r["meets_target"] else "MISSES",
+                ]
+            )
+        m = p["memory"]
+        rows.append(
+            [
+                "projections",
+                f"rebuild peak {m['large_mb']:.0f} MB (ratio: large/small log)",
+                m["growth"],
+                f"< {p['targets']['peak_mb']:.0f} MB",
+                "meets" if m["meets_target"] else "MISSES",
+            ]
+        )
+        a = p["as_of"]
+        rows.append(
+            [
+                "projections",
+                f"as-of p95 {a['ms']['p95']:.1f} ms (ratio: p50/PK)",
+                a["ratio_p50_to_pk_select"],
+                f"< {p['targets']['as_of_p95_ms']:.0f} ms",
+                "meets" if a["meets_target"] else "MISSES",
             ]
         )
     return rows

@@ -182,7 +182,8 @@ class _Runner:
         """Block until the views reflect log position ``seq`` (or ``timeout``)."""
         with self._advanced:
             ok = self._advanced.wait_for(
-                lambda: self.engine.seq >= seq or self.error is not None, timeout
+                lambda: (self.engine.seq >= seq and self.engine.current) or self.error is not None,
+                timeout,
             )
         if self.error is not None:
             raise self.error

@@ -13,7 +13,7 @@ import json
 from pathlib import Path
 from typing import Any
 
-from bench import append, domain, proofs, verify
+from bench import append, domain, projections, proofs, verify
 from bench.common import SERVICE_STEPS, Step, steps_for
 
 
@@ -149,3 +149,33 @@ def test_domain_bench_on_sqlite_and_postgres(pg_url: str, tmp_path: Path) -> Non
         assert breakdown["profile"]["commands"] == commands
         _every_step_called(breakdown["profile"]["cumulative"], backend, domain.PROFILE_STEPS)
     assert json.loads((tmp_path / "domain.json").read_text())["benchmark"] == "domain"
+
+
+def test_projections_bench_on_a_small_demo_log(tmp_path: Path) -> None:
+    result = projections.run("tiny", results_dir=tmp_path, cache_dir=tmp_path)
+
+    logs = result["logs"]
+    assert logs["small"]["entries"] == logs["large"]["entries"] > 500
+    assert (tmp_path / f"demo-12x2-seed1-{_demo_digest()}" / "done.json").exists()
+    for label in ("small", "large"):
+        r = result["rebuild"][label]
+        assert r["entries"] == logs[label]["entries"]
+        for rep in r["reps"]:
+            _positive(rep, "baseline_rate", "rebuild_rate", "ratio", "rebuild_peak_mb")
+        assert r["meets_target"] == (r["ratio"] >= projections.TARGET_RATIO)
+    memory = result["memory"]
+    assert memory["meets_target"] == (memory["large_mb"] < projections.TARGET_MB)
+    as_of = result["as_of"]
+    assert as_of["samples"] == projections.SCALES["tiny"].samples
+    assert 0 < as_of["ms"]["p50"] <= as_of["ms"]["p95"] <= as_of["ms"]["max"]
+    assert as_of["meets_target"] == (as_of["ms"]["p95"] < projections.TARGET_P95_MS)
+    assert json.loads((tmp_path / "projections.json").read_text())["benchmark"] == "projections"
+    # a second run reads the cached log instead of generating it again
+    again = projections.run("tiny", results_dir=tmp_path, cache_dir=tmp_path)
+    assert again["logs"]["small"]["generated"] == logs["small"]["generated"]
+
+
+def _demo_digest() -> str:
+    import hashlib
+
+    return hashlib.sha256((projections.ROOT / "api" / "demo.py").read_bytes()).hexdigest()[:12]

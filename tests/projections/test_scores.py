@@ -9,12 +9,10 @@ agree with each other and with a full rebuild.
 from __future__ import annotations
 
 import datetime as dt
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from decimal import ROUND_DOWN, Decimal
 from fractions import Fraction
 from typing import Any
-
-import pytest
 
 from domain.policy import Policy
 from domain.publications import PolicyBook
@@ -22,7 +20,7 @@ from domain.service import Appended
 from ledger.config import parse_database
 from projections.engine import Evaluations, snapshot_hash
 from projections.replay import Replay
-from projections.runners import close_view, open_view, rebuild
+from projections.runners import rebuild
 from projections.score import Line, Result, diff, exact, show
 from tests.domain.test_scenarios import (
     CRITERIA,
@@ -55,25 +53,6 @@ REPRIMAND = {
 
 
 # -- fixtures and helpers --------------------------------------------------------------------
-
-
-@pytest.fixture
-def w(db_url: str) -> Iterator[World]:
-    """The standard organisation with Lan employed in its one-stop section (as in
-    ``tests/domain/test_scenarios.py``)."""
-    world = World(db_url)
-    world.organise()
-    world.employ(LAN)
-    yield world
-    world.service.close()
-
-
-@pytest.fixture
-def ev(db_url: str, w: World) -> Iterator[Evaluations]:
-    """The evaluation projection over the same database (closed before the database goes)."""
-    view = open_view(parse_database(db_url))
-    yield Evaluations(view)
-    close_view(view)
 
 
 def doc_of(ev: Evaluations, view: str, key: str) -> dict[str, Any]:

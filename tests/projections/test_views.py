@@ -1,0 +1,209 @@
+"""The read models beyond one score, on both backends: the quota reading of a unit view, a
+transfer between agencies, and a catalogue version published mid-year.
+
+Each story is folded incrementally (caught up along the way), then checked against a full
+rebuild and a refold in small resumed batches (``check_refolds``), and against as-of replay.
+"""
+
+from __future__ import annotations
+
+from decimal import Decimal
+from fractions import Fraction
+from typing import Any
+
+from projections.engine import Evaluations
+from projections.replay import Replay
+from tests.domain.test_scenarios import assess, assign, close, declare
+from tests.domain.world import LAN, World, at
+from tests.projections.test_scores import check_refolds, doc_of, marks, scored
+
+STAFF = ("an.le", "binh.vo", "chi.do", "dung.ha", "em.ly")
+
+
+def month_for(
+    w: World, employee: str, period: str, total: str, *, code: str = "OSS-01", items: int = 4
+) -> None:
+    """``employee``'s ``period``: ``items`` items of ``code`` assigned, declared and approved
+    (Q = C = P = 100, so T = 70), and general criteria making ``total``."""
+    w.now = at(f"{period}-05")
+    names = [f"{employee}-{period}-{i}" for i in range(items)]
+    for item in names:
+        assign(w, item, employee, period, code=code)
+    for item in names:
+        declare(w, item, who=employee)
+    for item in names:
+        w.do("tuan.sup", "work.approved", {"item": item})
+    assess(w, employee, period, marks(Decimal(total) - 70))
+
+
+# -- the quota -------------------------------------------------------------------------------
+
+
+def test_the_quota_keeps_the_best_excellent_and_moves_the_rest(
+    db_url: str, w: World, ev: Evaluations
+) -> None:
+    """Six people in one agency and task group, four of them at 90 or more: the default
+    policy allows floor(0.2 × 6) = 1 excellent among the excellent and good. The tie at 95
+    is broken by task points, general criteria, then the employee id (ascending)."""
+    for name in STAFF:
+        w.employ(name)
+    totals = dict(zip((LAN, *STAFF), ("95", "95", "92", "91", "85", "72"), strict=True))
+    for name, total in totals.items():
+        month_for(w, name, "2026-03", total)
+    ev.catch_up()
+    for name, total in totals.items():
+        result = scored(ev, f"{name}/2026-03")
+        assert (result.task, result.total) == (70, Fraction(total)), name
+    unit = doc_of(ev, "unit", "KH-W1/2026-03")
+    assert unit["count"] == 6
+    assert unit["distribution"] == {"excellent": 1, "good": 5, "completed": 0, "fails": 0}
+    [check] = unit["quota"]
+    assert check["group"] == {"agency": "KH-W1", "task_group": "B"}  # OSS-01 is in group B
+    assert (check["population"], check["allowed"], check["holders"]) == (6, 1, 4)
+    assert check["kept"] == ["an.le"]  # 95, like Lan, and "an.le" < "lan.nguyen"
+    assert check["moved_to_good"] == [LAN, "binh.vo", "chi.do"]  # by total, descending
+    final = {r["employee"]: (r["points_grade"], r["grade"]) for r in unit["results"]}
+    assert final["an.le"] == ("excellent", "excellent")
+    for name in (LAN, "binh.vo", "chi.do"):
+        assert final[name] == ("excellent", "good"), name
+    assert final["dung.ha"] == final["em.ly"] == ("good", "good")
+    # the score view keeps the grade the points earned; the unit view applies the quota
+    assert scored(ev, f"{LAN}/2026-03").grade == "excellent"
+    # a seventh person, good: population 7, still 1 allowed; an eighth to ten: 2 allowed
+    more = ("giang.to", "hai.mac", "hung.vu", "khoa.lam")
+    for name in more:
+        w.employ(name)
+        month_for(w, name, "2026-03", "80")
+    ev.catch_up()
+    [check] = doc_of(ev, "unit", "KH-W1/2026-03")["quota"]
+    assert (check["population"], check["allowed"]) == (10, 2)
+    assert check["kept"] == ["an.le", LAN] and check["moved_to_good"] == ["binh.vo", "chi.do"]
+    # the close publishes the unit view's final grades in its snapshot
+    w.now = at("2026-04-02")
+    close(w, "2026-03")
+    ev.catch_up()
+    published = doc_of(ev, "snapshot", "KH-W1/2026-03")["published"]
+    grades = {r["employee"]: r["grade"] for r in published["results"]}
+    assert grades["binh.vo"] == "good" and grades[LAN] == "excellent"
+    check_refolds(db_url, ev)
+
+
+# -- a transfer between agencies -------------------------------------------------------------
+
+
+def test_a_transfer_between_agencies(db_url: str, w: World, ev: Evaluations) -> None:
+    """Lan works March in KH-W1 and is transferred to KH-W2 from 1 April: March stays with
+    the old agency (its unit view, its close), April belongs to the new one, and the year
+    merges both months under the agency she belongs to at its end."""
+    w.person("ha.sup")
+    w.grant("ha.sup", "supervisor", "KH-W2")
+    month_for(w, LAN, "2026-03", "80")
+    ev.catch_up()
+    w.now = at("2026-03-20")
+    move = {"employee": LAN, "unit": "KH-W2", "position": "officer", "since": "2026-04-01"}
+    w.do("hoa.hr", "employee.transferred", {**move, "reason": "luân chuyển"})
+    ev.catch_up()
+    march = scored(ev, f"{LAN}/2026-03")
+    assert (march.agency, march.unit, march.total) == ("KH-W1", "KH-W1-OSS", 80)
+    # April: assigned and approved by the new agency's supervisor
+    w.now = at("2026-04-05")
+    names = [f"lan-04-{i}" for i in range(4)]
+    for item in names:
+        assign(w, item, period="2026-04", by="ha.sup")
+    for item in names:
+        declare(w, item)
+    for item in names:
+        w.do("ha.sup", "work.approved", {"item": item})
+    w.do(
+        "ha.sup",
+        "assessment.supervisor_assessed",
+        {"employee": LAN, "period": "2026-04", "scores": marks(Decimal("16"))},
+    )
+    ev.catch_up()
+    april = scored(ev, f"{LAN}/2026-04")
+    assert (april.agency, april.unit, april.total) == ("KH-W2", "KH-W2", 86)
+    assert april.catalogue == 1 and "KH-W2 catalogue v1" in april.trace[0].effect
+    # each agency's unit view holds the month that belongs to it, and only that one
+    assert [r["employee"] for r in doc_of(ev, "unit", "KH-W1/2026-03")["results"]] == [LAN]
+    assert ev.view.doc("unit", "KH-W1/2026-04") is None
+    assert [r["employee"] for r in doc_of(ev, "unit", "KH-W2/2026-04")["results"]] == [LAN]
+    assert ev.view.doc("unit", "KH-W2/2026-03") is None
+    year = doc_of(ev, "year", f"{LAN}/2026")
+    assert year["agency"] == "KH-W2"
+    assert [m["period"] for m in year["months"]] == ["2026-03", "2026-04"]
+    assert Fraction(year["mean"]) == 83
+    # each agency closes its own month; the snapshots name only their own people
+    w.now = at("2026-05-04")
+    close(w, "2026-03")
+    w.do("hoa.hr", "period.closed", {"agency": "KH-W2", "period": "2026-04", "snapshot": "0" * 64})
+    ev.catch_up()
+    for place in ("KH-W1/2026-03", "KH-W2/2026-04"):
+        published = doc_of(ev, "snapshot", place)["published"]
+        assert [r["employee"] for r in published["results"]] == [LAN], place
+    replay = Replay(ev.view)
+    assert replay.score(LAN, "2026-03").to_doc() == march.to_doc()
+    assert replay.score(LAN, "2026-04").to_doc() == april.to_doc()
+    check_refolds(db_url, ev)
+
+
+# -- a catalogue version published mid-year --------------------------------------------------
+
+
+def catalogue_v2(products: str) -> dict[str, Any]:
+    from bench.common import sample_catalogue
+
+    doc = sample_catalogue("KH-W1")
+    doc["version"], doc["effective_from"] = 2, "2026-04-01"
+    doc["items"][0]["products"] = products  # OSS-01
+    return doc
+
+
+def test_a_catalogue_change_mid_year(db_url: str, w: World, ev: Evaluations) -> None:
+    """KH-W1 publishes catalogue v2 on 25 March, in force from 1 April, doubling OSS-01's
+    standard products. March's items keep v1's values, even those approved in April; April
+    is weighed with v2; the trace names the version each period applied."""
+    w.now = at("2026-03-05")
+    march = [f"lan-03-{i}" for i in range(3)]
+    for item in march:
+        assign(w, item)
+    assign(w, "lan-03-b", code="OSS-02")
+    for item in (*march, "lan-03-b"):
+        declare(w, item)
+    for item in march[:2]:
+        w.do("tuan.sup", "work.approved", {"item": item})
+    ev.catch_up()
+    before = scored(ev, f"{LAN}/2026-03")
+    assert (before.catalogue, before.assigned, before.done) == (1, 4, 2)
+    w.now = at("2026-03-25")
+    published = w.do("hoa.hr", "catalogue.published", catalogue_v2("2"))
+    ev.catch_up()
+    # the last March items approved after v2 was published (and after 1 April)
+    w.now = at("2026-04-02")
+    for item in (march[2], "lan-03-b"):
+        w.do("tuan.sup", "work.approved", {"item": item})
+    ev.catch_up()
+    after = scored(ev, f"{LAN}/2026-03")
+    assert (after.catalogue, after.catalogue_seq) == (1, before.catalogue_seq)
+    assert (after.assigned, after.done, after.Q) == (4, 4, 100)
+    assert all(
+        "(catalogue v1: 1 standard products each)" in line.effect
+        for line in after.trace
+        if line.fact == "work.assigned"
+    )
+    # April's items are weighed with v2: OSS-01 now counts 2
+    w.now = at("2026-04-06")
+    assign(w, "lan-04-a", period="2026-04")
+    assign(w, "lan-04-b", period="2026-04", code="OSS-02")
+    declare(w, "lan-04-b")
+    w.do("tuan.sup", "work.approved", {"item": "lan-04-b"})
+    ev.catch_up()
+    april = scored(ev, f"{LAN}/2026-04")
+    assert (april.catalogue, april.catalogue_seq) == (2, published.seq)
+    assert (april.assigned, april.done) == (3, 1)  # 2 (OSS-01 under v2) + 1 (OSS-02)
+    assert Fraction(100, 3) == april.Q
+    assert "catalogue v2" in april.trace[0].effect
+    # as of before the publication, April had no v2 to apply; March is unchanged throughout
+    replay = Replay(ev.view)
+    assert replay.score(LAN, "2026-03", as_of=published.seq - 1).catalogue == 1
+    assert replay.score(LAN, "2026-04").to_doc() == april.to_doc()
+    check_refolds(db_url, ev)
