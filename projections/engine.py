@@ -122,6 +122,7 @@ class _Batch:
     by_view: dict[str, dict[str, Put]] = field(default_factory=dict)
     evidence: dict[str, dict[str, Any]] = field(default_factory=dict)  # known first claims
     rules: dict[str, Rules | None] = field(default_factory=dict)  # by subject, until a ref fact
+    closes: dict[str, Any] = field(default_factory=dict)  # by subject, until a ref fact
     streams: list[tuple[str, str, int]] = field(default_factory=list)
     touched: dict[str, None] = field(default_factory=dict)  # sheets changed, not yet put
 
@@ -330,7 +331,7 @@ class Evaluations:
             self._evidence(fact, key, batch)
         elif fact.type == "work.approved":
             self._approval(fact, key, batch)
-        close = self._close_of(key)
+        close = self._close_of(key, batch)
         if close is not None and fact.seq > close.seq and not fact.type.endswith("ruling_applied"):
             self._flag(
                 batch,
@@ -347,7 +348,14 @@ class Evaluations:
             batch.rules[key] = rules_for(self.registry, *key.split("/", 1))
         return batch.rules[key]
 
-    def _close_of(self, key: str) -> Any:
+    def _close_of(self, key: str, batch: _Batch) -> Any:
+        """The close of the agency ``key``'s period belongs to (None while open); looked up
+        once per batch, like the rules (reference facts clear both)."""
+        if key not in batch.closes:
+            batch.closes[key] = self._find_close(key)
+        return batch.closes[key]
+
+    def _find_close(self, key: str) -> Any:
         employee, period = key.split("/", 1)
         posting = self.registry.posting(employee, period_start(period))
         if posting is None:
@@ -357,6 +365,7 @@ class Evaluations:
     def _reference(self, fact: Fact, batch: _Batch) -> None:
         batch.streams.append((REF, fact.stream, fact.seq))
         batch.rules.clear()
+        batch.closes.clear()
         if fact.type in POSTING_TYPES:
             unit = fact.data["unit"]
             self.registry.apply(fact)
@@ -825,8 +834,9 @@ class Evaluations:
         if doc is None:
             doc = {"approver": fact.actor, "agency": rules.agency, "period": period, "days": {}}
         day = rules.policy.policy.calendar.local_date(fact.at).isoformat()
-        days = {**doc["days"], day: [*doc["days"].get(day, []), fact.seq]}
-        batch.put(Put("approvals", akey, {**doc, "days": days}, fact.actor, rules.agency, period))
+        doc["days"].setdefault(day, []).append(fact.seq)  # the batch's own copy
+        if put is None:
+            batch.put(Put("approvals", akey, doc, fact.actor, rules.agency, period))
         sheet = self._sheets[key]
         item = fact.data["item"]
         declared = [r for r in sheet.items.get(item, []) if r[1] == "work.declared"]

@@ -420,8 +420,8 @@ def _item(
     quality = progress = ZERO
     early = False
     if counts:
-        quality = weight * max(ZERO, 1 - n_fail * number(d.quality_failure))
-        progress = weight * max(ZERO, 1 - n_delay * number(d.delay))
+        quality = weight * max(ZERO, 1 - n_fail * number(d.quality_failure)) if n_fail else weight
+        progress = weight * max(ZERO, 1 - n_delay * number(d.delay)) if n_delay else weight
         hours = declaration.data.get("hours") if declaration is not None else None
         standard = entry.hours if entry is not None else None
         if (
