@@ -130,7 +130,15 @@ def _commit() -> str:
 
 
 def _peak_mb() -> float:
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux: KiB
+    """This process's peak resident set: ``VmHWM`` (Linux), which starts afresh at ``exec``;
+    ``ru_maxrss`` would carry over the parent's peak into a spawned child."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024  # kB
+    except OSError:
+        pass
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # elsewhere: KiB
 
 
 def baseline_read(url: str) -> dict[str, Any]:

@@ -7,14 +7,14 @@ year, the unit view with the quota, the close snapshot, the "HR decision due" it
 appeals and the flags — are recomputed. Everything the batch changed is written with the
 tracking position in **one transaction**; a crash loses nothing and repeats nothing.
 
-Memory does not grow with the log: sheets live in the view (``view = "sheet"``) and only a
-bounded cache of them stays in memory; the registry grows with the organisation only.
+Memory does not grow with the log: sheets live in the views (``kpi_view_sheet_rows``, one row
+appended per fact) and only a bounded cache of them stays in memory; the registry grows with
+the organisation only.
 
 Views (``kpi_view_docs.view``), each a JSON document:
 
 | view | key | what |
 |---|---|---|
-| ``sheet`` | ``employee/period`` | the period's facts (for incremental scoring) |
 | ``score`` | ``employee/period`` | the ``Result``: components, total, grades |
 | ``trace`` | ``employee/period`` | its trace: one line per fact, then the arithmetic |
 | ``quarter`` | ``employee/YYYY-Qn`` | mean of the quarter's month totals (months worked) |
@@ -61,7 +61,7 @@ from projections.score import (
     show,
 )
 from projections.sheet import SHEET_TYPES, Sheet, subject_key, subject_of
-from projections.store import APP_NAME, LogRow, Put, _ViewSQL
+from projections.store import APP_NAME, LogRow, Put, SheetRow, _ViewSQL
 
 #: the read models ``kpi-ledger show`` prints
 VIEWS = ("score", "trace", "quarter", "year", "unit", "snapshot", "appeal", "hr_due", "flag")
@@ -124,7 +124,8 @@ class _Batch:
     rules: dict[str, Rules | None] = field(default_factory=dict)  # by subject, until a ref fact
     closes: dict[str, Any] = field(default_factory=dict)  # by subject, until a ref fact
     streams: list[tuple[str, str, int]] = field(default_factory=list)
-    touched: dict[str, None] = field(default_factory=dict)  # sheets changed, not yet put
+    rows: list[SheetRow] = field(default_factory=list)  # sheet rows folded, not yet stored
+    rows_by_subject: dict[str, list[tuple[str | None, list[Any]]]] = field(default_factory=dict)
 
     # this batch's documents by the columns ``find`` filters on, so that merging them over
     # the stored ones costs what the bucket holds, not a scan of the batch
@@ -212,13 +213,8 @@ class Evaluations:
         return not self.pending
 
     def _commit(self, batch: _Batch, tracking: Tracking | None) -> None:
-        for key in batch.touched:  # sheets changed by the batch and still in the cache
-            sheet = self._sheets.get(key)
-            if sheet is not None:
-                batch.put(Put("sheet", key, sheet.to_doc(), sheet.employee, None, sheet.period))
-        batch.touched.clear()
         batch.put(Put(*PENDING, self.pending.to_doc()))
-        self.view.commit(batch.puts.values(), batch.streams, tracking)
+        self.view.commit(batch.puts.values(), batch.streams, tracking, sheet_rows=batch.rows)
 
     def _reload(self) -> None:
         """Memory as of the committed position: the registry re-read, caches emptied."""
@@ -292,19 +288,13 @@ class Evaluations:
 
     def _sheet(self, key: str, batch: _Batch) -> Sheet:
         sheet = self._sheets.get(key)
-        if sheet is None:
-            put = batch.by_view.get("sheet", {}).get(key)  # written earlier in this batch
-            doc = put.doc if put is not None else self.view.doc("sheet", key)
+        if sheet is None:  # its stored rows, then those this batch has not stored yet
+            rows = self.view.sheet_rows(key) + batch.rows_by_subject.get(key, [])
             employee, period = key.split("/", 1)
-            sheet = Sheet.from_doc(doc) if doc is not None else Sheet(employee, period)
+            sheet = Sheet.from_rows(employee, period, rows)
             self._sheets[key] = sheet
             if len(self._sheets) > self._sheet_cache:
-                old, evicted = self._sheets.popitem(last=False)
-                if old in batch.touched:  # changed by this batch: its document goes with it
-                    batch.put(
-                        Put("sheet", old, evicted.to_doc(), evicted.employee, None, evicted.period)
-                    )
-                    del batch.touched[old]
+                self._sheets.popitem(last=False)
         self._sheets.move_to_end(key)
         return sheet
 
@@ -324,9 +314,11 @@ class Evaluations:
         if fact.type.startswith("work."):
             item = fact.data.get("item") or fact.data.get("target", {}).get("item")
         sheet = self._sheet(key, batch)
-        sheet.apply(fact, item)
+        added = sheet.apply(fact, item)
+        if added is not None:
+            batch.rows.append(SheetRow(key, fact.seq, *added))
+            batch.rows_by_subject.setdefault(key, []).append(added)
         batch.dirty[key] = None
-        batch.touched[key] = None
         if fact.type == "work.declared":
             self._evidence(fact, key, batch)
         elif fact.type == "work.approved":
@@ -407,11 +399,11 @@ class Evaluations:
 
     def _touch_employee(self, employee: str, batch: _Batch, since: str | None = None) -> None:
         keys = {
-            *self.view.keys("sheet", employee=employee),
+            *self.view.sheet_subjects(employee),
             *self.view.keys("score", employee=employee),
         }
-        for view in ("sheet", "score"):
-            keys.update(batch.by_employee.get((view, employee), {}))
+        keys.update(batch.by_employee.get(("score", employee), {}))
+        keys.update(k for k in batch.rows_by_subject if k.startswith(employee + "/"))
         keys.update(k for k in self._sheets if k.startswith(employee + "/"))
         for key in sorted(keys):
             period = key.split("/", 1)[1]
@@ -421,9 +413,8 @@ class Evaluations:
 
     def _touch_from(self, day: Any, batch: _Batch) -> None:
         """Periods starting on or after ``day`` (a publication never changes an earlier one)."""
-        keys = {*self.view.keys("sheet"), *self.view.keys("score"), *self._sheets}
-        for view in ("sheet", "score"):
-            keys.update(batch.by_view.get(view, {}))
+        keys = {*self.view.sheet_subjects(), *self.view.keys("score"), *self._sheets}
+        keys.update(batch.by_view.get("score", {}), batch.rows_by_subject)
         for key in sorted(keys):
             if period_start(key.split("/", 1)[1]) >= day:
                 batch.dirty[key] = None

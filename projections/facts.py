@@ -13,10 +13,15 @@ import datetime as dt
 import json
 from dataclasses import dataclass
 from functools import lru_cache
+from sys import intern
 from typing import Any
 
-# free text the projections never use: dropped when a fact is folded into a sheet
+# dropped when a fact is folded into a sheet: free text the projections never use, and what
+# the sheet itself says (whose period, which item) or what only the fold needs (evidence, due
+# dates, claimed completion times): a sheet row stays small, in memory and in the views
 _BULKY = frozenset({"note", "legal_basis", "authority", "grounds", "details", "document", "items"})
+_IN_SHEET = frozenset({"item", "employee", "period", "due", "done_at", "evidence"})
+_DROPPED = _BULKY | _IN_SHEET
 
 
 @dataclass(frozen=True, slots=True)
@@ -36,9 +41,11 @@ class Fact:
         return parse_instant(self.time)
 
     def compact(self) -> list[Any]:
-        """The fact as a small JSON list (what a sheet keeps), free text left out."""
-        data = {k: v for k, v in self.data.items() if k not in _BULKY}
-        return [self.seq, self.type, self.actor, self.time, self.nonce, data]
+        """The fact as a small JSON list (what a sheet keeps): free text and what the sheet
+        already says left out; the type, actor and keys interned (they recur in every
+        sheet, and a sheet cache holds thousands of rows)."""
+        data = {intern(k): v for k, v in self.data.items() if k not in _DROPPED}
+        return [self.seq, intern(self.type), intern(self.actor), self.time, self.nonce, data]
 
     @classmethod
     def from_compact(cls, stream: str, row: list[Any]) -> Fact:

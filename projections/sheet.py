@@ -7,13 +7,17 @@ the period. Folding is only collecting: what each fact *means* is decided when t
 computed (``projections/score.py``), under the policy chosen then, so the same sheet can be
 scored under another policy (what-if) without reading the log again.
 
-A sheet is plain JSON (``to_doc`` / ``from_doc``), so the projection keeps it in its view
-and never has to hold every sheet in memory.
+A sheet only grows: each fact it folds adds one compact row (``apply`` returns it), so the
+projection stores a sheet as its rows, appended once each (``kpi_view_sheet_rows``), and
+rebuilds it from them (``from_rows``) when it is not in memory: memory holds a bounded cache
+of sheets, and writing costs one row per fact, however often a period is touched.
 """
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass, field
+from sys import intern
 from typing import Any
 
 from projections.facts import Fact
@@ -69,20 +73,42 @@ class Sheet:
     ratings: list[list[Any]] = field(default_factory=list)
     last_seq: int = -1
 
-    def apply(self, fact: Fact, item: str | None = None) -> None:
-        """Fold one fact; work facts need the ``item`` they are about (their stream's)."""
-        if fact.seq <= self.last_seq:
-            return  # already folded: replays are idempotent
+    def apply(self, fact: Fact, item: str | None = None) -> tuple[str | None, list[Any]] | None:
+        """Fold one fact; work facts need the ``item`` they are about (their stream's).
+        Returns the row added, with its item (None for assessment and rating rows), or None
+        when the fact adds nothing (already folded, or not a sheet fact)."""
+        if fact.seq <= self.last_seq or fact.type not in SHEET_TYPES:
+            return None  # already folded: replays are idempotent
+        code = None
         if fact.type in WORK_TYPES:
             code = item or fact.data.get("item") or fact.data["target"]["item"]
-            self.items.setdefault(code, []).append(fact.compact())
-        elif fact.type in ASSESSMENT_TYPES:
-            self.assessment.append(fact.compact())
-        elif fact.type in RATING_TYPES:
-            self.ratings.append(fact.compact())
-        else:
+        row = fact.compact()
+        self.add(code, row)
+        return code, row
+
+    def add(self, item: str | None, row: list[Any]) -> None:
+        """Fold a row ``apply`` returned (a stored one, read back)."""
+        if row[0] <= self.last_seq:
             return
-        self.last_seq = fact.seq
+        if item is not None:
+            self.items.setdefault(item, []).append(row)
+        elif row[1] in RATING_TYPES:
+            self.ratings.append(row)
+        else:
+            self.assessment.append(row)
+        self.last_seq = row[0]
+
+    @classmethod
+    def from_rows(
+        cls, employee: str, period: str, rows: Iterable[tuple[str | None, list[Any]]]
+    ) -> Sheet:
+        """The sheet made of stored rows (in log order)."""
+        sheet = cls(employee, period)
+        for item, row in rows:  # strings interned as ``Fact.compact`` does
+            row[1], row[2] = intern(row[1]), intern(row[2])
+            row[5] = {intern(k): v for k, v in row[5].items()}
+            sheet.add(item, row)
+        return sheet
 
     @property
     def key(self) -> str:
@@ -107,24 +133,3 @@ class Sheet:
         ]
         out.last_seq = max(seqs, default=-1)
         return out
-
-    def to_doc(self) -> dict[str, Any]:
-        return {
-            "employee": self.employee,
-            "period": self.period,
-            "items": self.items,
-            "assessment": self.assessment,
-            "ratings": self.ratings,
-            "last_seq": self.last_seq,
-        }
-
-    @classmethod
-    def from_doc(cls, doc: dict[str, Any]) -> Sheet:
-        return cls(
-            doc["employee"],
-            doc["period"],
-            doc["items"],
-            doc["assessment"],
-            doc["ratings"],
-            int(doc["last_seq"]),
-        )

@@ -3,9 +3,10 @@
 ``kpi_view_docs`` holds every read model as JSON documents keyed by ``(view, key)``, with the
 columns the queries filter on (employee, agency, period); ``kpi_view_streams`` indexes which
 streams hold the facts of a subject (``employee/period`` for work items and ratings) so that
-as-of replay reads a handful of streams instead of the whole log. The position the views
-reflect is the library's tracking record (notification id), written in the **same
-transaction** as the rows: exactly once, on both backends.
+as-of replay reads a handful of streams instead of the whole log; ``kpi_view_sheet_rows``
+holds each employee period's sheet as rows appended once per fact (``projections/sheet.py``).
+The position the views reflect is the library's tracking record (notification id), written
+in the **same transaction** as the rows: exactly once, on both backends.
 
 ``SQLiteEvaluationView`` and ``PostgresEvaluationView`` are ``eventsourcing`` tracking
 recorders (the classes ``ProjectionRunner`` builds views from); the SQL they share is in
@@ -44,6 +45,9 @@ _TABLES = [
     " subject TEXT NOT NULL, stream TEXT NOT NULL, seq BIGINT NOT NULL,"
     " PRIMARY KEY (subject, stream))",
     "CREATE INDEX IF NOT EXISTS kpi_view_streams_stream ON {s}kpi_view_streams (stream)",
+    "CREATE TABLE IF NOT EXISTS {s}kpi_view_sheet_rows ("
+    " subject TEXT NOT NULL, seq BIGINT NOT NULL, item TEXT, row TEXT NOT NULL,"
+    " PRIMARY KEY (subject, seq))",
 ]
 
 
@@ -55,6 +59,16 @@ class Put:
     employee: str | None = None
     agency: str | None = None
     period: str | None = None
+
+
+@dataclass(frozen=True)
+class SheetRow:
+    """One row of a sheet: the fact at ``seq`` in compact form, with its work item."""
+
+    subject: str  # employee/period
+    seq: int
+    item: str | None
+    row: list[Any]
 
 
 @dataclass(frozen=True)
@@ -106,8 +120,10 @@ class _ViewSQL:
         streams: Iterable[tuple[str, str, int]],
         tracking: Tracking | None,
         deletes: Iterable[tuple[str, str]] = (),
+        sheet_rows: Iterable[SheetRow] = (),
     ) -> None:
-        """Write documents, stream index rows and the tracking position in one transaction."""
+        """Write documents, stream index rows, sheet rows and the tracking position in one
+        transaction."""
         rows = [
             (
                 p.view,
@@ -120,6 +136,10 @@ class _ViewSQL:
             for p in puts
         ]
         index = list(streams)
+        appended = [
+            (r.subject, r.seq, r.item, json.dumps(r.row, separators=(",", ":"), ensure_ascii=False))
+            for r in sheet_rows
+        ]
         with self._cursor(commit=True) as c:
             for view, key in deletes:
                 self._exec(
@@ -147,6 +167,16 @@ class _ViewSQL:
                     ),
                     index,
                 )
+            if appended:
+                c.executemany(
+                    self._sql(
+                        "INSERT INTO {s}kpi_view_sheet_rows (subject, seq, item, row)"
+                        " VALUES (?, ?, ?, ?) ON CONFLICT (subject, seq) DO NOTHING".replace(
+                            "{s}", self.schema_prefix
+                        )
+                    ),
+                    appended,
+                )
             if tracking is not None:
                 self._save_tracking(c, tracking)
 
@@ -155,6 +185,7 @@ class _ViewSQL:
         with self._cursor(commit=True) as c:
             self._exec(c, "DELETE FROM {s}kpi_view_docs")
             self._exec(c, "DELETE FROM {s}kpi_view_streams")
+            self._exec(c, "DELETE FROM {s}kpi_view_sheet_rows")
             self._delete_tracking(c)
 
     def _delete_tracking(self, c: Any) -> None:
@@ -215,6 +246,27 @@ class _ViewSQL:
                 params,
             )
             return list(c.fetchall())
+
+    def sheet_rows(self, subject: str) -> list[tuple[str | None, list[Any]]]:
+        """The stored rows of ``subject``'s sheet, in log order: (item, row)."""
+        with self._cursor(commit=False) as c:
+            self._exec(
+                c,
+                "SELECT item, row FROM {s}kpi_view_sheet_rows WHERE subject = ? ORDER BY seq",
+                (subject,),
+            )
+            return [(r["item"], json.loads(r["row"])) for r in c.fetchall()]
+
+    def sheet_subjects(self, employee: str | None = None) -> list[str]:
+        """The subjects (``employee/period``) that have a sheet; only ``employee``'s if given."""
+        sql = "SELECT DISTINCT subject FROM {s}kpi_view_sheet_rows"
+        params: tuple[str, ...] = ()
+        if employee is not None:  # a range over the primary key: employee/ .. employee0
+            sql += " WHERE subject > ? AND subject < ?"
+            params = (employee + "/", employee + "0")
+        with self._cursor(commit=False) as c:
+            self._exec(c, sql + " ORDER BY subject", params)
+            return [r["subject"] for r in c.fetchall()]
 
     def subjects_of_streams(self, streams: Sequence[str]) -> dict[str, str]:
         out: dict[str, str] = {}

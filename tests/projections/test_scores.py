@@ -40,7 +40,7 @@ KEY = f"{LAN}/{MARCH}"
 YEAR = f"{LAN}/2026"
 TOTALS: tuple[str, ...] = ("72.4", "68.0", "75.5", "80.1", "70.0", "66.3", "74.8", "71.9")
 TOTALS += ("69.5", "73.2", "77.0", "76.1")  # the twelve months of scenario 4
-VIEWS: tuple[str, ...] = ("sheet", "score", "quarter", "year", "unit", "snapshot", "appeal")
+VIEWS: tuple[str, ...] = ("score", "trace", "quarter", "year", "unit", "snapshot", "appeal")
 VIEWS += ("hr_due", "flag", "evidence", "approvals")
 REPRIMAND = {
     "discipline": "kt-1",
@@ -102,9 +102,12 @@ def check_components(result: Result, total: Fraction, grade: str, qcp: Sequence[
     assert [Fraction(x) for x in qcp] == [result.Q, result.C, result.P]
 
 
-def all_views(ev: Evaluations) -> dict[str, dict[str, dict[str, Any]]]:
-    """Every document of the views that follow from the log, by view and key."""
-    return {v: ev.view.docs(v, ev.view.keys(v)) for v in VIEWS}
+def all_views(ev: Evaluations) -> dict[str, dict[str, Any]]:
+    """Every document of the views that follow from the log, by view and key, and every
+    sheet's stored rows (as ``sheet``, by subject)."""
+    views: dict[str, dict[str, Any]] = {v: ev.view.docs(v, ev.view.keys(v)) for v in VIEWS}
+    views["sheet"] = {s: ev.view.sheet_rows(s) for s in ev.view.sheet_subjects()}
+    return views
 
 
 def check_refolds(db_url: str, ev: Evaluations, step: int = 7) -> None:
