@@ -67,7 +67,7 @@ from projections.store import APP_NAME, LogRow, Put, SheetRow, _ViewSQL
 VIEWS = ("score", "trace", "quarter", "year", "unit", "snapshot", "appeal", "hr_due", "flag")
 REF = "ref"  # the stream-index subject of reference streams
 BATCH = 10000
-SHEET_CACHE = 4096
+SHEET_CACHE = 3072
 SETTLE_CHUNK = 1000  # periods scored per transaction when settling
 MAX_PENDING = 20000  # periods left unscored before a catch-up settles mid-way
 PENDING = ("pending", "evaluations")  # the document that lists them

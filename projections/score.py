@@ -36,7 +36,7 @@ HUNDRED = Fraction(100)
 
 def show(value: Fraction | Decimal | int, places: int = 2) -> str:
     """A number as shown to people: ``places`` decimals, half away from zero (display only)."""
-    return _show(Fraction(value), places)
+    return _show(value if isinstance(value, Fraction) else Fraction(value), places)
 
 
 @lru_cache(maxsize=8192)
@@ -60,7 +60,7 @@ def number(value: str | Decimal | int) -> Fraction:
 def exact(value: Fraction) -> str:
     """A fraction as an exact string: ``"1079/12"`` or ``"93.5625"`` when it is a finite
     decimal, so that a hash over results never depends on rounding."""
-    value = Fraction(value)
+    value = value if isinstance(value, Fraction) else Fraction(value)
     den = value.denominator
     twos = fives = 0
     while den % 2 == 0:

@@ -103,7 +103,13 @@ class _ViewSQL:
         return stream
 
     def _stream_text(self, value: Any) -> str:
-        return str(value if isinstance(value, UUID) else UUID(hex=str(value)))
+        """A stream id as the canonical UUID text (SQLite stores 32 hex digits)."""
+        if isinstance(value, UUID):
+            return str(value)
+        h = str(value)
+        if len(h) == 32:  # what UUID(hex=...) would print, without building one
+            return f"{h[:8]}-{h[8:12]}-{h[12:16]}-{h[16:20]}-{h[20:]}".lower()
+        return str(UUID(h))
 
     def _exec(self, c: Any, text: str, params: Sequence[Any] = ()) -> Any:
         c.execute(self._sql(text.replace("{s}", self.schema_prefix)), tuple(params))
