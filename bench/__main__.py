@@ -136,7 +136,7 @@ def summary_rows(results: dict[str, dict[str, Any]]) -> list[list[Any]]:
         rows.append(
             [
                 "projections",
-                f"rebuild peak {m['large_mb']:.0f} MB (ratio: large/small log)",
+                f"rebuild peak {m['large_mb']:.0f} MB (ratio: end/halfway)",
                 m["growth"],
                 f"< {p['targets']['peak_mb']:.0f} MB",
                 "meets" if m["meets_target"] else "MISSES",

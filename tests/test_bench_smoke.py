@@ -165,6 +165,11 @@ def test_projections_bench_on_a_small_demo_log(tmp_path: Path) -> None:
         assert r["meets_target"] == (r["ratio"] >= projections.TARGET_RATIO)
     memory = result["memory"]
     assert memory["meets_target"] == (memory["large_mb"] < projections.TARGET_MB)
+    along = result["rebuild"]["large"]["peak_along"]
+    assert [done for done, _ in along] == sorted(done for done, _ in along)
+    assert along[-1][0] == logs["large"]["entries"]
+    assert [mb for _, mb in along] == sorted(mb for _, mb in along)  # a peak never falls
+    assert memory["growth"] == memory["large_mb"] / memory["large_halfway_mb"] >= 1
     as_of = result["as_of"]
     assert as_of["samples"] == projections.SCALES["tiny"].samples
     assert 0 < as_of["ms"]["p50"] <= as_of["ms"]["p95"] <= as_of["ms"]["max"]
