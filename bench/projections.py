@@ -190,7 +190,7 @@ def rebuild_views(url: str) -> dict[str, Any]:
         "entries": count,
         "seconds": seconds,
         "rate": count / seconds,
-        "peak_mb": _peak_mb(),
+        "peak_mb": max([_peak_mb(), *(mb for _, mb in along)]),
         "peak_along": along,
     }
 
