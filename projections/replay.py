@@ -100,33 +100,50 @@ class Replay:
 
     def registry(self, employee: str, period: str, upto: int) -> tuple[Registry, list[Fact]]:
         """The reference facts one score needs (registry) and the sheet's facts."""
+        registry, sheets = self.read(employee, period=period, upto=upto)
+        return registry, sheets[subject_key(employee, period)]
+
+    def read(self, *people: str, period: str, upto: int) -> tuple[Registry, dict[str, list[Fact]]]:
+        """What the scores of ``people``'s ``period`` need, in a few queries for all of them:
+        one registry of the reference facts, and each sheet's facts by subject key."""
         registry = Registry()
-        subject = subject_key(employee, period)
+        subjects = [subject_key(e, period) for e in people]
         streams = [
-            _sid("employee", employee),
-            _sid("conduct", employee),
-            _sid("assessment", f"{employee}/{period}"),
-            *self._indexed([subject], upto),
+            *(_sid("employee", e) for e in people),
+            *(_sid("conduct", e) for e in people),
+            *(_sid("assessment", s) for s in subjects),
+            *self._indexed(subjects, upto),
         ]
-        facts = self.view.stream_facts(streams, upto)
-        sheet_facts = [f for f in facts if f.type in SHEET_TYPES]
-        for f in facts:
+        sheets: dict[str, list[Fact]] = {s: [] for s in subjects}
+        owner: dict[str, str] = {}  # work stream -> subject (named by its assignment)
+        for f in self.view.stream_facts(streams, upto):  # log order: assignments first
             if f.type in REFERENCE_TYPES:
                 registry.apply(f)
-        posting = registry.posting(employee, period_start(period))
-        if posting is None:
-            return registry, sheet_facts
-        self._organisation(registry, [posting.unit], upto)
-        agency = registry.agency_of(posting.unit)
-        more = [
-            *(_sid("policies", unit) for unit in registry.chain(posting.unit)),
-            _sid("catalogue", agency),
-            _sid("periods", agency),
-            _sid("position", posting.position),
-        ]
-        for f in self.view.stream_facts(more, upto):
+                continue
+            if f.type not in SHEET_TYPES:
+                continue
+            named = subject_of(f)
+            key = subject_key(*named) if named is not None else owner.get(f.stream)
+            if named is not None and f.type == "work.assigned":
+                owner[f.stream] = subject_key(*named)
+            if key in sheets:
+                sheets[key].append(f)
+        start = period_start(period)
+        postings = [p for e in people if (p := registry.posting(e, start)) is not None]
+        if not postings:
+            return registry, sheets
+        self._organisation(registry, sorted({p.unit for p in postings}), upto)
+        more: dict[str, None] = {}
+        for posting in postings:
+            agency = registry.agency_of(posting.unit)
+            for unit in registry.chain(posting.unit):
+                more[_sid("policies", unit)] = None
+            more[_sid("catalogue", agency)] = None
+            more[_sid("periods", agency)] = None
+            more[_sid("position", posting.position)] = None
+        for f in self.view.stream_facts(list(more), upto):
             registry.apply(f)
-        return registry, sheet_facts
+        return registry, sheets
 
     def _organisation(self, registry: Registry, units: list[str], upto: int) -> None:
         """Fold the units and their ancestors, one level per query."""
@@ -163,20 +180,40 @@ class Replay:
             raise ReplayError(
                 f"{employee!r} had no posting or no policy in force on the first day of {period}"
             )
+        leads = rules.leader and rules.policy.policy.leader_unit is not None
+        if not sheet_facts and not leads:  # as the projection: no facts, no score
+            raise ReplayError(
+                f"nothing recorded for {employee!r} in {period} up to position {upto}"
+            )
         if policy is not None:
             rules = dataclasses.replace(rules, policy=self._other_policy(registry, rules, policy))
-        if rules.leader and rules.policy.policy.leader_unit is not None and _depth < 4:
+        if leads and _depth < 4:
             staff = [e for e in self._members(registry, rules.unit, period, upto) if e != employee]
-            grades = []
-            for other in staff:
-                try:
-                    grades.append(
-                        (other, self.score(other, period, as_of=upto, _depth=_depth + 1).grade)
-                    )
-                except ReplayError:
-                    continue
+            grades = self._grades(staff, period, upto, _depth + 1)
             rules = dataclasses.replace(rules, subordinates=tuple(grades))
         return score_of(sheet_facts, employee, period, rules)
+
+    def _grades(
+        self, staff: list[str], period: str, upto: int, depth: int
+    ) -> list[tuple[str, str]]:
+        """The grades of a leader's staff, read together; a staff member who leads a unit of
+        their own is scored on their own (their grade needs their staff's)."""
+        registry, sheets = self.read(*staff, period=period, upto=upto)
+        grades = []
+        for other in staff:
+            rules = rules_for(registry, other, period) if other in registry.people else None
+            sheet = sheets[subject_key(other, period)]
+            if rules is None or (not sheet and not rules.leader):
+                continue  # not posted then, or nothing recorded: not part of the unit's result
+            if rules.leader and rules.policy.policy.leader_unit is not None:
+                try:
+                    grade = self.score(other, period, as_of=upto, _depth=depth).grade
+                except ReplayError:
+                    continue
+            else:
+                grade = score_of(sheet, other, period, rules).grade
+            grades.append((other, grade))
+        return grades
 
     def _members(self, registry: Registry, unit: str, period: str, upto: int) -> list[str]:
         streams = self._indexed([f"unit:{unit}"], upto)
