@@ -567,6 +567,62 @@ def cmd_demo(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_principal(args: argparse.Namespace) -> int:
+    """Issue, withdraw or list the API's bearer tokens (api/principals.py)."""
+    from api.principals import PrincipalError, Principals
+
+    service = LedgerService(_ledger_database(args))
+    try:
+        principals = Principals(service.sealed.datastore)  # type: ignore[attr-defined]
+        if args.action == "list":
+            for record in principals.all():
+                state = f"revoked {record.revoked_at}" if record.revoked_at else "active"
+                print(f"{record.name}\tissued {record.issued_at}\t{state}")
+            return 0
+        if args.name is None:
+            raise UsageError(f"principal {args.action} needs a NAME")
+        if args.action == "revoke":
+            if not principals.revoke(args.name):
+                raise UsageError(f"{args.name!r} has no token in force")
+            print(f"revoked the token of {args.name}")
+            return 0
+        keys = service.refresh_keyring().keys.values()
+        if not any(r.principal == args.name and r.revoked_at is None for r in keys):
+            raise UsageError(
+                f"{args.name!r} has no key in force in the log: register its key first"
+                " (kpi-ledger register-key); its facts must be signed with it"
+            )
+        try:
+            token = principals.issue(args.name)
+        except PrincipalError as exc:
+            raise UsageError(str(exc)) from None
+    finally:
+        service.close()
+    sys.stderr.write(
+        f"token for {args.name} (shown once; stored only as its SHA-256; a new one replaces it):\n"
+    )
+    print(token)
+    return 0
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    """The HTTP API (api/app.py) with the projection runner and the checkpointer."""
+    import uvicorn
+
+    from api.app import create_app
+    from api.runtime import Settings
+
+    database = _ledger_database(args)
+    home = LedgerHome(home_path(args.home))
+    settings = Settings(database, home, checkpoint_seconds=args.checkpoint_seconds)
+    sys.stderr.write(
+        f"kpi-ledger: serving {database.display} on http://{args.host}:{args.port}/v1"
+        f" (OpenAPI: /v1/openapi.json, /v1/docs)\n"
+    )
+    uvicorn.run(create_app(settings), host=args.host, port=args.port, log_level=args.log_level)
+    return 0
+
+
 # -- parser ---------------------------------------------------------------------------------
 
 
@@ -719,6 +775,25 @@ def _add_projection_commands(sub: Any, common: argparse.ArgumentParser) -> None:
     p.add_argument("period", type=_period)
     p.add_argument("--json", action="store_true", help="also print the snapshot document")
     p.set_defaults(func=cmd_snapshot)
+
+    p = sub.add_parser("serve", parents=[common], help="run the HTTP API (with the projections)")
+    p.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1)")
+    p.add_argument("--port", type=_count(1, 65535), default=8000, help="port (default 8000)")
+    p.add_argument(
+        "--checkpoint-seconds",
+        type=_seconds,
+        default=1.0,
+        help="sign a checkpoint this often when the log grew (default 1)",
+    )
+    p.add_argument(
+        "--log-level", default="info", choices=["critical", "error", "warning", "info", "debug"]
+    )
+    p.set_defaults(func=cmd_serve)
+
+    p = sub.add_parser("principal", parents=[common], help="API tokens: add, revoke, list")
+    p.add_argument("action", choices=["add", "revoke", "list"])
+    p.add_argument("name", nargs="?", help="the principal (a person or system with a key)")
+    p.set_defaults(func=cmd_principal)
 
     p = sub.add_parser("show", parents=[common], help="print a read model's documents (JSON lines)")
     p.add_argument("view", choices=VIEWS)

@@ -141,6 +141,7 @@ class Appended:
 
 Outcome = Appended | Refusal
 Handler = Callable[[Context], Recording]
+Screen = Callable[[Fact], None]  # raises a Refusal for a fact the caller may not submit
 
 _DURATION = re.compile(r"^([0-9]+)([smhd])$")
 
@@ -393,8 +394,12 @@ class LedgerService(Application[UUID]):
             raise outcome
         return outcome
 
-    def submit_many(self, envelopes: Sequence[bytes | str]) -> list[Outcome]:
-        """Record a batch in one transaction; each fact is accepted or refused on its own."""
+    def submit_many(
+        self, envelopes: Sequence[bytes | str], *, screen: Screen | None = None
+    ) -> list[Outcome]:
+        """Record a batch in one transaction; each fact is accepted or refused on its own.
+        ``screen`` (the HTTP API's: is the fact signed by the caller, does it belong to the
+        endpoint) sees each parsed fact first and may raise a ``Refusal``."""
         if len(envelopes) > MAX_BATCH:
             raise ValueError(f"at most {MAX_BATCH} envelopes per batch")
         outcomes: list[Outcome | None] = [None] * len(envelopes)
@@ -405,7 +410,7 @@ class LedgerService(Application[UUID]):
             self.working_keyring = ring
             batch = _Batch(self.sealed.log_size())
             try:
-                self._examine_all(envelopes, batch, ring, outcomes)
+                self._examine_all(envelopes, batch, ring, outcomes, screen)
                 if batch.events and self._save(batch, outcomes, top):
                     self.keyring = ring
             except BaseException:
@@ -426,6 +431,7 @@ class LedgerService(Application[UUID]):
         batch: _Batch,
         ring: KeyRing,
         outcomes: list[Outcome | None],
+        screen: Screen | None = None,
     ) -> None:
         parsed = [self._parse(raw) for raw in envelopes]
         facts = [p for p in parsed if isinstance(p, Fact)]
@@ -438,6 +444,8 @@ class LedgerService(Application[UUID]):
                 if isinstance(fact_or_refusal, Refusal):
                     raise fact_or_refusal
                 fact = fact_or_refusal
+                if screen is not None:
+                    screen(fact)
                 earlier = self._duplicate(fact, used, batch)
                 if earlier is None:
                     record = self._check(fact, batch.position, ring)

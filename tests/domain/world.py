@@ -80,7 +80,8 @@ class World:
             clock=lambda: self.now,
             window=TimeWindow(past=None),
         )
-        self.service.bootstrap(SigningKey.generate("kpi.test/log"), self.admin, time=self.now)
+        self.log_key = SigningKey.generate("kpi.test/log")
+        self.service.bootstrap(self.log_key, self.admin, time=self.now)
 
     # -- people and facts ------------------------------------------------------------------
     def person(self, name: str) -> SigningKey:

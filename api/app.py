@@ -1,0 +1,114 @@
+"""The HTTP API: ``create_app(settings)`` builds the FastAPI application.
+
+Routers per resource (``api/routes/``): facts (writes), audit (checkpoint, proofs, receipts,
+entries), scores (reads). Every path is versioned (``/v1/...``); the OpenAPI document is served
+at ``/v1/openapi.json`` and kept in ``docs/openapi.json``. Errors are RFC 9457 problem
+details (``api/problems.py``). A request body larger than ``Settings.max_body`` is refused
+with 413 before it is read in full. The runtime (ledger, views, projection runner,
+checkpointer) opens with the application and closes with it (``api/runtime.py``).
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Callable, MutableMapping
+from contextlib import asynccontextmanager
+from typing import Any
+
+from fastapi import FastAPI
+from fastapi.exceptions import RequestValidationError
+from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.types import ASGIApp, Receive, Scope, Send
+
+from api import problems
+from api.routes import audit, facts, scores
+from api.runtime import Runtime, Settings
+from domain.errors import Refusal
+
+VERSION = "1.0"
+
+
+class BodyLimit:
+    """Refuse a request body above ``limit`` bytes with a 413 problem, whether it declares
+    its length or streams it."""
+
+    def __init__(self, app: ASGIApp, limit: int) -> None:
+        self.app = app
+        self.limit = limit
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        declared = dict(scope.get("headers") or []).get(b"content-length")
+        if declared is not None and declared.isdigit() and int(declared) > self.limit:
+            await self._refuse(scope, send)
+            return
+        seen = 0
+
+        async def limited() -> MutableMapping[str, Any]:
+            nonlocal seen
+            message = await receive()
+            if message["type"] == "http.request":
+                seen += len(message.get("body", b""))
+                if seen > self.limit:
+                    raise _TooLarge
+            return message
+
+        try:
+            await self.app(scope, limited, send)
+        except _TooLarge:
+            await self._refuse(scope, send)
+
+    async def _refuse(self, scope: Scope, send: Send) -> None:
+        problem = problems.Problem(
+            413,
+            "Request too large",
+            f"the body is larger than {self.limit:,} bytes",
+            rule="request.too_large",
+        )
+        response = problem.response(scope.get("path"))
+        await response(scope, _no_receive, send)
+
+
+class _TooLarge(Exception):
+    pass
+
+
+async def _no_receive() -> MutableMapping[str, Any]:
+    return {"type": "http.disconnect"}
+
+
+def create_app(
+    settings: Settings, *, runtime: Callable[[Settings], Runtime] = Runtime.open
+) -> FastAPI:
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        rt = runtime(settings)
+        app.state.runtime = rt
+        try:
+            yield
+        finally:
+            rt.close()
+
+    app = FastAPI(
+        title="kpi-ledger",
+        version=VERSION,
+        summary="An audit-grade evaluation ledger: signed facts in, verifiable scores out.",
+        openapi_url="/v1/openapi.json",
+        docs_url="/v1/docs",
+        redoc_url=None,
+        lifespan=lifespan,
+    )
+    handlers: list[tuple[Any, Callable[..., Any]]] = [
+        (problems.Problem, problems.problem_handler),
+        (Refusal, problems.refusal_handler),
+        (RequestValidationError, problems.validation_handler),
+        (StarletteHTTPException, problems.http_handler),
+        (Exception, problems.crash_handler),
+    ]
+    for kind, handler in handlers:
+        app.add_exception_handler(kind, handler)
+    for module in (facts, audit, scores):
+        app.include_router(module.router)
+    app.add_middleware(BodyLimit, limit=settings.max_body)
+    return app

@@ -1,0 +1,53 @@
+"""Request dependencies: the runtime, and the authenticated caller.
+
+A request authenticates with ``Authorization: Bearer <token>`` (a token issued by
+``kpi-ledger principal add``). An unknown, revoked or missing token is a 401 problem with
+``WWW-Authenticate: Bearer``; nothing else is looked at before that.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+from fastapi import Depends, Request
+from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
+
+from api.access import Caller
+from api.problems import Problem
+from api.runtime import Runtime
+
+_bearer = HTTPBearer(auto_error=False, description="a token from `kpi-ledger principal add`")
+
+
+def runtime(request: Request) -> Runtime:
+    found: Runtime = request.app.state.runtime
+    return found
+
+
+def caller(
+    rt: Annotated[Runtime, Depends(runtime)],
+    credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)],
+) -> Caller:
+    challenge = {"WWW-Authenticate": "Bearer"}
+    if credentials is None or credentials.scheme.lower() != "bearer":
+        raise Problem(
+            401,
+            "Not authenticated",
+            "send Authorization: Bearer <token> (kpi-ledger principal add NAME issues one)",
+            rule="auth.missing_token",
+            headers=challenge,
+        )
+    name = rt.principals.who(credentials.credentials)
+    if name is None:
+        raise Problem(
+            401,
+            "Not authenticated",
+            "the token is unknown or was revoked",
+            rule="auth.invalid_token",
+            headers=challenge,
+        )
+    return rt.organisation.caller(name)
+
+
+RuntimeDep = Annotated[Runtime, Depends(runtime)]
+CallerDep = Annotated[Caller, Depends(caller)]

@@ -1,0 +1,171 @@
+"""Audit: what an inspector needs to prove that nothing was altered.
+
+* ``GET /v1/checkpoint``: the latest signed checkpoint (a C2SP signed note, ``text/plain``);
+* ``GET /v1/proofs/inclusion?index=&size=`` and ``/v1/proofs/consistency?first=&second=``:
+  RFC 9162 proofs (base64 hashes) against tree sizes the log has;
+* ``GET /v1/receipts/{seq}``: the entry's c2sp.org/tlog-proof@v1 receipt under the latest
+  checkpoint (404 until a checkpoint seals it: the service signs one every second or so);
+* ``GET /v1/entries?start=&limit=``: the log's entries, the exact canonical bytes the bundle
+  holds (``entries.jsonl``), one per line.
+
+Checkpoints, proofs and receipts hold only hashes: any authenticated caller may read them.
+The entries name people: administrators and inspectors only.
+"""
+
+from __future__ import annotations
+
+import base64
+from typing import Annotated
+
+from fastapi import APIRouter, Query
+from fastapi.responses import PlainTextResponse, Response
+from pydantic import BaseModel
+
+from api.deps import CallerDep, RuntimeDep
+from api.problems import Problem
+from signing.receipt import TlogProof
+
+router = APIRouter(prefix="/v1", tags=["audit"])
+MAX_ENTRIES = 1000
+
+
+class InclusionProof(BaseModel):
+    index: int
+    size: int
+    root: str  # base64
+    hashes: list[str]  # base64, leaf to root
+
+
+class ConsistencyProof(BaseModel):
+    first: int
+    second: int
+    first_root: str
+    second_root: str
+    hashes: list[str]
+
+
+def _b64(data: bytes) -> str:
+    return base64.b64encode(data).decode()
+
+
+def _size_check(rt: RuntimeDep, *sizes: int) -> int:
+    size = rt.service.sealed.log_size()
+    for s in sizes:
+        if s > size:
+            raise Problem(
+                404, "Not found", f"the log has {size} entries, not {s}", rule="log.size_unknown"
+            )
+    return size
+
+
+@router.get(
+    "/checkpoint",
+    response_class=PlainTextResponse,
+    operation_id="get_checkpoint",
+    summary="The latest signed checkpoint (C2SP signed note)",
+    responses={200: {"content": {"text/plain": {}}}, 404: {"description": "none signed yet"}},
+)
+def checkpoint(rt: RuntimeDep, _: CallerDep) -> PlainTextResponse:
+    latest = rt.service.sealed.latest_checkpoint()
+    if latest is None:
+        raise Problem(
+            404, "Not found", "no checkpoint has been signed yet", rule="log.no_checkpoint"
+        )
+    return PlainTextResponse(latest.note)
+
+
+@router.get(
+    "/proofs/inclusion",
+    response_model=InclusionProof,
+    operation_id="get_inclusion_proof",
+    summary="RFC 9162 inclusion proof of entry `index` in the tree of `size` entries",
+)
+def inclusion(
+    rt: RuntimeDep,
+    _: CallerDep,
+    index: Annotated[int, Query(ge=0)],
+    size: Annotated[int, Query(ge=1)],
+) -> InclusionProof:
+    _size_check(rt, size)
+    if index >= size:
+        raise Problem(422, "The request is not valid", f"index {index} is not below size {size}")
+    log = rt.service.sealed
+    hashes = log.inclusion_proof(index, size)
+    return InclusionProof(
+        index=index, size=size, root=_b64(log.root(size)), hashes=[_b64(h) for h in hashes]
+    )
+
+
+@router.get(
+    "/proofs/consistency",
+    response_model=ConsistencyProof,
+    operation_id="get_consistency_proof",
+    summary="RFC 9162 consistency proof between trees of `first` and `second` entries",
+)
+def consistency(
+    rt: RuntimeDep,
+    _: CallerDep,
+    first: Annotated[int, Query(ge=1)],
+    second: Annotated[int, Query(ge=1)],
+) -> ConsistencyProof:
+    _size_check(rt, second)
+    if first > second:
+        raise Problem(422, "The request is not valid", f"first {first} is above second {second}")
+    log = rt.service.sealed
+    return ConsistencyProof(
+        first=first,
+        second=second,
+        first_root=_b64(log.root(first)),
+        second_root=_b64(log.root(second)),
+        hashes=[_b64(h) for h in log.consistency_proof(first, second)],
+    )
+
+
+@router.get(
+    "/receipts/{seq}",
+    response_class=PlainTextResponse,
+    operation_id="get_receipt",
+    summary="The entry's receipt (c2sp.org/tlog-proof@v1) under the latest checkpoint",
+    responses={200: {"content": {"text/plain": {}}}, 404: {"description": "not sealed yet"}},
+)
+def receipt(rt: RuntimeDep, _: CallerDep, seq: int) -> PlainTextResponse:
+    if seq < 0:
+        raise Problem(422, "The request is not valid", "a log position is 0 or more")
+    log = rt.service.sealed
+    latest = log.latest_checkpoint()
+    if latest is None or latest.size <= seq:
+        size = log.log_size()
+        what = "is not in the log" if seq >= size else "is not sealed by a checkpoint yet"
+        raise Problem(
+            404, "Not found", f"entry {seq} {what}; try again shortly", rule="log.not_sealed"
+        )
+    proof = log.inclusion_proof(seq, latest.size)
+    return PlainTextResponse(TlogProof(seq, tuple(proof), latest.note).format())
+
+
+@router.get(
+    "/entries",
+    operation_id="get_entries",
+    summary="Entries from `start`, the exact canonical bytes, one per line (JSON lines)",
+    responses={200: {"content": {"application/jsonl": {}}}},
+)
+def entries(
+    rt: RuntimeDep,
+    caller: CallerDep,
+    start: Annotated[int, Query(ge=0)] = 0,
+    limit: Annotated[int, Query(ge=1, le=MAX_ENTRIES)] = 100,
+) -> Response:
+    if not caller.reads_everything:
+        raise Problem(
+            403,
+            "Forbidden",
+            "the log's entries are read by administrators and inspectors",
+            rule="auth.forbidden",
+        )
+    size = rt.service.sealed.log_size()
+    rows = list(rt.service.sealed.read_rows(start, min(size, start + limit)))
+    body = b"".join(bytes(r.entry) + b"\n" for r in rows if r.entry is not None)
+    headers = {"X-Log-Size": str(size)}
+    if start + len(rows) < size:
+        headers["Link"] = f'</v1/entries?start={start + len(rows)}&limit={limit}>; rel="next"'
+    return Response(body, media_type="application/jsonl", headers=headers)

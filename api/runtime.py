@@ -1,0 +1,110 @@
+"""What a running service holds: the ledger, the read models, their runner, the checkpointer.
+
+``Runtime.open(settings)`` opens the ledger service on the configured database, the token
+table, a read-only handle on the evaluation views (for requests), starts the projection
+runner (the one writer of the views: LISTEN/NOTIFY on PostgreSQL, polling on SQLite) and a
+checkpointer that signs a checkpoint every ``checkpoint_seconds`` when the log has grown, so
+that a receipt is available shortly after each write. ``close`` stops them in reverse order.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from api.access import Organisation
+from api.principals import Principals
+from domain.service import LedgerService, TimeWindow
+from ledger.checkpoints import Checkpointer
+from ledger.config import Database
+from ledger.home import LedgerHome
+from projections.runners import (
+    CatchUpRunner,
+    SubscriptionRunner,
+    close_view,
+    open_view,
+    start_runner,
+)
+from projections.store import _ViewSQL
+
+MAX_BODY = 4 * 1024 * 1024  # a batch of 1,000 envelopes is about 1.5 MB
+MAX_BATCH = 1000
+
+
+@dataclass(frozen=True)
+class Settings:
+    database: Database
+    home: LedgerHome
+    checkpoint_seconds: float = 1.0
+    max_body: int = MAX_BODY
+    projections: bool = True  # run the projection runner in this process
+
+
+class Runtime:
+    def __init__(
+        self,
+        settings: Settings,
+        service: LedgerService,
+        principals: Principals,
+        view: _ViewSQL,
+        runner: CatchUpRunner | SubscriptionRunner | None,
+        checkpointer: Checkpointer | None,
+    ) -> None:
+        self.settings = settings
+        self.service = service
+        self.principals = principals
+        self.organisation = Organisation(service)
+        self.view = view
+        self.runner = runner
+        self.checkpointer = checkpointer
+        self.owns_service = True
+
+    @classmethod
+    def open(cls, settings: Settings, *, service: LedgerService | None = None) -> Runtime:
+        """Open everything; ``service``: an already open ledger service to use (its owner
+        closes it), for tests that drive the ledger's clock."""
+        home = settings.home
+        owned = service is None
+        if service is None:
+            signer = home.facts_key() if home.exists() else None
+            service = LedgerService(
+                settings.database, ledger_signer=signer, window=TimeWindow.from_env()
+            )
+        opened: list[Any] = [service] if owned else []
+        try:
+            principals = Principals(service.sealed.datastore)  # type: ignore[attr-defined]
+            view = open_view(settings.database)
+            opened.append(view)
+            runner = start_runner(settings.database) if settings.projections else None
+            opened.append(runner)
+            checkpointer = None
+            if home.exists() and settings.checkpoint_seconds > 0:
+                checkpointer = Checkpointer(service.sealed, home.ledger_key(), home.state_path)
+                checkpointer.run_every(settings.checkpoint_seconds)
+        except BaseException:
+            for thing in reversed(opened):
+                _close(thing)
+            raise
+        runtime = cls(settings, service, principals, view, runner, checkpointer)
+        runtime.owns_service = owned
+        return runtime
+
+    def close(self) -> None:
+        if self.checkpointer is not None:
+            self.checkpointer.stop()
+        if self.runner is not None:
+            self.runner.stop()
+        close_view(self.view)
+        if self.owns_service:
+            self.service.close()
+
+
+def _close(thing: Any) -> None:
+    if thing is None:
+        return
+    if isinstance(thing, LedgerService):
+        thing.close()
+    elif isinstance(thing, CatchUpRunner | SubscriptionRunner):
+        thing.stop()
+    else:
+        close_view(thing)

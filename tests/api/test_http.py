@@ -1,0 +1,276 @@
+"""The HTTP API in process (FastAPI's TestClient), on both backends, with the real runtime:
+the ledger service, the token table, the evaluation views and their runner.
+
+The world is the standard organisation of ``tests/domain/world.py`` (Lan in the one-stop
+section, Tuấn its supervisor, Hoa and Minh in HR, An the reviewer, Bình the inspector, the
+one-stop system); each principal gets a token and signs its own facts.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from fastapi.testclient import TestClient
+
+from api.app import create_app
+from api.runtime import MAX_BATCH, Runtime, Settings
+from ledger.checkpoints import Checkpointer
+from ledger.config import parse_database
+from ledger.home import LedgerHome
+from signing.checkpoint import log_verifier_keys, verify_checkpoint
+from signing.merkle import leaf_hash, verify_inclusion
+from signing.receipt import TlogProof
+from tests.domain.world import LAN, MARCH, World, assignment, at
+
+PEOPLE = (LAN, "mai.tran", "tuan.sup", "hoa.hr", "binh.insp", "oss.system")
+
+
+class Api:
+    """A client, the world behind it, and a token per principal."""
+
+    def __init__(self, client: TestClient, w: World, runtime: Runtime) -> None:
+        self.client = client
+        self.w = w
+        self.rt = runtime
+        self.tokens = {p: runtime.principals.issue(p) for p in PEOPLE}
+
+    def auth(self, who: str) -> dict[str, str]:
+        return {"Authorization": f"Bearer {self.tokens[who]}"}
+
+    def post(self, path: str, who: str, body: Any) -> Any:
+        return self.client.post(path, headers=self.auth(who), json=body)
+
+    def get(self, path: str, who: str, **params: Any) -> Any:
+        return self.client.get(path, headers=self.auth(who), params=params)
+
+    def envelope(self, who: str, fact_type: str, data: dict[str, Any]) -> dict[str, Any]:
+        raw: dict[str, Any] = json.loads(self.w.sign(who, fact_type, data))
+        return raw
+
+    def write(self, path: str, who: str, fact_type: str, data: dict[str, Any]) -> Any:
+        return self.post(path, who, self.envelope(who, fact_type, data))
+
+    def size(self) -> int:
+        return self.w.service.sealed.log_size()
+
+    def caught_up(self) -> None:
+        assert self.rt.runner is not None
+        assert self.rt.runner.wait_for(self.size() - 1, timeout=20)
+
+
+@pytest.fixture
+def api(db_url: str, tmp_path: Path) -> Iterator[Api]:
+    w = World(db_url)
+    w.organise()
+    w.employ(LAN)
+    w.employ("mai.tran")
+    settings = Settings(parse_database(db_url), LedgerHome(tmp_path / "no-home"), max_body=200_000)
+    app = create_app(settings, runtime=lambda s: Runtime.open(s, service=w.service))
+    with TestClient(app) as client:
+        yield Api(client, w, app.state.runtime)
+    w.service.close()
+
+
+def problem(response: Any, status: int, rule: str) -> dict[str, Any]:
+    assert response.status_code == status, response.text
+    assert response.headers["content-type"].startswith("application/problem+json")
+    doc: dict[str, Any] = response.json()
+    assert doc["rule"] == rule and doc["type"] == f"urn:kpi-ledger:problem:{rule}", doc
+    assert doc["status"] == status and doc["title"] and doc["detail"]
+    return doc
+
+
+# -- authentication --------------------------------------------------------------------------
+
+
+def test_a_token_is_needed_and_must_be_in_force(api: Api) -> None:
+    for headers in ({}, {"Authorization": "Bearer nope"}, {"Authorization": "Basic eDp5"}):
+        response = api.client.get("/v1/checkpoint", headers=headers)
+        doc = problem(response, 401, response.json()["rule"])
+        assert doc["rule"] in ("auth.missing_token", "auth.invalid_token")
+        assert response.headers["www-authenticate"] == "Bearer"
+    assert api.rt.principals.revoke(LAN)
+    problem(api.get("/v1/checkpoint", LAN), 401, "auth.invalid_token")
+    # a new token replaces the old one
+    old = api.tokens["tuan.sup"]
+    api.tokens["tuan.sup"] = api.rt.principals.issue("tuan.sup")
+    assert (
+        api.client.get("/v1/checkpoint", headers={"Authorization": f"Bearer {old}"}).status_code
+        == 401
+    )
+    assert api.get("/v1/checkpoint", "tuan.sup").status_code == 404  # in, but nothing signed yet
+
+
+# -- writes ----------------------------------------------------------------------------------
+
+
+def test_a_write_lands_once_and_answers_its_position(api: Api) -> None:
+    api.w.now = at("2026-03-02")
+    envelope = api.envelope("tuan.sup", "work.assigned", assignment("lan-03-01"))
+    size = api.size()
+    first = api.post("/v1/work", "tuan.sup", envelope)
+    assert first.status_code == 201, first.text
+    body = first.json()
+    assert (body["seq"], body["type"], body["duplicate"]) == (size, "work.assigned", False)
+    assert body["receipt"] == f"/v1/receipts/{size}"
+    again = api.post("/v1/work", "tuan.sup", envelope)  # the same signed envelope
+    assert again.status_code == 200 and again.json() == {**body, "duplicate": True}
+    assert api.size() == size + 1
+
+
+def test_refused_writes_record_nothing(api: Api) -> None:
+    api.w.now = at("2026-03-02")
+    assigned = api.write("/v1/work", "tuan.sup", "work.assigned", assignment("lan-03-01"))
+    assert assigned.status_code == 201
+    declared = api.write(
+        "/v1/work", LAN, "work.declared", {"item": "lan-03-01", "done_at": "2026-03-01T10:00:00Z"}
+    )
+    assert declared.status_code == 201, declared.text
+    size = api.size()
+    approve = api.envelope("tuan.sup", "work.approved", {"item": "lan-03-01"})
+    # the wrong family's endpoint
+    problem(api.post("/v1/appeals", "tuan.sup", approve), 422, "request.wrong_endpoint")
+    # signed by Tuấn, sent with Lan's token
+    problem(api.post("/v1/work", LAN, approve), 403, "principal.not_the_actor")
+    # Lan approving her own work: the domain's rule
+    own = api.envelope(LAN, "work.approved", {"item": "lan-03-01"})
+    problem(api.post("/v1/work", LAN, own), 403, "separation.self_approval")
+    # a signature that does not match
+    forged = dict(
+        approve,
+        signatures=[dict(approve["signatures"][0], sig=base64.b64encode(b"x" * 64).decode())],
+    )
+    problem(api.post("/v1/work", "tuan.sup", forged), 422, "signature.invalid")
+    # shapes that are not envelopes at all
+    for body in ({}, {"payload": 1}, [], {**approve, "extra": 1}, {**approve, "signatures": []}):
+        problem(api.post("/v1/work", "tuan.sup", body), 422, "request.invalid")
+    raw = api.client.post(
+        "/v1/work",
+        headers={**api.auth("tuan.sup"), "content-type": "application/json"},
+        content=b"{not json",
+    )
+    problem(raw, 422, "request.invalid")
+    # a body above the limit
+    big = api.client.post(
+        "/v1/work",
+        headers={**api.auth("tuan.sup"), "content-type": "application/json"},
+        content=b"[" + b" " * 300_000 + b"]",
+    )
+    problem(big, 413, "request.too_large")
+    assert api.size() == size
+    ok = api.post("/v1/work", "tuan.sup", approve)
+    assert ok.status_code == 201 and ok.json()["seq"] == size
+
+
+def test_a_batch_answers_each_envelope_on_its_own(api: Api) -> None:
+    api.w.now = at("2026-03-02")
+    items = [f"lan-03-{i:02d}" for i in range(5)]
+    envelopes = [api.envelope("tuan.sup", "work.assigned", assignment(i)) for i in items]
+    envelopes.insert(2, api.envelope("tuan.sup", "work.approved", {"item": "ghost"}))  # refused
+    envelopes.append(envelopes[0])  # the same envelope twice in one batch
+    envelopes.append(
+        api.envelope(LAN, "work.declared", {"item": items[0], "done_at": "2026-03-01T10:00:00Z"})
+    )
+    size = api.size()
+    response = api.post("/v1/batch", "tuan.sup", {"envelopes": envelopes})
+    assert response.status_code == 200, response.text
+    out = response.json()
+    statuses = [r["status"] for r in out["results"]]
+    assert statuses[:2] == [201, 201] and statuses[3:6] == [201, 201, 201]
+    assert out["results"][2]["problem"]["rule"] == "reference.unknown"
+    assert statuses[6] == 200 and out["results"][6]["accepted"]["seq"] == size
+    assert out["results"][7]["problem"]["rule"] == "principal.not_the_actor"
+    assert (out["accepted"], out["refused"]) == (6, 2)
+    assert [r["accepted"]["seq"] for r in out["results"] if r["status"] == 201] == list(
+        range(size, size + 5)
+    )
+    assert api.size() == size + 5
+    too_many = {"envelopes": [envelopes[0]] * (MAX_BATCH + 1)}
+    assert api.post("/v1/batch", "tuan.sup", too_many).status_code in (413, 422)
+
+
+# -- audit -----------------------------------------------------------------------------------
+
+
+def test_checkpoints_receipts_and_proofs(api: Api, tmp_path: Path) -> None:
+    problem(api.get("/v1/checkpoint", LAN), 404, "log.no_checkpoint")
+    problem(api.get("/v1/receipts/3", LAN), 404, "log.not_sealed")
+    signer = Checkpointer(api.w.service.sealed, api.w.log_key, tmp_path / "state.json")
+    signed = signer.checkpoint()
+    note = api.get("/v1/checkpoint", LAN)
+    assert note.status_code == 200 and note.text == signed.note
+    keys = log_verifier_keys(api.w.log_key)
+    checkpoint = verify_checkpoint(note.text, keys).checkpoint
+    # a receipt verifies offline against the entry's exact bytes
+    receipt = api.get("/v1/receipts/3", LAN)
+    assert receipt.status_code == 200
+    parsed = TlogProof.parse(receipt.text)
+    sealed = verify_checkpoint(parsed.checkpoint, keys).checkpoint
+    entry = api.w.log_bytes()[3]
+    verify_inclusion(leaf_hash(entry), 3, sealed.size, parsed.proof, sealed.root)
+    # proofs
+    proof = api.get("/v1/proofs/inclusion", "binh.insp", index=3, size=checkpoint.size).json()
+    hashes = [base64.b64decode(h) for h in proof["hashes"]]
+    assert base64.b64decode(proof["root"]) == checkpoint.root
+    verify_inclusion(leaf_hash(entry), 3, checkpoint.size, hashes, checkpoint.root)
+    cons = api.get("/v1/proofs/consistency", LAN, first=5, second=checkpoint.size)
+    assert cons.status_code == 200 and len(cons.json()["hashes"]) > 0
+    problem(api.get("/v1/proofs/inclusion", LAN, index=3, size=10**9), 404, "log.size_unknown")
+    problem(api.get("/v1/proofs/inclusion", LAN, index=-1, size=5), 422, "request.invalid")
+    problem(api.get("/v1/receipts/99999", LAN), 404, "log.not_sealed")
+
+
+def test_entries_are_for_inspectors_with_their_exact_bytes(api: Api) -> None:
+    problem(api.get("/v1/entries", LAN), 403, "auth.forbidden")
+    response = api.get("/v1/entries", "binh.insp", start=2, limit=3)
+    assert response.status_code == 200
+    lines = response.content.splitlines()
+    assert lines == [api.w.log_bytes()[i] for i in (2, 3, 4)]
+    assert response.headers["link"] == '</v1/entries?start=5&limit=3>; rel="next"'
+    assert int(response.headers["x-log-size"]) == api.size()
+
+
+# -- reading scores --------------------------------------------------------------------------
+
+
+def test_scores_are_read_by_whom_the_organisation_allows(api: Api) -> None:
+    api.w.now = at("2026-03-02")
+    for item in ("lan-03-01", "lan-03-02"):
+        assert (
+            api.write("/v1/work", "tuan.sup", "work.assigned", assignment(item)).status_code == 201
+        )
+        assert (
+            api.write(
+                "/v1/work", LAN, "work.declared", {"item": item, "done_at": "2026-03-01T10:00:00Z"}
+            ).status_code
+            == 201
+        )
+    approved = api.write("/v1/work", "tuan.sup", "work.approved", {"item": "lan-03-01"})
+    assert approved.status_code == 201
+    api.caught_up()
+    path = f"/v1/scores/{LAN}/{MARCH}"
+    for who in (LAN, "tuan.sup", "hoa.hr", "binh.insp"):
+        response = api.get(path, who)
+        assert response.status_code == 200, (who, response.text)
+        doc = response.json()
+        assert (doc["employee"], doc["period"], doc["source"]) == (LAN, MARCH, "views")
+        assert doc["Q"] == "50" and any(
+            line["seq"] == approved.json()["seq"] for line in doc["trace"]
+        )
+    for who in ("mai.tran", "oss.system"):
+        problem(api.get(path, who), 403, "auth.out_of_scope")
+    # as it stood before the approval, recomputed from the log
+    before = api.get(path, LAN, as_of=str(approved.json()["seq"] - 1), trace="false").json()
+    assert (before["Q"], before["source"]) == ("0", "log") and "trace" not in before
+    diff = api.get(f"{path}/diff", "hoa.hr", as_of=str(approved.json()["seq"] - 1)).json()
+    assert {c["what"] for c in diff["diff"]["changes"]} >= {"Q", "total"}
+    history = api.get(f"/v1/employees/{LAN}/scores", LAN).json()
+    assert [p["period"] for p in history["periods"]] == [MARCH]
+    problem(api.get(f"/v1/scores/{LAN}/2026-13", LAN), 422, "request.invalid")
+    problem(api.get(f"/v1/scores/{LAN}/2026-04", LAN), 404, "score.not_found")
+    problem(api.get(path, LAN, as_of="tomorrow"), 422, "request.invalid")
