@@ -28,7 +28,7 @@ from domain.policy import PolicyError
 from domain.schemas import PERIOD_PATTERN
 from domain.service import Appended, LedgerService, TimeWindow
 from ledger.checkpoints import Checkpointer, EmptyLogError, InconsistentLogError
-from ledger.config import ConfigError, Database, database_url, parse_database
+from ledger.config import DEFAULT_DB, ConfigError, Database, database_url, parse_database
 from ledger.export import export_bundle
 from ledger.home import LedgerHome, home_path
 from ledger.online import DatabaseSource
@@ -623,6 +623,20 @@ def cmd_serve(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_openapi(args: argparse.Namespace) -> int:
+    """Print the API's OpenAPI document (what docs/openapi.json holds)."""
+    print(openapi_text())
+    return 0
+
+
+def openapi_text() -> str:
+    from api.app import create_app
+    from api.runtime import Settings
+
+    app = create_app(Settings(parse_database(DEFAULT_DB), LedgerHome(Path(".kpi-ledger"))))
+    return json.dumps(app.openapi(), indent=2, ensure_ascii=False, sort_keys=True)
+
+
 # -- parser ---------------------------------------------------------------------------------
 
 
@@ -789,6 +803,9 @@ def _add_projection_commands(sub: Any, common: argparse.ArgumentParser) -> None:
         "--log-level", default="info", choices=["critical", "error", "warning", "info", "debug"]
     )
     p.set_defaults(func=cmd_serve)
+
+    p = sub.add_parser("openapi", parents=[common], help="print the API's OpenAPI document")
+    p.set_defaults(func=cmd_openapi)
 
     p = sub.add_parser("principal", parents=[common], help="API tokens: add, revoke, list")
     p.add_argument("action", choices=["add", "revoke", "list"])
