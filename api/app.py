@@ -20,7 +20,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from api import problems
-from api.routes import audit, facts, scores
+from api.routes import audit, facts, scores, views
 from api.runtime import Runtime, Settings
 from domain.errors import Refusal
 
@@ -108,7 +108,7 @@ def create_app(
     ]
     for kind, handler in handlers:
         app.add_exception_handler(kind, handler)
-    for module in (facts, audit, scores):
+    for module in (facts, audit, scores, views):
         app.include_router(module.router)
     app.add_middleware(BodyLimit, limit=settings.max_body)
     return app

@@ -237,6 +237,34 @@ class _ViewSQL:
         """The keys of those documents (nothing else is read)."""
         return [r["key"] for r in self._select("key", view, employee, agency, period)]
 
+    def page(
+        self,
+        view: str,
+        *,
+        after: str | None = None,
+        limit: int = 100,
+        employee: str | None = None,
+        agency: str | None = None,
+        period: str | None = None,
+    ) -> list[tuple[str, dict[str, Any]]]:
+        """Up to ``limit`` (key, document) of ``view`` with keys after ``after``, by key."""
+        where, params = ["view = ?"], [view]
+        for name, value in (("employee", employee), ("agency", agency), ("period", period)):
+            if value is not None:
+                where.append(f"{name} = ?")
+                params.append(value)
+        if after is not None:
+            where.append("key > ?")
+            params.append(after)
+        with self._cursor(commit=False) as c:
+            self._exec(
+                c,
+                f"SELECT key, doc FROM {{s}}kpi_view_docs WHERE {' AND '.join(where)}"
+                " ORDER BY key LIMIT ?",
+                [*params, limit],
+            )
+            return [(r["key"], json.loads(r["doc"])) for r in c.fetchall()]
+
     def _select(
         self, column: str, view: str, employee: str | None, agency: str | None, period: str | None
     ) -> list[Any]:

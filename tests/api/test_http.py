@@ -274,3 +274,66 @@ def test_scores_are_read_by_whom_the_organisation_allows(api: Api) -> None:
     problem(api.get(f"/v1/scores/{LAN}/2026-13", LAN), 422, "request.invalid")
     problem(api.get(f"/v1/scores/{LAN}/2026-04", LAN), 404, "score.not_found")
     problem(api.get(path, LAN, as_of="tomorrow"), 422, "request.invalid")
+
+
+def test_units_appeals_and_flags(api: Api) -> None:
+    api.w.now = at("2026-03-02")
+    assert (
+        api.write("/v1/work", "tuan.sup", "work.assigned", assignment("lan-03-01")).status_code
+        == 201
+    )
+    api.w.now = at("2026-03-10")
+    declared = {"item": "lan-03-01", "done_at": "2026-03-09T10:00:00Z"}
+    assert api.write("/v1/work", LAN, "work.declared", declared).status_code == 201
+    rejected = api.write(
+        "/v1/work", "tuan.sup", "work.rejected", {"item": "lan-03-01", "reason": "thiếu hồ sơ"}
+    )
+    assert rejected.status_code == 201
+    seq = rejected.json()["seq"]
+    # a second item approved the second it was declared: a fast-approval flag
+    assert (
+        api.write("/v1/work", "tuan.sup", "work.assigned", assignment("lan-03-02")).status_code
+        == 201
+    )
+    assert (
+        api.write("/v1/work", LAN, "work.declared", {**declared, "item": "lan-03-02"}).status_code
+        == 201
+    )
+    fast = api.write("/v1/work", "tuan.sup", "work.approved", {"item": "lan-03-02"})
+    assert fast.status_code == 201
+    filed = api.write(
+        "/v1/appeals", LAN, "appeal.filed", {"appeal": "ap-1", "contested": [seq], "grounds": "g"}
+    )
+    assert filed.status_code == 201, filed.text
+    api.w.now = at("2026-04-02")
+    closed = {"agency": "KH-W1", "period": MARCH, "snapshot": "0" * 64}
+    assert api.write("/v1/periods", "hoa.hr", "period.closed", closed).status_code == 201
+    api.caught_up()
+    # the appeal: Lan's own, HR's and the inspector's; not Mai's; with the facts it cites
+    for who in (LAN, "hoa.hr", "binh.insp"):
+        listed = api.get("/v1/appeals", who, open="true").json()
+        assert [i["key"] for i in listed["items"]] == [f"{LAN}/ap-1"], who
+    assert api.get("/v1/appeals", "mai.tran").json()["items"] == []
+    one = api.get(f"/v1/appeals/{LAN}/ap-1", LAN).json()
+    assert one["open"] and one["answer_due"]
+    cited = {c["seq"]: c for c in one["cited"]}
+    assert cited[seq]["type"] == "work.rejected" and cited[seq]["actor"] == "tuan.sup"
+    assert cited[filed.json()["seq"]]["type"] == "appeal.filed"
+    problem(api.get(f"/v1/appeals/{LAN}/ap-1", "mai.tran"), 403, "auth.out_of_scope")
+    problem(api.get(f"/v1/appeals/{LAN}/ap-9", LAN), 404, "view.not_found")
+    # the unit view and the close's snapshot: HR and the supervisor's agency; not Lan
+    unit = api.get(f"/v1/units/KH-W1/{MARCH}", "hoa.hr").json()
+    assert [r["employee"] for r in unit["results"]] == [LAN]
+    snapshot = api.get(f"/v1/snapshots/KH-W1/{MARCH}", "binh.insp").json()
+    assert snapshot["recorded"] == "0" * 64 and snapshot["matches"] is False
+    problem(api.get(f"/v1/units/KH-W1/{MARCH}", LAN), 403, "auth.out_of_scope")
+    problem(api.get(f"/v1/units/KH-W2/{MARCH}", "hoa.hr"), 404, "view.not_found")
+    # flags: the fast approval, with its facts; for Lan and the inspector, not for Mai
+    for who in (LAN, "binh.insp"):
+        items = api.get("/v1/flags", who, kind="fast_approval").json()["items"]
+        assert [(i["kind"], i["subject"], i["facts"][-1]) for i in items] == [
+            ("fast_approval", f"{LAN}/{MARCH}", fast.json()["seq"])
+        ], who
+    assert api.get("/v1/flags", "mai.tran").json()["items"] == []
+    assert api.get("/v1/flags", "binh.insp", kind="bulk_approval").json()["items"] == []
+    problem(api.get("/v1/flags", "binh.insp", limit=500), 422, "request.invalid")

@@ -1,0 +1,214 @@
+"""Reads of the read models beyond one score: units, close snapshots, appeals (with the facts
+they cite), anti-gaming flags, "HR decision due" items.
+
+Lists are paged by key: ``?limit=`` (at most 200) and ``?after=<the last key seen>``; an
+answer with more to come carries ``next``. A caller sees the items about the people it may
+read (``api/access.py``): its own, those under its units, or everyone for administrators and
+inspectors; a unit view or a snapshot needs a role over that agency (or reading everything).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Path, Query
+
+from api.access import Caller
+from api.deps import CallerDep, RuntimeDep
+from api.problems import Problem
+from api.runtime import Runtime
+from signing.facts import read_fact
+
+router = APIRouter(prefix="/v1", tags=["views"])
+CODE = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$"
+NAME = r"^[a-z0-9][a-z0-9._-]{0,63}$"
+MONTH = r"^[0-9]{4}-(0[1-9]|1[0-2])$"
+KEY = r"^[A-Za-z0-9._/:-]{1,300}$"
+MAX_LIMIT = 200
+SCAN = 5  # pages read at most to fill one answer when most items are out of the caller's scope
+
+Agency = Annotated[str, Path(pattern=CODE, description="an agency's code")]
+Month = Annotated[str, Path(pattern=MONTH, description="YYYY-MM")]
+After = Annotated[str | None, Query(pattern=KEY, description="the last key of the previous page")]
+Limit = Annotated[int, Query(ge=1, le=MAX_LIMIT)]
+
+
+def _unit_doc(rt: Runtime, caller: Caller, view: str, agency: str, period: str) -> dict[str, Any]:
+    if not rt.organisation.may_read_unit(caller, agency):
+        raise Problem(
+            403,
+            "Forbidden",
+            f"{caller.principal!r} may not read {agency}'s views",
+            rule="auth.out_of_scope",
+        )
+    doc = rt.view.doc(view, f"{agency}/{period}")
+    if doc is None:
+        raise Problem(
+            404, "Not found", f"no {view} for {agency} in {period}", rule="view.not_found"
+        )
+    return doc
+
+
+@router.get(
+    "/units/{agency}/{period}", operation_id="get_unit", summary="A unit's grades and quota"
+)
+def unit(rt: RuntimeDep, caller: CallerDep, agency: Agency, period: Month) -> dict[str, Any]:
+    return _unit_doc(rt, caller, "unit", agency, period)
+
+
+@router.get(
+    "/snapshots/{agency}/{period}",
+    operation_id="get_snapshot",
+    summary="A closed period's snapshot: the recorded hash against the recomputed one",
+)
+def snapshot(rt: RuntimeDep, caller: CallerDep, agency: Agency, period: Month) -> dict[str, Any]:
+    return _unit_doc(rt, caller, "snapshot", agency, period)
+
+
+def _paged(
+    rt: Runtime,
+    caller: Caller,
+    view: str,
+    path: str,
+    *,
+    after: str | None,
+    limit: int,
+    person: Callable[[dict[str, Any]], str],
+    keep: Callable[[dict[str, Any]], bool] = lambda _: True,
+    employee: str | None = None,
+) -> dict[str, Any]:
+    """A page of ``view``: the documents ``keep`` accepts about people ``caller`` may read."""
+    allowed: dict[str, bool] = {}
+
+    def may(doc: dict[str, Any]) -> bool:
+        who = person(doc)
+        if who not in allowed:
+            allowed[who] = rt.organisation.may_read_employee(caller, who, None)
+        return allowed[who]
+
+    items: list[dict[str, Any]] = []
+    cursor, more = after, False
+    for _ in range(SCAN):
+        rows = rt.view.page(view, after=cursor, limit=limit + 1, employee=employee)
+        more = len(rows) > limit
+        for key, doc in rows[:limit]:
+            cursor = key
+            if keep(doc) and may(doc):
+                items.append({"key": key, **doc})
+                if len(items) == limit:
+                    break
+        if len(items) == limit or not more:
+            break
+    out: dict[str, Any] = {"items": items}
+    if more and cursor is not None:
+        out["next"] = f"{path}?after={cursor}&limit={limit}"
+    return out
+
+
+@router.get("/appeals", operation_id="list_appeals", summary="Appeals with their answer deadline")
+def appeals(
+    rt: RuntimeDep,
+    caller: CallerDep,
+    open: bool | None = None,
+    appellant: Annotated[str | None, Query(pattern=NAME)] = None,
+    after: After = None,
+    limit: Limit = 50,
+) -> dict[str, Any]:
+    return _paged(
+        rt,
+        caller,
+        "appeal",
+        "/v1/appeals",
+        after=after,
+        limit=limit,
+        person=lambda d: str(d["appellant"]),
+        keep=lambda d: open is None or d["open"] is open,
+        employee=appellant,
+    )
+
+
+@router.get(
+    "/appeals/{appellant}/{appeal}",
+    operation_id="get_appeal",
+    summary="An appeal, with the facts it contests and the facts that filed and closed it",
+)
+def appeal(
+    rt: RuntimeDep,
+    caller: CallerDep,
+    appellant: Annotated[str, Path(pattern=NAME)],
+    appeal: Annotated[str, Path(pattern=CODE)],
+) -> dict[str, Any]:
+    if not rt.organisation.may_read_employee(caller, appellant, None):
+        raise Problem(
+            403,
+            "Forbidden",
+            f"{caller.principal!r} may not read {appellant!r}'s appeals",
+            rule="auth.out_of_scope",
+        )
+    doc = rt.view.doc("appeal", f"{appellant}/{appeal}")
+    if doc is None:
+        raise Problem(
+            404, "Not found", f"no appeal {appeal!r} by {appellant!r}", rule="view.not_found"
+        )
+    seqs = [*doc["contested"], doc["filed_seq"], doc.get("closed_seq")]
+    return {**doc, "cited": [_fact(rt, s) for s in dict.fromkeys(seqs) if s is not None]}
+
+
+def _fact(rt: Runtime, seq: int) -> dict[str, Any]:
+    entry = rt.service.sealed.read_entry(seq)
+    if entry is None:
+        return {"seq": seq, "missing": True}
+    fact = read_fact(entry.envelope, strict=False)
+    return {
+        "seq": seq,
+        "type": fact.type,
+        "actor": fact.actor,
+        "time": fact.time,
+        "data": fact.data,
+        "recorded_at": entry.recorded_at,
+    }
+
+
+@router.get("/flags", operation_id="list_flags", summary="Anti-gaming flags, each with its facts")
+def flags(
+    rt: RuntimeDep,
+    caller: CallerDep,
+    kind: Annotated[str | None, Query(pattern=r"^[a-z_]{1,40}$")] = None,
+    employee: Annotated[str | None, Query(pattern=NAME)] = None,
+    after: After = None,
+    limit: Limit = 50,
+) -> dict[str, Any]:
+    return _paged(
+        rt,
+        caller,
+        "flag",
+        "/v1/flags",
+        after=after,
+        limit=limit,
+        person=lambda d: str(d["subject"]).split("/")[0],
+        keep=lambda d: kind is None or d["kind"] == kind,
+        employee=employee,
+    )
+
+
+@router.get(
+    "/hr-due", operation_id="list_hr_due", summary='"HR decision due" items (two failing years)'
+)
+def hr_due(
+    rt: RuntimeDep,
+    caller: CallerDep,
+    open: bool | None = None,
+    after: After = None,
+    limit: Limit = 50,
+) -> dict[str, Any]:
+    return _paged(
+        rt,
+        caller,
+        "hr_due",
+        "/v1/hr-due",
+        after=after,
+        limit=limit,
+        person=lambda d: str(d["employee"]),
+        keep=lambda d: open is None or bool(d.get("open")) is open,
+    )
