@@ -6,27 +6,40 @@
 * ``GET /v1/receipts/{seq}``: the entry's c2sp.org/tlog-proof@v1 receipt under the latest
   checkpoint (404 until a checkpoint seals it: the service signs one every second or so);
 * ``GET /v1/entries?start=&limit=``: the log's entries, the exact canonical bytes the bundle
-  holds (``entries.jsonl``), one per line.
+  holds (``entries.jsonl``), one per line;
+* ``GET /v1/feed?from=SEQ``: the same entries as Server-Sent Events, following the log;
+* ``GET /v1/export``: the export bundle as a ``tar.gz``, to verify offline.
 
 Checkpoints, proofs and receipts hold only hashes: any authenticated caller may read them.
-The entries name people: administrators and inspectors only.
+The entries, the feed and the bundle name people: administrators and inspectors only.
 """
 
 from __future__ import annotations
 
+import asyncio
 import base64
-from typing import Annotated
+import shutil
+import tempfile
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Annotated, Any
 
-from fastapi import APIRouter, Query
-from fastapi.responses import PlainTextResponse, Response
+from fastapi import APIRouter, Header, Query, Request
+from fastapi.responses import FileResponse, PlainTextResponse, Response, StreamingResponse
 from pydantic import BaseModel
+from starlette.background import BackgroundTask
+from starlette.concurrency import run_in_threadpool
 
 from api.deps import CallerDep, RuntimeDep
 from api.problems import Problem
+from ledger.export import export_bundle
 from signing.receipt import TlogProof
 
 router = APIRouter(prefix="/v1", tags=["audit"])
 MAX_ENTRIES = 1000
+FEED_PAGE = 500
+FEED_POLL = 0.25  # seconds between looks at the log's size when the feed is at the head
+FEED_KEEPALIVE = 15.0
 
 
 class InclusionProof(BaseModel):
@@ -155,13 +168,7 @@ def entries(
     start: Annotated[int, Query(ge=0)] = 0,
     limit: Annotated[int, Query(ge=1, le=MAX_ENTRIES)] = 100,
 ) -> Response:
-    if not caller.reads_everything:
-        raise Problem(
-            403,
-            "Forbidden",
-            "the log's entries are read by administrators and inspectors",
-            rule="auth.forbidden",
-        )
+    _readers_only(caller, "the log's entries")
     size = rt.service.sealed.log_size()
     rows = list(rt.service.sealed.read_rows(start, min(size, start + limit)))
     body = b"".join(bytes(r.entry) + b"\n" for r in rows if r.entry is not None)
@@ -169,3 +176,83 @@ def entries(
     if start + len(rows) < size:
         headers["Link"] = f'</v1/entries?start={start + len(rows)}&limit={limit}>; rel="next"'
     return Response(body, media_type="application/jsonl", headers=headers)
+
+
+@router.get(
+    "/feed",
+    operation_id="get_feed",
+    summary="Server-Sent Events: every entry from `from` on, then new ones as they are sealed",
+    responses={200: {"content": {"text/event-stream": {}}}},
+)
+async def feed(
+    request: Request,
+    rt: RuntimeDep,
+    caller: CallerDep,
+    start: Annotated[int, Query(ge=0, alias="from")] = 0,
+    limit: Annotated[int | None, Query(ge=1, le=1_000_000)] = None,
+    last_event_id: Annotated[str | None, Header(pattern=r"^[0-9]{1,15}$")] = None,
+) -> StreamingResponse:
+    """Each event is ``id: <seq>``, ``event: entry``, ``data: <the entry's canonical bytes>``;
+    a reconnecting client's ``Last-Event-ID`` resumes after that entry. ``limit`` ends the
+    stream after that many entries (otherwise it follows the log, with a comment every 15 s
+    to keep the connection open). For administrators and inspectors."""
+    _readers_only(caller, "the feed of entries")
+    first = int(last_event_id) + 1 if last_event_id is not None else start
+    log = rt.service.sealed
+
+    def rows(at: int) -> list[Any]:
+        size = log.log_size()
+        return list(log.read_rows(at, min(size, at + FEED_PAGE))) if at < size else []
+
+    async def events() -> AsyncIterator[bytes]:
+        at, sent, idle = first, 0, 0.0
+        while not await request.is_disconnected():
+            page = await run_in_threadpool(rows, at)
+            for row in page:
+                yield b"id: %d\nevent: entry\ndata: %s\n\n" % (row.seq, bytes(row.entry))
+                at, sent = row.seq + 1, sent + 1
+                if limit is not None and sent >= limit:
+                    return
+            if page:
+                idle = 0.0
+                continue
+            await asyncio.sleep(FEED_POLL)
+            idle += FEED_POLL
+            if idle >= FEED_KEEPALIVE:
+                idle = 0.0
+                yield b": keep-alive\n\n"
+
+    headers = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
+    return StreamingResponse(events(), media_type="text/event-stream", headers=headers)
+
+
+@router.get(
+    "/export",
+    operation_id="get_export",
+    summary="The export bundle (tar.gz: log.vkey, checkpoints/, entries.jsonl) for offline checks",
+    responses={200: {"content": {"application/gzip": {}}}},
+)
+def export(rt: RuntimeDep, caller: CallerDep) -> FileResponse:
+    """What ``kpi-ledger export`` writes, as one file: verify it with ``kpi-ledger verify
+    BUNDLE --log-key log.vkey``. For administrators and inspectors."""
+    _readers_only(caller, "the export bundle")
+    folder = Path(tempfile.mkdtemp(prefix="kpi-export-"))
+    target = folder / "kpi-ledger-bundle.tar.gz"
+    try:
+        export_bundle(rt.service.sealed, target)
+    except BaseException:
+        shutil.rmtree(folder, ignore_errors=True)
+        raise
+    return FileResponse(
+        target,
+        media_type="application/gzip",
+        filename=target.name,
+        background=BackgroundTask(shutil.rmtree, folder, ignore_errors=True),
+    )
+
+
+def _readers_only(caller: Any, what: str) -> None:
+    if not caller.reads_everything:
+        raise Problem(
+            403, "Forbidden", f"{what} is for administrators and inspectors", rule="auth.forbidden"
+        )

@@ -337,3 +337,38 @@ def test_units_appeals_and_flags(api: Api) -> None:
     assert api.get("/v1/flags", "mai.tran").json()["items"] == []
     assert api.get("/v1/flags", "binh.insp", kind="bulk_approval").json()["items"] == []
     problem(api.get("/v1/flags", "binh.insp", limit=500), 422, "request.invalid")
+
+
+def test_the_feed_streams_entries_and_resumes(api: Api) -> None:
+    log = api.w.log_bytes()
+    problem(api.get("/v1/feed", LAN, limit=1), 403, "auth.forbidden")
+    with api.client.stream(
+        "GET", "/v1/feed", headers=api.auth("binh.insp"), params={"from": 2, "limit": 3}
+    ) as response:
+        assert response.status_code == 200
+        assert response.headers["content-type"].startswith("text/event-stream")
+        text = b"".join(response.iter_bytes())
+    events = [e for e in text.split(b"\n\n") if e]
+    assert events == [b"id: %d\nevent: entry\ndata: %s" % (i, log[i]) for i in (2, 3, 4)]
+    resumed = api.client.get(
+        "/v1/feed", headers={**api.auth("binh.insp"), "Last-Event-ID": "4"}, params={"limit": 1}
+    )
+    assert resumed.content == b"id: 5\nevent: entry\ndata: %s\n\n" % log[5]
+
+
+def test_the_export_bundle_verifies_offline(api: Api, tmp_path: Path) -> None:
+    import tarfile
+
+    from signing.bundle import ExportSource
+    from signing.verify import verify
+
+    Checkpointer(api.w.service.sealed, api.w.log_key, tmp_path / "state.json").checkpoint()
+    problem(api.get("/v1/export", "tuan.sup"), 403, "auth.forbidden")
+    response = api.get("/v1/export", "binh.insp")
+    assert response.status_code == 200 and response.headers["content-type"] == "application/gzip"
+    archive = tmp_path / "bundle.tar.gz"
+    archive.write_bytes(response.content)
+    with tarfile.open(archive) as tar:
+        tar.extractall(tmp_path / "bundle", filter="data")
+    report = verify(ExportSource(tmp_path / "bundle"), log_verifier_keys(api.w.log_key), workers=1)
+    assert report.ok and report.size == api.size(), report.problems
