@@ -125,6 +125,8 @@ class _Batch:
     closes: dict[str, Any] = field(default_factory=dict)  # by subject, until a ref fact
     streams: list[tuple[str, str, int]] = field(default_factory=list)
     rows: list[SheetRow] = field(default_factory=list)  # sheet rows folded, not yet stored
+    deletes: dict[tuple[str, str], None] = field(default_factory=dict)  # flags withdrawn
+    outliers: dict[str, Policy] = field(default_factory=dict)  # periods whose units changed
     rows_by_subject: dict[str, list[tuple[str | None, list[Any]]]] = field(default_factory=dict)
 
     # this batch's documents by the columns ``find`` filters on, so that merging them over
@@ -147,6 +149,14 @@ class _Batch:
     @property
     def appeals(self) -> dict[tuple[str, str], None]:
         return self.pending.appeals
+
+    def unput(self, view: str, key: str) -> None:
+        old = self.puts.pop((view, key))
+        self.by_view[view].pop(key, None)
+        if old.employee is not None:
+            self.by_employee[(old.view, old.employee)].pop(old.key, None)
+        if old.agency is not None:
+            self.by_place[(old.view, old.agency, old.period or "")].pop(old.key, None)
 
     def put(self, p: Put) -> None:
         old = self.puts.get((p.view, p.key))
@@ -213,8 +223,17 @@ class Evaluations:
         return not self.pending
 
     def _commit(self, batch: _Batch, tracking: Tracking | None) -> None:
+        for period, policy in sorted(batch.outliers.items()):
+            self._outliers(period, policy, batch)
+        batch.outliers.clear()
         batch.put(Put(*PENDING, self.pending.to_doc()))
-        self.view.commit(batch.puts.values(), batch.streams, tracking, sheet_rows=batch.rows)
+        self.view.commit(
+            batch.puts.values(),
+            batch.streams,
+            tracking,
+            deletes=list(batch.deletes),
+            sheet_rows=batch.rows,
+        )
 
     def _reload(self) -> None:
         """Memory as of the committed position: the registry re-read, caches emptied."""
@@ -519,7 +538,7 @@ class Evaluations:
         if len(self._items) > ITEM_CACHE:
             self._items.clear()
         result = compute(sheet, rules, items=self._items)
-        self._sheet_flags(sheet, rules.policy.policy, batch)
+        self._sheet_flags(sheet, rules, batch)
         where = (result.employee, result.agency, result.period)
         batch.put(Put("score", key, result.to_doc(trace=False), *where))
         trace = [line.to_doc() for line in result.trace]
@@ -613,6 +632,7 @@ class Evaluations:
         doc = unit_view(agency, period, results, chosen.policy, as_of)
         batch.put(Put("unit", f"{agency}/{period}", doc, None, agency, period))
         self._bulk_flags(agency, period, chosen.policy, batch)
+        batch.outliers[period] = chosen.policy
 
     def _snapshot(self, agency: str, period: str, batch: _Batch, close: Fact | None) -> None:
         unit = self._docs_where("unit", batch, agency=agency, period=period)
@@ -780,19 +800,38 @@ class Evaluations:
 
     # -- flags -------------------------------------------------------------------------------
 
-    def _flag(self, batch: _Batch, kind: str, subject: str, seqs: list[int], why: str) -> None:
+    def _flag(
+        self,
+        batch: _Batch,
+        kind: str,
+        subject: str,
+        seqs: list[int],
+        why: str,
+        *,
+        stable: bool = False,
+    ) -> None:
+        """Raise a flag with the facts behind it. A ``stable`` flag has one key per subject
+        and is withdrawn (``_unflag``) when what raised it no longer holds; the others are
+        events (an approval, a late entry): one per fact, never withdrawn."""
         employee = subject.split("/")[0]
         period = subject.split("/")[1] if "/" in subject else None
+        batch.deletes.pop(("flag", f"{kind}/{subject}"), None)
         batch.put(
             Put(
                 "flag",
-                f"{kind}/{subject}/{seqs[-1]}",
+                f"{kind}/{subject}" if stable else f"{kind}/{subject}/{seqs[-1]}",
                 {"kind": kind, "subject": subject, "facts": seqs, "why": why},
                 employee,
                 None,
                 period,
             )
         )
+
+    def _unflag(self, batch: _Batch, kind: str, subject: str) -> None:
+        key = f"{kind}/{subject}"
+        if ("flag", key) in batch.puts:
+            batch.unput("flag", key)
+        batch.deletes[("flag", key)] = None
 
     def _evidence(self, fact: Fact, key: str, batch: _Batch) -> None:
         employee = key.split("/")[0]
@@ -844,7 +883,9 @@ class Evaluations:
                     f" (flags.fast_approval_seconds = {limit})",
                 )
 
-    def _sheet_flags(self, sheet: Sheet, policy: Policy, batch: _Batch) -> None:
+    def _sheet_flags(self, sheet: Sheet, rules: Rules, batch: _Batch) -> None:
+        policy = rules.policy.policy
+        self._easiest_items(sheet, rules, batch)
         hours = Fraction(0)
         seqs = []
         for rows in sheet.items.values():
@@ -866,6 +907,79 @@ class Evaluations:
                     f"{show(hours)} hours declared against {show(limit)} possible"
                     f" ({working} working days × {policy.flags.hours_per_working_day} h)",
                 )
+
+    def _easiest_items(self, sheet: Sheet, rules: Rules, batch: _Batch) -> None:
+        """Every item of the period is of the lowest standard value the catalogue offers the
+        position, though it offers more valuable ones (at least two items: one is no pattern)."""
+        catalogue = rules.catalogue
+        if catalogue is None or len(sheet.items) < 2:
+            return
+        unit = "products" if rules.policy.policy.conversion == "products" else "hours"
+
+        def value(code: str) -> Any:
+            entry = catalogue.items.get(code)
+            return getattr(entry, unit) if entry is not None else None
+
+        offered = [
+            v
+            for e in catalogue.items.values()
+            if (not e.positions or rules.position in e.positions)
+            and (v := getattr(e, unit)) is not None
+        ]
+        if len(set(offered)) < 2:
+            return
+        lowest = min(offered)
+        assigned = [(rows[0][0], rows[0][5].get("code")) for rows in sheet.items.values()]
+        if all(value(code) == lowest for _, code in assigned):
+            codes = sorted({str(code) for _, code in assigned})
+            self._flag(
+                batch,
+                "easiest_items",
+                sheet.key,
+                sorted(seq for seq, _ in assigned),
+                f"all {len(assigned)} items of {sheet.period} ({', '.join(codes)}) are of the"
+                f" lowest value in catalogue v{catalogue.version} ({lowest} standard {unit}),"
+                f" of {len(set(offered))} values offered to {rules.position}",
+                stable=True,
+            )
+        else:
+            self._unflag(batch, "easiest_items", sheet.key)
+
+    def _outliers(self, period: str, policy: Policy, batch: _Batch) -> None:
+        """Agencies whose mean total for ``period`` lies more than ``flags.outlier_z``
+        standard errors from the mean of everyone scored in that period (all agencies):
+        z = (agency mean − overall mean) / (overall standard deviation / √ agency size)."""
+        units = {d["agency"]: d for d in self.view.find("unit", period=period)}
+        for put in batch.by_view.get("unit", {}).values():
+            if put.period == period:
+                units[put.doc["agency"]] = put.doc
+        totals = {a: [Fraction(r["total"]) for r in d["results"]] for a, d in units.items()}
+        everyone = [t for ts in totals.values() for t in ts]
+        if len(totals) < 2 or len(everyone) < 2:
+            return
+        mean = sum(everyone, Fraction(0)) / len(everyone)
+        variance = sum(((t - mean) ** 2 for t in everyone), Fraction(0)) / (len(everyone) - 1)
+        if variance == 0:
+            return
+        limit = Fraction(policy.flags.outlier_z)
+        for agency, ts in sorted(totals.items()):
+            own = sum(ts, Fraction(0)) / len(ts)
+            z_squared = (own - mean) ** 2 * len(ts) / variance  # exact: z² against limit²
+            subject = f"{agency}/{period}"
+            if z_squared > limit**2:
+                z = float(z_squared) ** 0.5 * (1 if own > mean else -1)
+                self._flag(
+                    batch,
+                    "outlier_agency",
+                    subject,
+                    [int(units[agency]["as_of"])],
+                    f"{agency}'s mean total in {period} is {show(own)} against {show(mean)} for"
+                    f" all {len(everyone)} people scored: z = {z:.1f}"
+                    f" (flags.outlier_z = {policy.flags.outlier_z}; {len(ts)} people)",
+                    stable=True,
+                )
+            else:
+                self._unflag(batch, "outlier_agency", subject)
 
     def _bulk_flags(self, agency: str, period: str, policy: Policy, batch: _Batch) -> None:
         f = policy.flags

@@ -13,7 +13,7 @@ from typing import Any
 
 from projections.engine import Evaluations
 from projections.replay import Replay
-from tests.domain.test_scenarios import assess, assign, close, declare
+from tests.domain.test_scenarios import assign, close, declare
 from tests.domain.world import LAN, World, at
 from tests.projections.test_scores import check_refolds, doc_of, marks, scored
 
@@ -21,19 +21,30 @@ STAFF = ("an.le", "binh.vo", "chi.do", "dung.ha", "em.ly")
 
 
 def month_for(
-    w: World, employee: str, period: str, total: str, *, code: str = "OSS-01", items: int = 4
+    w: World,
+    employee: str,
+    period: str,
+    total: str,
+    *,
+    code: str = "OSS-01",
+    items: int = 4,
+    by: str = "tuan.sup",
 ) -> None:
     """``employee``'s ``period``: ``items`` items of ``code`` assigned, declared and approved
-    (Q = C = P = 100, so T = 70), and general criteria making ``total``."""
+    by ``by`` (Q = C = P = 100, so T = 70), and general criteria making ``total``."""
     w.now = at(f"{period}-05")
     names = [f"{employee}-{period}-{i}" for i in range(items)]
     for item in names:
-        assign(w, item, employee, period, code=code)
+        assign(w, item, employee, period, code=code, by=by)
     for item in names:
         declare(w, item, who=employee)
     for item in names:
-        w.do("tuan.sup", "work.approved", {"item": item})
-    assess(w, employee, period, marks(Decimal(total) - 70))
+        w.do(by, "work.approved", {"item": item})
+    w.do(
+        by,
+        "assessment.supervisor_assessed",
+        {"employee": employee, "period": period, "scores": marks(Decimal(total) - 70)},
+    )
 
 
 # -- the quota -------------------------------------------------------------------------------
@@ -206,4 +217,91 @@ def test_a_catalogue_change_mid_year(db_url: str, w: World, ev: Evaluations) -> 
     replay = Replay(ev.view)
     assert replay.score(LAN, "2026-03", as_of=published.seq - 1).catalogue == 1
     assert replay.score(LAN, "2026-04").to_doc() == april.to_doc()
+    check_refolds(db_url, ev)
+
+
+# -- two anti-gaming flags -------------------------------------------------------------------
+
+
+def flags_of(ev: Evaluations, kind: str) -> dict[str, dict[str, Any]]:
+    return {d["subject"]: d for d in ev.view.find("flag") if d["kind"] == kind}
+
+
+def test_easiest_items_only(db_url: str, w: World, ev: Evaluations) -> None:
+    """Catalogue v2 (from April) makes OSS-02 worth 3 standard products, OSS-01 still 1. Lan
+    is given only OSS-01 items in April: flagged, with the assignments' positions; Mai, given
+    both kinds, is not; when Lan is given an OSS-02 item too, her flag is withdrawn."""
+    w.employ("mai.tran")
+    w.now = at("2026-03-20")
+    doc = catalogue_v2("1")
+    doc["items"][1]["products"] = "3"  # OSS-02
+    w.do("hoa.hr", "catalogue.published", doc)
+    month_for(w, LAN, "2026-04", "80", items=3)
+    month_for(w, "mai.tran", "2026-04", "80", items=2)
+    assign(w, "mai-04-x", "mai.tran", "2026-04", code="OSS-02")
+    ev.catch_up()
+    flagged = flags_of(ev, "easiest_items")
+    assert list(flagged) == [f"{LAN}/2026-04"]
+    lan = flagged[f"{LAN}/2026-04"]
+    assigned = _assignments(w, LAN, "2026-04")
+    assert lan["facts"] == assigned and "OSS-01" in lan["why"] and "catalogue v2" in lan["why"]
+    assign(w, "lan-04-x", period="2026-04", code="OSS-02")
+    ev.catch_up()
+    assert flags_of(ev, "easiest_items") == {}
+    check_refolds(db_url, ev)
+
+
+def _assignments(w: World, employee: str, period: str) -> list[Any]:
+    """The positions of ``employee``'s assignments for ``period``, read from the log."""
+    out = []
+    for seq in sorted(w.log_bytes()):
+        fact = w.fact_at(seq)
+        if fact.type == "work.assigned" and (fact.data["employee"], fact.data["period"]) == (
+            employee,
+            period,
+        ):
+            out.append(seq)
+    return out
+
+
+def test_an_outlier_agency(db_url: str, w: World, ev: Evaluations) -> None:
+    """March: twenty people in KH-W1 around 90, three in KH-W2 at 70. Against everyone
+    scored that month, KH-W2's mean lies 4.2 standard errors below (flags.outlier_z = 3):
+    flagged, naming the position its unit view reflects; KH-W1, 1.6 above, is not. When
+    KH-W2's results rise, the flag is withdrawn."""
+    w.person("ha.sup")
+    w.grant("ha.sup", "supervisor", "KH-W2")
+    staff = [f"w1.{i:02d}" for i in range(19)]
+    for n, name in enumerate(staff):
+        w.employ(name)
+        month_for(w, name, "2026-03", "88" if n % 2 else "92")
+    month_for(w, LAN, "2026-03", "90")
+    west = ["w2.a", "w2.b", "w2.c"]
+    for name in west:
+        w.employ(name, unit="KH-W2")
+        month_for(w, name, "2026-03", "70", by="ha.sup")
+    ev.catch_up()
+    totals = [Fraction(88 if n % 2 else 92) for n in range(19)] + [Fraction(90)]
+    everyone = totals + [Fraction(70)] * 3
+    mean = sum(everyone) / len(everyone)
+    sd = float(sum((t - mean) ** 2 for t in everyone) / (len(everyone) - 1)) ** 0.5
+    z_west = float(70 - mean) * 3**0.5 / sd
+    z_east = float(sum(totals) / 20 - mean) * 20**0.5 / sd
+    assert z_west < -3 < 3 > z_east > 0
+    flagged = flags_of(ev, "outlier_agency")
+    assert list(flagged) == ["KH-W2/2026-03"], list(flagged)
+    flag = flagged["KH-W2/2026-03"]
+    unit = doc_of(ev, "unit", "KH-W2/2026-03")
+    assert flag["facts"] == [unit["as_of"]]
+    assert f"z = {z_west:.1f}" in flag["why"] and "23 people scored" in flag["why"], flag["why"]
+    # KH-W2's supervisor revises the three assessments upwards: no longer an outlier
+    w.now = at("2026-03-28")
+    for name in west:
+        w.do(
+            "ha.sup",
+            "assessment.supervisor_assessed",
+            {"employee": name, "period": "2026-03", "scores": marks(Decimal("19"))},
+        )
+    ev.catch_up()
+    assert flags_of(ev, "outlier_agency") == {}
     check_refolds(db_url, ev)
