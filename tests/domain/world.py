@@ -74,9 +74,10 @@ class World:
         self.now = start
         self.admin = SigningKey.generate("admin")
         self.keys: dict[str, SigningKey] = {"admin": self.admin}
+        self.ledger_signer = SigningKey.generate("ledger")  # the key of derived facts
         self.service = LedgerService(
             parse_database(db_url),
-            ledger_signer=SigningKey.generate("ledger"),
+            ledger_signer=self.ledger_signer,
             clock=lambda: self.now,
             window=TimeWindow(past=None),
         )
@@ -205,7 +206,11 @@ class World:
             *(("hoa.hr", "catalogue.published", sample_catalogue(a)) for a in ("KH-W1", "KH-W2")),
         ]
         batch += [self.sign(who, fact_type, data) for who, fact_type, data in facts]
-        check_appended(self.service.submit_many(batch))
+        self.submit_all(batch)
+
+    def submit_all(self, envelopes: list[bytes]) -> None:
+        """Record envelopes signed by several actors (the in-process service: one batch)."""
+        check_appended(self.service.submit_many(envelopes))
 
     def grant(self, principal: str, role: str, unit: str, by: str = "hoa.hr") -> Appended:
         return self.do(by, "role.granted", {"principal": principal, "role": role, "unit": unit})
