@@ -74,7 +74,7 @@ Code = Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9][A-Za-z0-9._:/-]{0
 Name = Annotated[str, StringConstraints(pattern=r"^[^\s+]{1,128}$")]
 Text = Annotated[str, StringConstraints(min_length=1, max_length=4000)]
 Sha256 = Annotated[str, StringConstraints(pattern=r"^[0-9a-f]{64}$")]
-PERIOD_PATTERN = r"^[0-9]{4}-(0[1-9]|1[0-2]|Q[1-4])$"  # 2026-03 (a month) or 2026-Q1
+PERIOD_PATTERN = r"^[1-9][0-9]{3}-(0[1-9]|1[0-2]|Q[1-4])$"  # 2026-03 (a month) or 2026-Q1
 Period = Annotated[str, StringConstraints(pattern=PERIOD_PATTERN)]
 
 

@@ -61,7 +61,10 @@ class Replay:
             if as_of < 0 or as_of > head:
                 raise ReplayError(f"position {as_of} is not in the log (0 … {head})")
             return as_of
-        when = parse_instant(as_of) if isinstance(as_of, str) else as_of
+        try:
+            when = parse_instant(as_of) if isinstance(as_of, str) else as_of
+        except ValueError:
+            raise ReplayError(f"{as_of!r} is neither a log position nor an RFC 3339 time") from None
         low, high, found = 0, head, -1
         while low <= high:  # recorded_at never decreases along the log
             mid = (low + high) // 2

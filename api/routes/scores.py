@@ -25,12 +25,13 @@ from api.deps import CallerDep, RuntimeDep
 from api.problems import Problem
 from domain.policy import PolicyError
 from domain.schemas import PERIOD_PATTERN, period_start
+from projections.facts import parse_instant
 from projections.replay import Replay, ReplayError
 from projections.score import Result, diff
 
 router = APIRouter(prefix="/v1", tags=["scores"])
 NAME = r"^[a-z0-9][a-z0-9._-]{0,63}$"
-MONTH = r"^[0-9]{4}-(0[1-9]|1[0-2])$"
+MONTH = r"^[1-9][0-9]{3}-(0[1-9]|1[0-2])$"
 AS_OF = r"^([0-9]{1,15}|[0-9]{4}-[0-9]{2}-[0-9]{2}T[0-9:.]+Z)$"
 
 Employee = Annotated[str, Path(pattern=NAME, description="the employee's code")]
@@ -55,7 +56,18 @@ def _allowed(rt: RuntimeDep, caller: Caller, employee: str, day: dt.date | None)
 def _as_of(text: str | None) -> int | str | None:
     if text is None:
         return None
-    return int(text) if text.isdigit() else text
+    if text.isdigit():
+        return int(text)
+    try:
+        parse_instant(text)
+    except ValueError:
+        raise Problem(
+            422,
+            "The request is not valid",
+            f"as_of {text!r} is not an RFC 3339 UTC time",
+            rule="request.invalid",
+        ) from None
+    return text
 
 
 def _replayed(

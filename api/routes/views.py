@@ -23,7 +23,7 @@ from signing.facts import read_fact
 router = APIRouter(prefix="/v1", tags=["views"])
 CODE = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$"
 NAME = r"^[a-z0-9][a-z0-9._-]{0,63}$"
-MONTH = r"^[0-9]{4}-(0[1-9]|1[0-2])$"
+MONTH = r"^[1-9][0-9]{3}-(0[1-9]|1[0-2])$"
 KEY = r"^[A-Za-z0-9._/:-]{1,300}$"
 MAX_LIMIT = 200
 SCAN = 5  # pages read at most to fill one answer when most items are out of the caller's scope
