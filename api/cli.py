@@ -579,29 +579,35 @@ def cmd_principal(args: argparse.Namespace) -> int:
                 state = f"revoked {record.revoked_at}" if record.revoked_at else "active"
                 print(f"{record.name}\tissued {record.issued_at}\t{state}")
             return 0
-        if args.name is None:
+        if not args.names:
             raise UsageError(f"principal {args.action} needs a NAME")
         if args.action == "revoke":
-            if not principals.revoke(args.name):
-                raise UsageError(f"{args.name!r} has no token in force")
-            print(f"revoked the token of {args.name}")
+            for name in args.names:
+                if not principals.revoke(name):
+                    raise UsageError(f"{name!r} has no token in force")
+                print(f"revoked the token of {name}")
             return 0
         keys = service.refresh_keyring().keys.values()
-        if not any(r.principal == args.name and r.revoked_at is None for r in keys):
-            raise UsageError(
-                f"{args.name!r} has no key in force in the log: register its key first"
-                " (kpi-ledger register-key); its facts must be signed with it"
-            )
+        for name in args.names:  # all checked before any token is issued
+            if not any(r.principal == name and r.revoked_at is None for r in keys):
+                raise UsageError(
+                    f"{name!r} has no key in force in the log: register its key first"
+                    " (kpi-ledger register-key); its facts must be signed with it"
+                )
         try:
-            token = principals.issue(args.name)
+            tokens = [(name, principals.issue(name)) for name in args.names]
         except PrincipalError as exc:
             raise UsageError(str(exc)) from None
     finally:
         service.close()
     sys.stderr.write(
-        f"token for {args.name} (shown once; stored only as its SHA-256; a new one replaces it):\n"
+        "tokens are shown once, stored only as their SHA-256; a new one replaces the old\n"
     )
-    print(token)
+    if len(tokens) == 1:
+        print(tokens[0][1])
+    else:
+        for name, token in tokens:
+            print(f"{name}\t{token}")
     return 0
 
 
@@ -809,7 +815,12 @@ def _add_projection_commands(sub: Any, common: argparse.ArgumentParser) -> None:
 
     p = sub.add_parser("principal", parents=[common], help="API tokens: add, revoke, list")
     p.add_argument("action", choices=["add", "revoke", "list"])
-    p.add_argument("name", nargs="?", help="the principal (a person or system with a key)")
+    p.add_argument(
+        "names",
+        nargs="*",
+        metavar="NAME",
+        help="principals (people or systems with a key); several: NAME<TAB>TOKEN lines",
+    )
     p.set_defaults(func=cmd_principal)
 
     p = sub.add_parser("show", parents=[common], help="print a read model's documents (JSON lines)")

@@ -7,6 +7,8 @@
   checkpoint (404 until a checkpoint seals it: the service signs one every second or so);
 * ``GET /v1/entries?start=&limit=``: the log's entries, the exact canonical bytes the bundle
   holds (``entries.jsonl``), one per line;
+* ``GET /v1/entries/{seq}``: one entry's bytes, for the principal who signed it too (to
+  check a receipt of its own write);
 * ``GET /v1/feed?from=SEQ``: the same entries as Server-Sent Events, following the log;
 * ``GET /v1/export``: the export bundle as a ``tar.gz``, to verify offline.
 
@@ -33,6 +35,7 @@ from starlette.concurrency import run_in_threadpool
 from api.deps import CallerDep, RuntimeDep
 from api.problems import Problem
 from ledger.export import export_bundle
+from signing.facts import read_fact
 from signing.receipt import TlogProof
 
 router = APIRouter(prefix="/v1", tags=["audit"])
@@ -176,6 +179,34 @@ def entries(
     if start + len(rows) < size:
         headers["Link"] = f'</v1/entries?start={start + len(rows)}&limit={limit}>; rel="next"'
     return Response(body, media_type="application/jsonl", headers=headers)
+
+
+@router.get(
+    "/entries/{seq}",
+    operation_id="get_entry",
+    summary="One entry's exact canonical bytes (to check its receipt): its signer's, or readers'",
+    responses={200: {"content": {"application/json": {}}}},
+)
+def entry(rt: RuntimeDep, caller: CallerDep, seq: int) -> Response:
+    """The bytes a receipt's leaf hash is taken over. The principal who signed the entry's
+    fact may read it (an integrating system checks the receipts of what it wrote), as may
+    administrators and inspectors."""
+    if seq < 0:
+        raise Problem(422, "The request is not valid", "a log position is 0 or more")
+    row = next(iter(rt.service.sealed.read_rows(seq, seq + 1)), None)
+    if row is None or row.entry is None:
+        raise Problem(404, "Not found", f"entry {seq} is not in the log", rule="log.size_unknown")
+    if not caller.reads_everything:
+        found = rt.service.sealed.read_entry(seq)
+        signer = read_fact(found.envelope, strict=False).actor if found is not None else None
+        if signer != caller.principal:
+            raise Problem(
+                403,
+                "Forbidden",
+                "an entry is read by the principal who signed it, administrators and inspectors",
+                rule="auth.forbidden",
+            )
+    return Response(bytes(row.entry), media_type="application/json")
 
 
 @router.get(

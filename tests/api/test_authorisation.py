@@ -60,6 +60,7 @@ READS: list[tuple[str, dict[str, Any], set[str]]] = [
     ("/v1/proofs/consistency", {"first": 3, "second": 10}, EVERYONE),
     ("/v1/receipts/5", {}, EVERYONE),
     ("/v1/entries", {"limit": 2}, LOG_READERS),
+    ("/v1/entries/5", {}, LOG_READERS),  # a key registration: its signer is the administrator
     ("/v1/feed", {"limit": 2}, LOG_READERS),
     ("/v1/export", {}, LOG_READERS),
 ]

@@ -225,6 +225,17 @@ def test_checkpoints_receipts_and_proofs(api: Api, tmp_path: Path) -> None:
     problem(api.get("/v1/receipts/99999", LAN), 404, "log.not_sealed")
 
 
+def test_a_signer_reads_its_own_entry(api: Api) -> None:
+    api.w.now = at("2026-03-02")
+    assigned = api.write("/v1/work", "tuan.sup", "work.assigned", assignment("lan-03-01"))
+    seq = assigned.json()["seq"]
+    own = api.get(f"/v1/entries/{seq}", "tuan.sup")
+    assert own.status_code == 200 and own.content == api.w.log_bytes()[seq]
+    assert api.get(f"/v1/entries/{seq}", "binh.insp").content == own.content
+    problem(api.get(f"/v1/entries/{seq}", LAN), 403, "auth.forbidden")
+    problem(api.get(f"/v1/entries/{seq + 100}", "tuan.sup"), 404, "log.size_unknown")
+
+
 def test_entries_are_for_inspectors_with_their_exact_bytes(api: Api) -> None:
     problem(api.get("/v1/entries", LAN), 403, "auth.forbidden")
     response = api.get("/v1/entries", "binh.insp", start=2, limit=3)
