@@ -4,8 +4,9 @@
   projection stands: ``as_of`` in the answer is the last log position it reflects);
 * with ``?as_of=SEQ|TIME`` or ``?policy=VERSION``: recomputed from the log itself, as the log
   stood then and/or under another version of the policy (nothing is written);
-* ``GET /v1/scores/{employee}/{period}/diff?as_of=..&policy=..``: the current result against
-  the one asked for, with the facts and rules that explain the difference;
+* ``GET /v1/scores/{employee}/{period}/diff?as_of=..&policy=..``: the result asked for
+  (``then``) against the current one (``now``), with the facts and rules that explain the
+  difference (``before`` is then, ``after`` is now);
 * ``GET /v1/employees/{employee}/scores``: every period's result and every year's, paged.
 
 Who may read: the employee themself; HR officers, supervisors and reviewers whose role covers
@@ -120,7 +121,7 @@ def score(
 @router.get(
     "/scores/{employee}/{period}/diff",
     operation_id="get_score_diff",
-    summary="The score now against as of a past moment and/or under another policy, explained",
+    summary="A score as of a past moment and/or under another policy against now, explained",
 )
 def score_diff(
     rt: RuntimeDep,
@@ -137,7 +138,8 @@ def score_diff(
         )
     now = _replayed(rt, employee, period, None, None)
     other = _replayed(rt, employee, period, as_of, policy)
-    return {"now": now.to_doc(), "other": other.to_doc(), "diff": diff(now, other).to_doc()}
+    # read as "then → now": before is the result asked for, after is the current one
+    return {"then": other.to_doc(), "now": now.to_doc(), "diff": diff(other, now).to_doc()}
 
 
 @router.get(

@@ -220,7 +220,7 @@ def test_scenarios_one_to_three_over_http(pg_url: str, tmp_path: Path) -> None:
         assert (then["total"], then["grade"], then["source"]) == ("1079/12", "good", "log")
         diff = w.get(f"/v1/scores/{LAN}/{MARCH}/diff", "hoa.hr", as_of=str(closed.seq)).json()
         changes = {c["what"]: (c["before"], c["after"]) for c in diff["diff"]["changes"]}
-        assert changes["grade"] == ("excellent", "good")
+        assert changes["grade"] == ("good", "excellent")  # then (the close) -> now
         appeal = w.get(f"/v1/appeals/{LAN}/ap-1", LAN).json()
         assert appeal["status"] == "decided" and {c["seq"] for c in appeal["cited"]} >= set(
             contested
