@@ -48,6 +48,7 @@ from domain import (
     conduct,
     employees,
     hr_decisions,
+    inspections,
     organisation,
     periods,
     publications,
@@ -105,6 +106,7 @@ DOMAIN_MODULES = (
     periods,
     appeals,
     hr_decisions,
+    inspections,
 )
 MAX_BATCH = 1000
 WRITER_LOCK_ID = 0x6B70696C  # pg_advisory_lock key of the ledger's writer ("kpil")

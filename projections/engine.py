@@ -26,6 +26,7 @@ Views (``kpi_view_docs.view``), each a JSON document:
 | ``flag`` | ``kind/subject/seq`` | an anti-gaming signal with the facts that raised it |
 | ``evidence`` | sha-256 | the first claim of a piece of evidence |
 | ``approvals`` | ``approver/agency/period`` | approvals per local day (bulk approval flag) |
+| ``finding`` | finding id | an inspector's finding, as recorded, with the positions it cites |
 """
 
 from __future__ import annotations
@@ -64,8 +65,20 @@ from projections.sheet import SHEET_TYPES, Sheet, subject_key, subject_of
 from projections.store import APP_NAME, LogRow, Put, SheetRow, _ViewSQL
 
 #: the read models ``kpi-ledger show`` prints
-VIEWS = ("score", "trace", "quarter", "year", "unit", "snapshot", "appeal", "hr_due", "flag")
+VIEWS = (
+    "score",
+    "trace",
+    "quarter",
+    "year",
+    "unit",
+    "snapshot",
+    "appeal",
+    "hr_due",
+    "flag",
+    "finding",
+)
 REF = "ref"  # the stream-index subject of reference streams
+FINDING = "inspection.finding_recorded"
 BATCH = 10000
 SHEET_CACHE = 3072
 SETTLE_CHUNK = 1000  # periods scored per transaction when settling
@@ -261,6 +274,8 @@ class Evaluations:
                 self._reference(fact, batch)
             elif fact.type in SHEET_TYPES:
                 self._sheet_fact(fact, batch)
+            elif fact.type == FINDING:
+                self._finding(fact, batch)
         last = rows[-1]
         self._commit(batch, Tracking(APP_NAME, last.notification_id))
         self.position, self.seq = last.notification_id, last.seq
@@ -826,6 +841,29 @@ class Evaluations:
                 period,
             )
         )
+
+    def _finding(self, fact: Fact, batch: _Batch) -> None:
+        """An inspector's finding, as recorded (``domain/inspections.py``)."""
+        d = fact.data
+        employee = d.get("employee")
+        unit = d.get("unit")
+        if employee is not None:
+            posting = self.registry.posting(employee, parse_instant(fact.time).date())
+            unit = posting.unit if posting is not None else None
+        agency = self.registry.agency_of(unit) if unit is not None else None
+        doc = {
+            "finding": d["finding"],
+            "employee": employee,
+            "unit": d.get("unit"),
+            "period": d.get("period"),
+            "facts": d.get("facts", []),
+            "severity": d["severity"],
+            "summary": d["summary"],
+            "seq": fact.seq,
+            "by": fact.actor,
+            "at": fact.time,
+        }
+        batch.put(Put("finding", d["finding"], doc, employee, agency, d.get("period")))
 
     def _unflag(self, batch: _Batch, kind: str, subject: str) -> None:
         key = f"{kind}/{subject}"

@@ -68,6 +68,7 @@ FAMILIES: dict[str, tuple[str, ...]] = {
     "appeals": ("appeal.filed", "appeal.assigned", "appeal.decided", "appeal.withdrawn"),
     "hr-decisions": ("hr.decision_proposed", "hr.decision_issued", "hr.decision_withdrawn"),
     "attestations": ("document.attested",),
+    "inspections": ("inspection.finding_recorded",),
 }
 
 

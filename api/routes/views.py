@@ -212,3 +212,37 @@ def hr_due(
         person=lambda d: str(d["employee"]),
         keep=lambda d: open is None or bool(d.get("open")) is open,
     )
+
+
+@router.get(
+    "/findings",
+    operation_id="list_findings",
+    summary="Inspectors' findings, each with the log positions it cites",
+)
+def findings(
+    rt: RuntimeDep,
+    caller: CallerDep,
+    employee: Annotated[str | None, Query(pattern=NAME)] = None,
+    after: After = None,
+    limit: Limit = 50,
+) -> dict[str, Any]:
+    """A finding about an employee is read by whoever may read that employee; one about a
+    unit by whoever may read the unit."""
+
+    def about(doc: dict[str, Any]) -> str:
+        return str(doc["employee"] or doc["unit"])
+
+    def keep(doc: dict[str, Any]) -> bool:
+        return doc["employee"] is not None or rt.organisation.may_read_unit(caller, doc["unit"])
+
+    return _paged(
+        rt,
+        caller,
+        "finding",
+        "/v1/findings",
+        after=after,
+        limit=limit,
+        person=lambda d: about(d) if d["employee"] is not None else caller.principal,
+        keep=keep,
+        employee=employee,
+    )

@@ -383,3 +383,40 @@ def test_the_export_bundle_verifies_offline(api: Api, tmp_path: Path) -> None:
         tar.extractall(tmp_path / "bundle", filter="data")
     report = verify(ExportSource(tmp_path / "bundle"), log_verifier_keys(api.w.log_key), workers=1)
     assert report.ok and report.size == api.size(), report.problems
+
+
+def test_an_inspectors_findings(api: Api) -> None:
+    api.w.now = at("2026-03-02")
+    assigned = api.write("/v1/work", "tuan.sup", "work.assigned", assignment("lan-03-01"))
+    about_lan = {
+        "finding": "tt-1",
+        "employee": LAN,
+        "period": MARCH,
+        "facts": [assigned.json()["seq"]],
+        "severity": "minor",
+        "summary": "thiếu minh chứng",
+    }
+    about_unit = {"finding": "tt-2", "unit": "KH-W1", "severity": "observation", "summary": "s"}
+    for data in (about_lan, about_unit):
+        response = api.write("/v1/inspections", "binh.insp", "inspection.finding_recorded", data)
+        assert response.status_code == 201, response.text
+    refused = api.write(
+        "/v1/inspections",
+        "tuan.sup",
+        "inspection.finding_recorded",
+        {**about_lan, "finding": "tt-3"},
+    )
+    problem(refused, 403, "role.missing")
+    api.caught_up()
+    seen = {
+        who: [i["finding"] for i in api.get("/v1/findings", who).json()["items"]] for who in PEOPLE
+    }
+    assert seen["binh.insp"] == ["tt-1", "tt-2"] and seen["hoa.hr"] == ["tt-1", "tt-2"]
+    assert seen[LAN] == ["tt-1"] and seen["tuan.sup"] == ["tt-1"]  # a section, not the ward
+    assert seen["mai.tran"] == [] and seen["oss.system"] == []
+    lan = api.get("/v1/findings", LAN, employee=LAN).json()["items"][0]
+    assert (lan["facts"], lan["by"], lan["severity"]) == (
+        [assigned.json()["seq"]],
+        "binh.insp",
+        "minor",
+    )
