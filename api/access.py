@@ -27,6 +27,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from domain.employees import Employee
+from domain.keys import Principal
 from domain.organisation import Access, OrgUnit
 from domain.service import LedgerService
 
@@ -76,13 +77,15 @@ class Organisation:
             return None
 
     def caller(self, principal: str) -> Caller:
-        keys = [r for r in self.service.refresh_keyring().keys.values() if r.principal == principal]
+        """The principal's roles, administrator status and employee record, read from its
+        streams (no writer lock: reads never wait for a write)."""
+        keys = self._get(Principal, Principal.id_for(principal))
+        admin = isinstance(keys, Principal) and keys.admin and bool(keys.active_keys)
         access = self._get(Access, Access.id_for(principal))
         roles = (
             {r: frozenset(u) for r, u in access.roles.items()} if isinstance(access, Access) else {}
         )
         employee = isinstance(self._get(Employee, Employee.id_for(principal)), Employee)
-        admin = any(r.admin and r.revoked_at is None for r in keys)
         return Caller(principal, admin, roles, employee)
 
     def chain(self, unit: str) -> list[str]:

@@ -27,6 +27,7 @@ from pathlib import Path
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Header, Query, Request
+from fastapi import Path as PathParam
 from fastapi.responses import FileResponse, PlainTextResponse, Response, StreamingResponse
 from pydantic import BaseModel
 from starlette.background import BackgroundTask
@@ -40,6 +41,8 @@ from signing.receipt import TlogProof
 
 router = APIRouter(prefix="/v1", tags=["audit"])
 MAX_ENTRIES = 1000
+MAX_POSITION = 2**53 - 1  # positions and sizes: what a JSON number and the database hold
+Position = Annotated[int, PathParam(ge=0, le=MAX_POSITION, description="a log position")]
 FEED_PAGE = 500
 FEED_POLL = 0.25  # seconds between looks at the log's size when the feed is at the head
 FEED_KEEPALIVE = 15.0
@@ -99,8 +102,8 @@ def checkpoint(rt: RuntimeDep, _: CallerDep) -> PlainTextResponse:
 def inclusion(
     rt: RuntimeDep,
     _: CallerDep,
-    index: Annotated[int, Query(ge=0)],
-    size: Annotated[int, Query(ge=1)],
+    index: Annotated[int, Query(ge=0, le=MAX_POSITION)],
+    size: Annotated[int, Query(ge=1, le=MAX_POSITION)],
 ) -> InclusionProof:
     _size_check(rt, size)
     if index >= size:
@@ -121,8 +124,8 @@ def inclusion(
 def consistency(
     rt: RuntimeDep,
     _: CallerDep,
-    first: Annotated[int, Query(ge=1)],
-    second: Annotated[int, Query(ge=1)],
+    first: Annotated[int, Query(ge=1, le=MAX_POSITION)],
+    second: Annotated[int, Query(ge=1, le=MAX_POSITION)],
 ) -> ConsistencyProof:
     _size_check(rt, second)
     if first > second:
@@ -144,9 +147,7 @@ def consistency(
     summary="The entry's receipt (c2sp.org/tlog-proof@v1) under the latest checkpoint",
     responses={200: {"content": {"text/plain": {}}}, 404: {"description": "not sealed yet"}},
 )
-def receipt(rt: RuntimeDep, _: CallerDep, seq: int) -> PlainTextResponse:
-    if seq < 0:
-        raise Problem(422, "The request is not valid", "a log position is 0 or more")
+def receipt(rt: RuntimeDep, _: CallerDep, seq: Position) -> PlainTextResponse:
     log = rt.service.sealed
     latest = log.latest_checkpoint()
     if latest is None or latest.size <= seq:
@@ -168,7 +169,7 @@ def receipt(rt: RuntimeDep, _: CallerDep, seq: int) -> PlainTextResponse:
 def entries(
     rt: RuntimeDep,
     caller: CallerDep,
-    start: Annotated[int, Query(ge=0)] = 0,
+    start: Annotated[int, Query(ge=0, le=MAX_POSITION)] = 0,
     limit: Annotated[int, Query(ge=1, le=MAX_ENTRIES)] = 100,
 ) -> Response:
     _readers_only(caller, "the log's entries")
@@ -187,12 +188,10 @@ def entries(
     summary="One entry's exact canonical bytes (to check its receipt): its signer's, or readers'",
     responses={200: {"content": {"application/json": {}}}},
 )
-def entry(rt: RuntimeDep, caller: CallerDep, seq: int) -> Response:
+def entry(rt: RuntimeDep, caller: CallerDep, seq: Position) -> Response:
     """The bytes a receipt's leaf hash is taken over. The principal who signed the entry's
     fact may read it (an integrating system checks the receipts of what it wrote), as may
     administrators and inspectors."""
-    if seq < 0:
-        raise Problem(422, "The request is not valid", "a log position is 0 or more")
     row = next(iter(rt.service.sealed.read_rows(seq, seq + 1)), None)
     if row is None or row.entry is None:
         raise Problem(404, "Not found", f"entry {seq} is not in the log", rule="log.size_unknown")
@@ -219,7 +218,7 @@ async def feed(
     request: Request,
     rt: RuntimeDep,
     caller: CallerDep,
-    start: Annotated[int, Query(ge=0, alias="from")] = 0,
+    start: Annotated[int, Query(ge=0, le=MAX_POSITION, alias="from")] = 0,
     limit: Annotated[int | None, Query(ge=1, le=1_000_000)] = None,
     last_event_id: Annotated[str | None, Header(pattern=r"^[0-9]{1,15}$")] = None,
 ) -> StreamingResponse:
