@@ -60,6 +60,8 @@ def test_no_server_error_and_answers_match_the_schema(served: tuple[str, str]) -
             max_examples=20,
             deadline=None,
             database=None,
+            derandomize=True,  # the same cases on every run (CI must not flake); explore locally
+            # with more examples and random seeds by editing these two lines
             suppress_health_check=list(HealthCheck),
         )
         def check(case: Any) -> None:
