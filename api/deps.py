@@ -24,10 +24,11 @@ def runtime(request: Request) -> Runtime:
     return found
 
 
-def caller(
+def principal(
     rt: Annotated[Runtime, Depends(runtime)],
     credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)],
-) -> Caller:
+) -> str:
+    """The token's principal (all a write needs: the ledger's own rules judge the fact)."""
     challenge = {"WWW-Authenticate": "Bearer"}
     if credentials is None or credentials.scheme.lower() != "bearer":
         raise Problem(
@@ -46,8 +47,16 @@ def caller(
             rule="auth.invalid_token",
             headers=challenge,
         )
+    return name
+
+
+def caller(
+    rt: Annotated[Runtime, Depends(runtime)], name: Annotated[str, Depends(principal)]
+) -> Caller:
+    """The principal with its roles and units, for deciding what it may read."""
     return rt.organisation.caller(name)
 
 
 RuntimeDep = Annotated[Runtime, Depends(runtime)]
 CallerDep = Annotated[Caller, Depends(caller)]
+PrincipalDep = Annotated[str, Depends(principal)]

@@ -14,6 +14,7 @@ from typing import Any
 
 from api.access import Organisation
 from api.principals import Principals
+from api.writer import GroupWriter
 from domain.service import LedgerService, TimeWindow
 from ledger.checkpoints import Checkpointer
 from ledger.config import Database
@@ -58,6 +59,7 @@ class Runtime:
         self.runner = runner
         self.checkpointer = checkpointer
         self.owns_service = True
+        self.writer = GroupWriter(service)
 
     @classmethod
     def open(cls, settings: Settings, *, service: LedgerService | None = None) -> Runtime:
@@ -90,6 +92,7 @@ class Runtime:
         return runtime
 
     def close(self) -> None:
+        self.writer.close()
         if self.checkpointer is not None:
             self.checkpointer.stop()
         if self.runner is not None:

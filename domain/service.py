@@ -397,11 +397,15 @@ class LedgerService(Application[UUID]):
         return outcome
 
     def submit_many(
-        self, envelopes: Sequence[bytes | str], *, screen: Screen | None = None
+        self,
+        envelopes: Sequence[bytes | str],
+        *,
+        screen: Screen | Sequence[Screen | None] | None = None,
     ) -> list[Outcome]:
         """Record a batch in one transaction; each fact is accepted or refused on its own.
         ``screen`` (the HTTP API's: is the fact signed by the caller, does it belong to the
-        endpoint) sees each parsed fact first and may raise a ``Refusal``."""
+        endpoint) sees each parsed fact first and may raise a ``Refusal``; one for all the
+        envelopes, or one per envelope (requests of several callers written together)."""
         if len(envelopes) > MAX_BATCH:
             raise ValueError(f"at most {MAX_BATCH} envelopes per batch")
         outcomes: list[Outcome | None] = [None] * len(envelopes)
@@ -433,9 +437,10 @@ class LedgerService(Application[UUID]):
         batch: _Batch,
         ring: KeyRing,
         outcomes: list[Outcome | None],
-        screen: Screen | None = None,
+        screen: Screen | Sequence[Screen | None] | None = None,
     ) -> None:
         parsed = [self._parse(raw) for raw in envelopes]
+        screens = list(screen) if isinstance(screen, Sequence) else [screen] * len(envelopes)
         facts = [p for p in parsed if isinstance(p, Fact)]
         used = self.sealed.nonce_seqs([f.nonce for f in facts])
         used_tokens = self.sealed.idempotency_seqs(
@@ -446,8 +451,9 @@ class LedgerService(Application[UUID]):
                 if isinstance(fact_or_refusal, Refusal):
                     raise fact_or_refusal
                 fact = fact_or_refusal
-                if screen is not None:
-                    screen(fact)
+                check = screens[i]
+                if check is not None:
+                    check(fact)
                 earlier = self._duplicate(fact, used, batch)
                 if earlier is None:
                     record = self._check(fact, batch.position, ring)

@@ -20,8 +20,7 @@ from typing import Any
 from fastapi import APIRouter, Response
 from pydantic import BaseModel, ConfigDict, Field
 
-from api.access import Caller
-from api.deps import CallerDep, RuntimeDep
+from api.deps import PrincipalDep, RuntimeDep
 from api.problems import refusal_problem
 from api.runtime import MAX_BATCH
 from domain.errors import Refusal
@@ -148,14 +147,14 @@ def accepted(outcome: Appended) -> Accepted:
     )
 
 
-def _screen(caller: Caller, family: str | None) -> Callable[[Fact], None]:
+def _screen(caller: str, family: str | None) -> Callable[[Fact], None]:
     """Refuse a fact not signed by the caller, or not of the endpoint's family."""
     types = FAMILIES.get(family, ()) if family is not None else None
 
     def screen(fact: Fact) -> None:
-        if fact.actor != caller.principal:
+        if fact.actor != caller:
             raise Refusal(
-                f"the fact is signed as {fact.actor!r} but the token is {caller.principal!r}'s:"
+                f"the fact is signed as {fact.actor!r} but the token is {caller!r}'s:"
                 " a principal submits only facts it signs itself",
                 rule="principal.not_the_actor",
                 fact_type=fact.type,
@@ -175,9 +174,9 @@ def _screen(caller: Caller, family: str | None) -> Callable[[Fact], None]:
 
 
 def _write_one(
-    rt: Any, caller: Caller, family: str, envelope: Envelope, response: Response
+    rt: Any, caller: str, family: str, envelope: Envelope, response: Response
 ) -> Accepted:
-    [outcome] = rt.service.submit_many([envelope.raw()], screen=_screen(caller, family))
+    [outcome] = rt.writer.submit([envelope.raw()], _screen(caller, family))
     if isinstance(outcome, Refusal):
         raise refusal_problem(outcome)
     response.status_code = 200 if outcome.duplicate else 201
@@ -188,7 +187,7 @@ def _family_route(family: str) -> None:
     types = FAMILIES[family]
 
     def write(
-        envelope: Envelope, rt: RuntimeDep, caller: CallerDep, response: Response
+        envelope: Envelope, rt: RuntimeDep, caller: PrincipalDep, response: Response
     ) -> Accepted:
         return _write_one(rt, caller, family, envelope, response)
 
@@ -221,10 +220,8 @@ for _family in FAMILIES:
     operation_id="post_batch",
     summary="Record up to 1,000 facts of any family, each accepted or refused on its own",
 )
-def batch(body: BatchIn, rt: RuntimeDep, caller: CallerDep) -> BatchOut:
-    outcomes = rt.service.submit_many(
-        [e.raw() for e in body.envelopes], screen=_screen(caller, None)
-    )
+def batch(body: BatchIn, rt: RuntimeDep, caller: PrincipalDep) -> BatchOut:
+    outcomes = rt.writer.submit([e.raw() for e in body.envelopes], _screen(caller, None))
     results = []
     for i, outcome in enumerate(outcomes):
         if isinstance(outcome, Refusal):
