@@ -7,10 +7,10 @@ import time
 from collections.abc import Callable, Sequence
 from typing import Any
 
-from bench import append, domain, projections, proofs, verify
+from bench import api, append, domain, projections, proofs, verify
 from bench.common import DEFAULT_PG, RESULTS_DIR, machine_info, pg_version, render_table, say
 
-BENCHMARKS = ("append", "verify", "proofs", "domain", "projections")
+BENCHMARKS = ("append", "verify", "proofs", "domain", "projections", "api")
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -43,6 +43,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "proofs": lambda: proofs.run(mode, pg_url),
         "domain": lambda: domain.run(mode, pg_url),
         "projections": lambda: projections.run(mode, pg_url),
+        "api": lambda: api.run(mode, pg_url),
     }
     results: dict[str, dict[str, Any]] = {}
     start = time.perf_counter()
@@ -150,6 +151,38 @@ def summary_rows(results: dict[str, dict[str, Any]]) -> list[list[Any]]:
                 a["ratio_p50_to_pk_select"],
                 f"< {p['targets']['as_of_p95_ms']:.0f} ms",
                 "meets" if a["meets_target"] else "MISSES",
+            ]
+        )
+    a = results.get("api")
+    if a is not None:
+        s = a["single"]
+        rows.append(
+            [
+                "api",
+                f"single writes {s['per_s']:,.0f}/s, p99 {s['ms']['p99']:.0f} ms (ratio: /bare)",
+                s["ratio_to_bare"],
+                ">= 1000/s, p99 < 100 ms",
+                "meets" if s["meets_target"] else "MISSES",
+            ]
+        )
+        b = a["batch"]
+        rows.append(
+            [
+                "api",
+                f"batch ingest {b['events_per_s']:,.0f} events/s (ratio: /bare req/s)",
+                b["ratio_to_bare"],
+                ">= 5000/s",
+                "meets" if b["meets_target"] else "MISSES",
+            ]
+        )
+        p = a["proofs"]
+        rows.append(
+            [
+                "api",
+                f"proofs p95 {p['ms']['p95']:.1f} ms (ratio: /bare req/s)",
+                p["ratio_to_bare"],
+                "p95 < 20 ms",
+                "meets" if p["meets_target"] else "MISSES",
             ]
         )
     return rows

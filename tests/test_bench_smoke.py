@@ -184,3 +184,21 @@ def _demo_digest() -> str:
     import hashlib
 
     return hashlib.sha256((projections.ROOT / "api" / "demo.py").read_bytes()).hexdigest()[:12]
+
+
+def test_api_bench_drives_the_service_and_a_bare_endpoint(pg_url: str, tmp_path: Path) -> None:
+    from bench import api
+
+    result = api.run("tiny", pg_url, results_dir=tmp_path)
+    scale = api.SCALES["tiny"]
+    assert result["bare"]["requests"] == result["single"]["requests"] == scale.single
+    assert result["batch"]["events"] == scale.batches * api.BATCH_SIZE
+    assert result["proofs"]["requests"] == scale.proofs
+    for part in ("single", "batch", "proofs"):
+        assert result[part]["ratio_to_bare"] > 0
+        assert 0 < result[part]["ms"]["p50"] <= result[part]["ms"]["max"]
+    single = result["single"]
+    assert single["meets_target"] == (
+        single["per_s"] >= api.TARGET_SINGLE and single["ms"]["p99"] < api.TARGET_SINGLE_P99_MS
+    )
+    assert json.loads((tmp_path / "api.json").read_text())["benchmark"] == "api"

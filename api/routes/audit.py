@@ -33,7 +33,7 @@ from pydantic import BaseModel
 from starlette.background import BackgroundTask
 from starlette.concurrency import run_in_threadpool
 
-from api.deps import CallerDep, RuntimeDep
+from api.deps import CallerDep, PrincipalDep, RuntimeDep
 from api.problems import Problem
 from ledger.export import export_bundle
 from signing.facts import read_fact
@@ -84,7 +84,7 @@ def _size_check(rt: RuntimeDep, *sizes: int) -> int:
     summary="The latest signed checkpoint (C2SP signed note)",
     responses={200: {"content": {"text/plain": {}}}, 404: {"description": "none signed yet"}},
 )
-def checkpoint(rt: RuntimeDep, _: CallerDep) -> PlainTextResponse:
+def checkpoint(rt: RuntimeDep, _: PrincipalDep) -> PlainTextResponse:
     latest = rt.service.sealed.latest_checkpoint()
     if latest is None:
         raise Problem(
@@ -101,7 +101,7 @@ def checkpoint(rt: RuntimeDep, _: CallerDep) -> PlainTextResponse:
 )
 def inclusion(
     rt: RuntimeDep,
-    _: CallerDep,
+    _: PrincipalDep,
     index: Annotated[int, Query(ge=0, le=MAX_POSITION)],
     size: Annotated[int, Query(ge=1, le=MAX_POSITION)],
 ) -> InclusionProof:
@@ -123,7 +123,7 @@ def inclusion(
 )
 def consistency(
     rt: RuntimeDep,
-    _: CallerDep,
+    _: PrincipalDep,
     first: Annotated[int, Query(ge=1, le=MAX_POSITION)],
     second: Annotated[int, Query(ge=1, le=MAX_POSITION)],
 ) -> ConsistencyProof:
@@ -147,7 +147,7 @@ def consistency(
     summary="The entry's receipt (c2sp.org/tlog-proof@v1) under the latest checkpoint",
     responses={200: {"content": {"text/plain": {}}}, 404: {"description": "not sealed yet"}},
 )
-def receipt(rt: RuntimeDep, _: CallerDep, seq: Position) -> PlainTextResponse:
+def receipt(rt: RuntimeDep, _: PrincipalDep, seq: Position) -> PlainTextResponse:
     log = rt.service.sealed
     latest = log.latest_checkpoint()
     if latest is None or latest.size <= seq:

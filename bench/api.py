@@ -1,0 +1,297 @@
+"""api: the running service under 16 concurrent clients, against a bare FastAPI endpoint.
+
+Both servers run under uvicorn in their own processes on this machine; this process drives
+them with 16 concurrent clients (``httpx2``'s async client, one connection each):
+
+* **bare**: a FastAPI endpoint that takes a JSON body and answers ``{"ok": true}``, doing no
+  work: what the HTTP stack alone costs here (the baseline, same client, same bodies);
+* **single writes**: ``kpi-ledger serve`` on PostgreSQL (a fresh database), each request one
+  signed ``document.attested`` envelope to ``POST /v1/attestations`` with its signer's token
+  (16 signers, one per client): events/s and latency (target ≥ 1,000/s, p99 < 100 ms);
+* **batch ingest**: ``POST /v1/batch`` with 100 envelopes a request (target ≥ 5,000 events/s);
+* **proofs**: ``GET /v1/proofs/inclusion`` for random entries of the log written above
+  (target p95 < 20 ms).
+
+Ratio = the service's requests/s ÷ the bare endpoint's requests/s, in the same run. All
+envelopes are signed before any timing; the ledger's own clock accepts them (signed now).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import random
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+from fastapi import FastAPI
+
+from bench.common import percentile, pg_database, render_table, say, write_result
+
+NAME = "api"
+CLIENTS = 16
+TARGET_SINGLE = 1000.0
+TARGET_SINGLE_P99_MS = 100.0
+TARGET_BATCH = 5000.0
+TARGET_PROOF_P95_MS = 20.0
+BATCH_SIZE = 100
+ROOT = Path(__file__).resolve().parent.parent
+
+bare = FastAPI()
+
+
+@bare.post("/bare")
+def bare_write(body: dict[str, Any]) -> dict[str, bool]:
+    return {"ok": True}
+
+
+@dataclass(frozen=True)
+class Scale:
+    single: int  # single-write requests
+    batches: int  # batch requests of BATCH_SIZE envelopes
+    proofs: int
+
+
+SCALES = {
+    "full": Scale(single=3000, batches=150, proofs=2000),
+    "quick": Scale(single=800, batches=30, proofs=500),
+    "tiny": Scale(single=48, batches=3, proofs=32),
+}
+
+
+def _port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+@contextmanager
+def _serving(args: list[str], ready: str) -> Iterator[str]:
+    port = _port()
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    child = subprocess.Popen(
+        [*args, "--port", str(port)],
+        env=env,
+        cwd=ROOT,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    base = f"http://127.0.0.1:{port}"
+    try:
+        import httpx2 as httpx
+
+        deadline = time.monotonic() + 60
+        while True:
+            try:
+                if httpx.get(base + ready, timeout=1).status_code < 500:
+                    break
+            except httpx.TransportError:
+                pass
+            if child.poll() is not None or time.monotonic() > deadline:
+                raise RuntimeError(
+                    f"server did not start: {child.stderr.read() if child.stderr else ''}"
+                )
+            time.sleep(0.2)
+        yield base
+    finally:
+        child.terminate()
+        child.wait(timeout=30)
+
+
+def _prepare(
+    db_url: str, home_dir: Path, count: int
+) -> tuple[dict[str, str], list[tuple[str, bytes]]]:
+    """A new ledger with 16 signers, their tokens, and ``count`` signed envelopes."""
+    from api.principals import Principals
+    from domain.service import LedgerService
+    from ledger.config import parse_database
+    from ledger.home import LedgerHome
+    from signing.facts import sign_fact
+    from signing.keyring import key_registration
+    from signing.keys import SigningKey
+
+    home = LedgerHome(home_dir)
+    ledger_key = home.create("bench.kpi-ledger.local/api")
+    admin = SigningKey.generate("admin")
+    service = LedgerService(parse_database(db_url), ledger_signer=home.facts_key())
+    try:
+        service.bootstrap(ledger_key, admin)
+        signers = [SigningKey.generate(f"client{i:02d}") for i in range(CLIENTS)]
+        service.submit_many([key_registration(admin, k.verifier()).to_bytes() for k in signers])
+        principals = Principals(service.sealed.datastore)  # type: ignore[attr-defined]
+        tokens = {k.name: principals.issue(k.name) for k in signers}
+    finally:
+        service.close()
+    envelopes = []
+    for i in range(count):
+        key = signers[i % CLIENTS]
+        data = {"sha256": f"{i:064x}", "title": f"bench {i}"}
+        envelopes.append((key.name, sign_fact(key, "document.attested", data).to_bytes()))
+    return tokens, envelopes
+
+
+Request = tuple[str, str, dict[str, str], bytes | None]  # method, path, headers, body
+
+
+async def _drive(base: str, requests: Sequence[Request]) -> dict[str, Any]:
+    """Send ``requests`` (method, path, headers, body) with CLIENTS concurrent clients."""
+    import httpx2 as httpx
+
+    queue: asyncio.Queue[Request] = asyncio.Queue()
+    for r in requests:
+        queue.put_nowait(r)
+    latencies: list[float] = []
+    failures: list[str] = []
+
+    async def client() -> None:
+        async with httpx.AsyncClient(base_url=base, timeout=120) as http:
+            while not queue.empty():
+                method, path, headers, body = queue.get_nowait()
+                began = time.perf_counter()
+                response = await http.request(method, path, headers=headers, content=body)
+                latencies.append((time.perf_counter() - began) * 1000)
+                if response.status_code >= 400:
+                    failures.append(f"{response.status_code} {response.text[:200]}")
+
+    began = time.perf_counter()
+    await asyncio.gather(*(client() for _ in range(CLIENTS)))
+    seconds = time.perf_counter() - began
+    if failures:
+        raise RuntimeError(f"{len(failures)} requests failed, first: {failures[0]}")
+    return {
+        "requests": len(requests),
+        "seconds": seconds,
+        "per_s": len(requests) / seconds,
+        "ms": {
+            "p50": percentile(latencies, 50),
+            "p95": percentile(latencies, 95),
+            "p99": percentile(latencies, 99),
+            "max": max(latencies),
+        },
+    }
+
+
+def run(
+    mode: str = "full", pg_url: str | None = None, *, results_dir: Path | None = None
+) -> dict[str, Any]:
+    if pg_url is None:
+        raise SystemExit("the api benchmark needs PostgreSQL (--pg URL)")
+    scale = SCALES[mode]
+    json_headers = {"Content-Type": "application/json"}
+    with pg_database(pg_url) as db_url, tempfile.TemporaryDirectory(prefix="kpi-bench-api-") as tmp:
+        home = Path(tmp) / "home"
+        count = scale.single + scale.batches * BATCH_SIZE
+        tokens, envelopes = _prepare(db_url, home, count)
+        singles, batched = envelopes[: scale.single], envelopes[scale.single :]
+
+        def auth(name: str) -> dict[str, str]:
+            return {**json_headers, "Authorization": f"Bearer {tokens[name]}"}
+
+        uvicorn = [sys.executable, "-m", "uvicorn", "--log-level", "warning"]
+        with _serving([*uvicorn, "bench.api:bare"], "/docs") as base:
+            body = [("POST", "/bare", json_headers, raw) for _, raw in singles]
+            baseline = asyncio.run(_drive(base, body))
+        say(
+            f"api: bare endpoint {baseline['per_s']:,.0f} req/s, p99 {baseline['ms']['p99']:.1f} ms"
+        )
+        serve = [sys.executable, "-m", "api.cli", "serve", "--db", db_url, "--home", str(home)]
+        with _serving([*serve, "--log-level", "warning"], "/v1/openapi.json") as base:
+            single = asyncio.run(
+                _drive(base, [("POST", "/v1/attestations", auth(n), raw) for n, raw in singles])
+            )
+            say(f"api: single writes {single['per_s']:,.0f}/s, p99 {single['ms']['p99']:.1f} ms")
+            by_signer: dict[str, list[bytes]] = {}
+            for name, raw in batched:
+                by_signer.setdefault(name, []).append(raw)
+            batches = []
+            for name, raws in sorted(by_signer.items()):  # a client posts its own facts
+                for at in range(0, len(raws), BATCH_SIZE):
+                    body_bytes = b'{"envelopes":[' + b",".join(raws[at : at + BATCH_SIZE]) + b"]}"
+                    batches.append(("POST", "/v1/batch", auth(name), body_bytes))
+            rng_order = random.Random(3)
+            rng_order.shuffle(batches)
+            events = len(batched)
+            batch = asyncio.run(_drive(base, batches))
+            batch["events_per_s"] = events / batch["seconds"]
+            batch["events"] = events
+            say(f"api: batch ingest {batch['events_per_s']:,.0f} events/s")
+            size = 2 + CLIENTS + scale.single + events  # bootstrap, keys, what was written
+            rng = random.Random(5)
+            any_token = auth(next(iter(tokens)))
+            gets = [
+                (
+                    "GET",
+                    f"/v1/proofs/inclusion?index={rng.randrange(size)}&size={size}",
+                    any_token,
+                    None,
+                )
+                for _ in range(scale.proofs)
+            ]
+            proofs = asyncio.run(_drive(base, gets))
+            say(f"api: proofs p95 {proofs['ms']['p95']:.1f} ms")
+    result = {
+        "mode": mode,
+        "scale": asdict(scale),
+        "clients": CLIENTS,
+        "bare": baseline,
+        "single": {
+            **single,
+            "ratio_to_bare": single["per_s"] / baseline["per_s"],
+            "target": TARGET_SINGLE,
+            "meets_target": single["per_s"] >= TARGET_SINGLE
+            and single["ms"]["p99"] < TARGET_SINGLE_P99_MS,
+        },
+        "batch": {
+            **batch,
+            "ratio_to_bare": batch["events_per_s"] / baseline["per_s"],
+            "target": TARGET_BATCH,
+            "meets_target": batch["events_per_s"] >= TARGET_BATCH,
+        },
+        "proofs": {
+            **proofs,
+            "ratio_to_bare": proofs["per_s"] / baseline["per_s"],
+            "target_p95_ms": TARGET_PROOF_P95_MS,
+            "meets_target": proofs["ms"]["p95"] < TARGET_PROOF_P95_MS,
+        },
+    }
+    report(result)
+    write_result(NAME, result, results_dir)
+    return result
+
+
+def report(result: dict[str, Any]) -> None:
+    rows = []
+    for label, key, rate in (
+        ("bare endpoint", "bare", "per_s"),
+        ("single signed writes", "single", "per_s"),
+        ("batch ingest (events)", "batch", "events_per_s"),
+        ("inclusion proofs", "proofs", "per_s"),
+    ):
+        r = result[key]
+        rows.append(
+            [
+                label,
+                r[rate],
+                r["ms"]["p50"],
+                r["ms"]["p95"],
+                r["ms"]["p99"],
+                r.get("ratio_to_bare", 1.0),
+            ]
+        )
+    say(
+        render_table(
+            f"the service under {result['clients']} concurrent clients"
+            " (per second; ms per request)",
+            ["what", "per s", "p50", "p95", "p99", "ratio to bare"],
+            rows,
+        )
+    )
