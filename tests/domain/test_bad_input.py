@@ -256,6 +256,11 @@ def build_scene(db_url: str) -> Scene:
         "survey.rated",
         {"rating": "r-0", "employee": LAN, "period": "2026-02", "score": "90", "responses": 3},
     )
+    w.do(
+        "binh.insp",
+        "inspection.finding_recorded",
+        {"finding": "f-1", "unit": "KH-W1", "severity": "observation", "summary": TEXT},
+    )
 
     # Late entries into the closed January.
     for request, who, employee, until in (
@@ -577,6 +582,17 @@ BASE: dict[str, tuple[str, Data]] = {
             "kind": "moral_degradation",
             "decided_on": "2026-02-04",
             "legal_basis": TEXT,
+        },
+    ),
+    "inspection.finding_recorded": (
+        "binh.insp",
+        {
+            "finding": "f-new",
+            "employee": LAN,
+            "period": "2026-02",
+            "facts": [3],
+            "severity": "minor",
+            "summary": TEXT,
         },
     ),
     "period.closed": ("hoa.hr", {"agency": "KH-W2", "period": "2026-01", "snapshot": sha("w2")}),
@@ -1353,6 +1369,24 @@ RULES: dict[str, dict[str, Entry]] = {
             Bad("one's own", SELF, who=THU, set={"employee": THU, "discipline": "d-thu"})
         ],
         "state": [Bad("already annulled", STATE, set={"discipline": "d-2"})],
+        "bound": NO_BOUND,
+    },
+    "inspection.finding_recorded": {
+        "reference": [
+            Bad("unknown employee", UNKNOWN, set={"employee": "ghost"}),
+            Bad("a position not yet in the log", UNKNOWN, set={"facts": [3, 10**9]}),
+        ],
+        "role": [Bad("by HR", ROLE, who="hoa.hr")],
+        "scope": [Bad("inspector of the other ward", SCOPE, who="w2.insp")],
+        "deadline": NO_DEADLINE,
+        "closed": Skip("a finding changes no score: it may come after a close"),
+        "separation": Skip(
+            "the subject is someone inspected; HR records an inspector's own conduct"
+        ),
+        "state": [
+            Bad("finding id in use", TAKEN, set={"finding": "f-1"}),
+            Bad("an employee and a unit", STATE, set={"unit": "KH-W1"}),
+        ],
         "bound": NO_BOUND,
     },
     "conduct.concluded": {
