@@ -27,6 +27,7 @@ Views (``kpi_view_docs.view``), each a JSON document:
 | ``evidence`` | sha-256 | the first claim of a piece of evidence |
 | ``approvals`` | ``approver/agency/period`` | approvals per local day (bulk approval flag) |
 | ``finding`` | finding id | an inspector's finding, as recorded, with the positions it cites |
+| ``hr_decision`` | decision id | an HR decision, its acts, the closes of the periods it cites |
 """
 
 from __future__ import annotations
@@ -76,6 +77,7 @@ VIEWS = (
     "hr_due",
     "flag",
     "finding",
+    "hr_decision",
 )
 REF = "ref"  # the stream-index subject of reference streams
 FINDING = "inspection.finding_recorded"
@@ -428,6 +430,7 @@ class Evaluations:
             decision = self.registry.hr_decisions.get(d.get("decision") or d["target"]["decision"])
             if decision is None:
                 return
+            self._hr_decision(decision, fact, batch)
             for key in self.view.keys("year", employee=decision.employee):
                 batch.years[(decision.employee, key.split("/")[1])] = None
 
@@ -841,6 +844,40 @@ class Evaluations:
                 period,
             )
         )
+
+    def _hr_decision(self, decision: Any, fact: Fact, batch: _Batch) -> None:
+        """An HR decision as it stands, with the facts it rests on: for each period of its
+        grounds, the close of the agency the employee was in then."""
+        key = decision.id
+        previous = batch.puts.get(("hr_decision", key))
+        doc = previous.doc if previous is not None else self.view.doc("hr_decision", key)
+        acts = list(doc["acts"]) if doc is not None else []
+        acts.append({"seq": fact.seq, "type": fact.type, "by": fact.actor, "at": fact.time})
+        grounds = []
+        for period in decision.grounds:
+            posting = self.registry.posting(decision.employee, period_start(period))
+            agency = self.registry.agency_of(posting.unit) if posting is not None else None
+            close = self.registry.closes.get((agency, period)) if agency is not None else None
+            grounds.append(
+                {
+                    "period": period,
+                    "agency": agency,
+                    "close_seq": close.seq if close is not None else None,
+                    "snapshot": close.snapshot if close is not None else None,
+                }
+            )
+        posting = self.registry.posting(decision.employee, decision.proposed_at.date())
+        agency = self.registry.agency_of(posting.unit) if posting is not None else None
+        out = {
+            "decision": key,
+            "employee": decision.employee,
+            "kind": decision.kind,
+            "status": decision.status,
+            "proposed_seq": decision.proposed_seq,
+            "grounds": grounds,
+            "acts": acts,
+        }
+        batch.put(Put("hr_decision", key, out, decision.employee, agency, None))
 
     def _finding(self, fact: Fact, batch: _Batch) -> None:
         """An inspector's finding, as recorded (``domain/inspections.py``)."""

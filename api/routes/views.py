@@ -246,3 +246,30 @@ def findings(
         keep=keep,
         employee=employee,
     )
+
+
+@router.get(
+    "/hr-decisions",
+    operation_id="list_hr_decisions",
+    summary="HR decisions, each with its acts and the closed periods it rests on",
+)
+def hr_decisions(
+    rt: RuntimeDep,
+    caller: CallerDep,
+    employee: Annotated[str | None, Query(pattern=NAME)] = None,
+    after: After = None,
+    limit: Limit = 50,
+) -> dict[str, Any]:
+    """``grounds``: for each period the decision cites, the close of the agency the employee
+    was in (its position and the snapshot hash it carried); ``acts``: proposed, issued,
+    withdrawn, overturned, each with its position."""
+    return _paged(
+        rt,
+        caller,
+        "hr_decision",
+        "/v1/hr-decisions",
+        after=after,
+        limit=limit,
+        person=lambda d: str(d["employee"]),
+        employee=employee,
+    )

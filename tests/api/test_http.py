@@ -27,7 +27,7 @@ from signing.merkle import leaf_hash, verify_inclusion
 from signing.receipt import TlogProof
 from tests.domain.world import LAN, MARCH, World, assignment, at
 
-PEOPLE = (LAN, "mai.tran", "tuan.sup", "hoa.hr", "binh.insp", "oss.system")
+PEOPLE = (LAN, "mai.tran", "tuan.sup", "hoa.hr", "minh.hr", "binh.insp", "oss.system")
 
 
 class Api:
@@ -420,3 +420,41 @@ def test_an_inspectors_findings(api: Api) -> None:
         "binh.insp",
         "minor",
     )
+
+
+def test_hr_decisions_with_the_closes_they_rest_on(api: Api) -> None:
+    api.w.now = at("2026-03-02")
+    assert (
+        api.write("/v1/work", "tuan.sup", "work.assigned", assignment("lan-03-01")).status_code
+        == 201
+    )
+    api.w.now = at("2026-04-02")
+    close = api.write(
+        "/v1/periods",
+        "hoa.hr",
+        "period.closed",
+        {"agency": "KH-W1", "period": MARCH, "snapshot": "0" * 64},
+    )
+    assert close.status_code == 201
+    proposal = {
+        "decision": "qd-1",
+        "employee": LAN,
+        "kind": "reward",
+        "grounds": [MARCH],
+        "details": "khen thưởng",
+    }
+    proposed = api.write("/v1/hr-decisions", "hoa.hr", "hr.decision_proposed", proposal)
+    assert proposed.status_code == 201, proposed.text
+    issued = api.write("/v1/hr-decisions", "minh.hr", "hr.decision_issued", {"decision": "qd-1"})
+    assert issued.status_code == 201, issued.text
+    api.caught_up()
+    [doc] = api.get("/v1/hr-decisions", LAN).json()["items"]
+    assert (doc["decision"], doc["status"], doc["kind"]) == ("qd-1", "issued", "reward")
+    assert doc["grounds"] == [
+        {"period": MARCH, "agency": "KH-W1", "close_seq": close.json()["seq"], "snapshot": "0" * 64}
+    ]
+    assert [(a["type"], a["seq"]) for a in doc["acts"]] == [
+        ("hr.decision_proposed", proposed.json()["seq"]),
+        ("hr.decision_issued", issued.json()["seq"]),
+    ]
+    assert api.get("/v1/hr-decisions", "mai.tran").json()["items"] == []
