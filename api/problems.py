@@ -81,6 +81,11 @@ class Problem(Exception):
         )
 
 
+def out_of_scope(principal: str, what: str) -> Problem:
+    """403: the caller's roles do not reach what it asked to read."""
+    return Problem(403, "Forbidden", f"{principal!r} may not read {what}", rule="auth.out_of_scope")
+
+
 def _rule_for_status(status: int) -> str:
     return {
         400: "request.malformed",

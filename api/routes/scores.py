@@ -23,7 +23,7 @@ from fastapi import APIRouter, Path, Query
 
 from api.access import Caller
 from api.deps import CallerDep, RuntimeDep
-from api.problems import Problem
+from api.problems import Problem, out_of_scope
 from domain.policy import PolicyError
 from domain.schemas import PERIOD_PATTERN, period_start
 from projections.facts import parse_instant
@@ -46,12 +46,7 @@ PolicyVersion = Annotated[int | None, Query(ge=1, description="another version o
 
 def _allowed(rt: RuntimeDep, caller: Caller, employee: str, day: dt.date | None) -> None:
     if not rt.organisation.may_read_employee(caller, employee, day):
-        raise Problem(
-            403,
-            "Forbidden",
-            f"{caller.principal!r} may not read {employee!r}'s records",
-            rule="auth.out_of_scope",
-        )
+        raise out_of_scope(caller.principal, f"{employee!r}'s records")
 
 
 def _as_of(text: str | None) -> int | str | None:

@@ -16,7 +16,7 @@ from fastapi import APIRouter, Path, Query
 
 from api.access import Caller
 from api.deps import CallerDep, RuntimeDep
-from api.problems import Problem
+from api.problems import Problem, out_of_scope
 from api.runtime import Runtime
 from signing.facts import read_fact
 
@@ -36,12 +36,7 @@ Limit = Annotated[int, Query(ge=1, le=MAX_LIMIT)]
 
 def _unit_doc(rt: Runtime, caller: Caller, view: str, agency: str, period: str) -> dict[str, Any]:
     if not rt.organisation.may_read_unit(caller, agency):
-        raise Problem(
-            403,
-            "Forbidden",
-            f"{caller.principal!r} may not read {agency}'s views",
-            rule="auth.out_of_scope",
-        )
+        raise out_of_scope(caller.principal, f"{agency}'s views")
     doc = rt.view.doc(view, f"{agency}/{period}")
     if doc is None:
         raise Problem(
@@ -140,12 +135,7 @@ def appeal(
     appeal: Annotated[str, Path(pattern=CODE)],
 ) -> dict[str, Any]:
     if not rt.organisation.may_read_employee(caller, appellant, None):
-        raise Problem(
-            403,
-            "Forbidden",
-            f"{caller.principal!r} may not read {appellant!r}'s appeals",
-            rule="auth.out_of_scope",
-        )
+        raise out_of_scope(caller.principal, f"{appellant!r}'s appeals")
     doc = rt.view.doc("appeal", f"{appellant}/{appeal}")
     if doc is None:
         raise Problem(
