@@ -58,6 +58,7 @@ READS: list[tuple[str, dict[str, Any], set[str]]] = [
     ("/v1/findings", {}, EVERYONE),
     ("/v1/hr-decisions", {}, EVERYONE),
     ("/v1/checkpoint", {}, EVERYONE),
+    ("/v1/status", {}, EVERYONE),
     ("/v1/proofs/inclusion", {"index": 3, "size": 10}, EVERYONE),
     ("/v1/proofs/consistency", {"first": 3, "second": 10}, EVERYONE),
     ("/v1/receipts/5", {}, EVERYONE),

@@ -225,6 +225,18 @@ def test_checkpoints_receipts_and_proofs(api: Api, tmp_path: Path) -> None:
     problem(api.get("/v1/receipts/99999", LAN), 404, "log.not_sealed")
 
 
+def test_status_says_what_the_views_reflect(api: Api) -> None:
+    api.w.now = at("2026-03-02")
+    assert (
+        api.write("/v1/work", "tuan.sup", "work.assigned", assignment("lan-03-01")).status_code
+        == 201
+    )
+    api.caught_up()
+    status = api.get("/v1/status", LAN).json()
+    assert status["log_size"] == api.size() and status["checkpoint_size"] == 0
+    assert status["views"] == {"seq": api.size() - 1, "current": True}
+
+
 def test_a_signer_reads_its_own_entry(api: Api) -> None:
     api.w.now = at("2026-03-02")
     assigned = api.write("/v1/work", "tuan.sup", "work.assigned", assignment("lan-03-01"))
