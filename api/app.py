@@ -29,7 +29,8 @@ VERSION = "1.0"
 
 class BodyLimit:
     """Refuse a request body above ``limit`` bytes with a 413 problem, whether it declares
-    its length or streams it."""
+    its length or streams it. (FastAPI's own ``max_body_size`` answers in plain text, outside
+    the application's exception handlers, so not as a problem document.)"""
 
     def __init__(self, app: ASGIApp, limit: int) -> None:
         self.app = app

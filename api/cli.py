@@ -34,10 +34,10 @@ from ledger.home import LedgerHome, home_path
 from ledger.online import DatabaseSource
 from projections import runners as projection_runners
 from projections.engine import VIEWS, next_close_snapshot, snapshot_hash
-from projections.replay import Replay, ReplayError
+from projections.replay import Replay, ReplayError, parse_as_of
 from projections.score import Result, diff, exact, show
 from signing.bundle import BundleError, ExportSource
-from signing.canonical import loads_strict, parse_time
+from signing.canonical import loads_strict
 from signing.checkpoint import verify_checkpoint
 from signing.errors import IntegrityError, NoteError, ProofError
 from signing.facts import make_payload, sign_fact, sign_payload
@@ -420,13 +420,10 @@ def _caught_up_view(database: Database) -> Any:
 def _as_of(text: str | None) -> int | str | None:
     if text is None:
         return None
-    if text.isdigit():
-        return int(text)
     try:
-        parse_time(text, field="--as-of")
+        return parse_as_of(text)
     except ValueError as exc:
-        raise UsageError(f"--as-of takes a log position or an RFC 3339 UTC time: {exc}") from None
-    return text
+        raise UsageError(f"--as-of: {exc}") from None
 
 
 def _print_result(result: Result, *, trace: bool) -> None:

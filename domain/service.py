@@ -108,6 +108,17 @@ DOMAIN_MODULES = (
     hr_decisions,
     inspections,
 )
+#: every fact type a signer may submit (the ``*.ruling_applied`` facts the ledger derives from
+#: an appeal decision are signed by the ledger alone), in the order the modules list them
+SUBMITTED_TYPES: tuple[str, ...] = tuple(
+    t
+    for t in (
+        *sorted(Principal.FACT_TYPES),
+        *sorted(Attestation.FACT_TYPES),
+        *(t for module in DOMAIN_MODULES for t in module.HANDLERS),
+    )
+    if not t.endswith(".ruling_applied")
+)
 MAX_BATCH = 1000
 WRITER_LOCK_ID = 0x6B70696C  # pg_advisory_lock key of the ledger's writer ("kpil")
 CACHE_SIZE = 50_000  # aggregates kept in memory between batches

@@ -41,6 +41,18 @@ class ReplayError(LookupError):
     position or time, unknown policy version)."""
 
 
+def parse_as_of(text: str) -> int | str:
+    """``as_of`` as people write it: a log position (digits) or an RFC 3339 UTC time, kept as
+    text for ``Replay.position``; ``ValueError`` for anything else."""
+    if text.isdigit():
+        return int(text)
+    try:
+        parse_instant(text)
+    except ValueError:
+        raise ValueError(f"{text!r} is neither a log position nor an RFC 3339 UTC time") from None
+    return text
+
+
 def _sid(kind: str, key: str) -> str:
     return str(stream_id(kind, key))
 

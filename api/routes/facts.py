@@ -24,51 +24,43 @@ from api.deps import PrincipalDep, RuntimeDep
 from api.problems import refusal_problem
 from api.runtime import MAX_BATCH
 from domain.errors import Refusal
-from domain.service import Appended
+from domain.service import SUBMITTED_TYPES, Appended
 from signing.facts import Fact
 
 router = APIRouter(prefix="/v1", tags=["facts"])
 
-#: the command families and the fact types each endpoint takes
-FAMILIES: dict[str, tuple[str, ...]] = {
-    "organisation": (
-        "org.unit_created",
-        "org.position_defined",
-        "role.granted",
-        "role.revoked",
-    ),
-    "employees": (
-        "employee.registered",
-        "employee.assigned",
-        "employee.transferred",
-        "employee.leave_recorded",
-    ),
-    "keys": ("key.registered", "key.rotated", "key.revoked"),
-    "publications": ("policy.published", "catalogue.published"),
-    "work": (
-        "work.assigned",
-        "work.declared",
-        "work.approved",
-        "work.rejected",
-        "work.quality_failed",
-        "work.delayed",
-        "work.exemption_granted",
-        "work.spot_checked",
-    ),
-    "assessments": ("assessment.self_assessed", "assessment.supervisor_assessed"),
-    "adjustments": (
-        "score.adjustment_proposed",
-        "score.adjustment_approved",
-        "score.adjustment_declined",
-    ),
-    "surveys": ("survey.rated",),
-    "conduct": ("discipline.imposed", "discipline.annulled", "conduct.concluded"),
-    "periods": ("period.closed", "period.late_entry_requested", "period.late_entry_approved"),
-    "appeals": ("appeal.filed", "appeal.assigned", "appeal.decided", "appeal.withdrawn"),
-    "hr-decisions": ("hr.decision_proposed", "hr.decision_issued", "hr.decision_withdrawn"),
-    "attestations": ("document.attested",),
-    "inspections": ("inspection.finding_recorded",),
+#: the command families: the endpoint of each fact type, by the prefix of its name
+FAMILY_OF_PREFIX: dict[str, str] = {
+    "org": "organisation",
+    "role": "organisation",
+    "employee": "employees",
+    "key": "keys",
+    "policy": "publications",
+    "catalogue": "publications",
+    "work": "work",
+    "assessment": "assessments",
+    "score": "adjustments",
+    "survey": "surveys",
+    "discipline": "conduct",
+    "conduct": "conduct",
+    "period": "periods",
+    "appeal": "appeals",
+    "hr": "hr-decisions",
+    "inspection": "inspections",
+    "document": "attestations",
 }
+
+
+def family_of(fact_type: str) -> str:
+    """The endpoint (``/v1/<family>``) that takes ``fact_type``."""
+    return FAMILY_OF_PREFIX[fact_type.split(".", 1)[0]]
+
+
+#: the fact types each endpoint takes: every type a signer may submit, by family
+FAMILIES: dict[str, tuple[str, ...]] = {}
+for _type in SUBMITTED_TYPES:
+    FAMILIES.setdefault(family_of(_type), ())
+    FAMILIES[family_of(_type)] += (_type,)
 
 
 class Signature(BaseModel):
@@ -161,7 +153,7 @@ def _screen(caller: str, family: str | None) -> Callable[[Fact], None]:
                 actor=fact.actor,
             )
         if types is not None and fact.type not in types:
-            where = next((f for f, t in FAMILIES.items() if fact.type in t), None)
+            where = FAMILY_OF_PREFIX.get(fact.type.split(".", 1)[0])
             hint = f"; post it to /v1/{where}" if where else ""
             raise Refusal(
                 f"/v1/{family} takes {', '.join(types)}, not {fact.type}{hint}",

@@ -26,8 +26,7 @@ from api.deps import CallerDep, RuntimeDep
 from api.problems import Problem, out_of_scope
 from domain.policy import PolicyError
 from domain.schemas import PERIOD_PATTERN, period_start
-from projections.facts import parse_instant
-from projections.replay import Replay, ReplayError
+from projections.replay import Replay, ReplayError, parse_as_of
 from projections.score import Result, diff
 
 router = APIRouter(prefix="/v1", tags=["scores"])
@@ -52,18 +51,12 @@ def _allowed(rt: RuntimeDep, caller: Caller, employee: str, day: dt.date | None)
 def _as_of(text: str | None) -> int | str | None:
     if text is None:
         return None
-    if text.isdigit():
-        return int(text)
     try:
-        parse_instant(text)
-    except ValueError:
+        return parse_as_of(text)
+    except ValueError as exc:
         raise Problem(
-            422,
-            "The request is not valid",
-            f"as_of {text!r} is not an RFC 3339 UTC time",
-            rule="request.invalid",
+            422, "The request is not valid", f"as_of: {exc}", rule="request.invalid"
         ) from None
-    return text
 
 
 def _replayed(

@@ -69,15 +69,18 @@ def _paged(
     *,
     after: str | None,
     limit: int,
-    person: Callable[[dict[str, Any]], str],
+    person: Callable[[dict[str, Any]], str | None],
     keep: Callable[[dict[str, Any]], bool] = lambda _: True,
     employee: str | None = None,
 ) -> dict[str, Any]:
-    """A page of ``view``: the documents ``keep`` accepts about people ``caller`` may read."""
+    """A page of ``view``: the documents ``keep`` accepts about people ``caller`` may read
+    (``person`` None: about no one, ``keep`` alone decides)."""
     allowed: dict[str, bool] = {}
 
     def may(doc: dict[str, Any]) -> bool:
         who = person(doc)
+        if who is None:
+            return True
         if who not in allowed:
             allowed[who] = rt.organisation.may_read_employee(caller, who, None)
         return allowed[who]
@@ -219,9 +222,6 @@ def findings(
     """A finding about an employee is read by whoever may read that employee; one about a
     unit by whoever may read the unit."""
 
-    def about(doc: dict[str, Any]) -> str:
-        return str(doc["employee"] or doc["unit"])
-
     def keep(doc: dict[str, Any]) -> bool:
         return doc["employee"] is not None or rt.organisation.may_read_unit(caller, doc["unit"])
 
@@ -232,7 +232,7 @@ def findings(
         "/v1/findings",
         after=after,
         limit=limit,
-        person=lambda d: about(d) if d["employee"] is not None else caller.principal,
+        person=lambda d: d["employee"],
         keep=keep,
         employee=employee,
     )

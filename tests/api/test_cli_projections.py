@@ -73,7 +73,7 @@ def test_rebuild_snapshot_and_show(
         (["score", LAN, "march"], "is not a period"),
         (["score", "nobody", MARCH], "no employee 'nobody'"),
         (["score", LAN, MARCH, "--as-of", "999999"], "position 999999 is not in the log"),
-        (["score", LAN, MARCH, "--as-of", "yesterday"], "--as-of takes a log position"),
+        (["score", LAN, MARCH, "--as-of", "yesterday"], "neither a log position nor an RFC 3339"),
         (["score", LAN, MARCH, "--policy", "7"], "has no version 7"),
         (["score", LAN, "2025-01"], "no posting or no policy"),
         (["snapshot", "KH-XX", MARCH], "no scores for agency 'KH-XX'"),

@@ -29,6 +29,7 @@ import httpx2 as httpx
 import pytest
 
 from api.principals import Principals
+from api.routes.facts import family_of
 from domain.errors import Refusal
 from domain.service import Appended
 from signing.bundle import ExportSource
@@ -43,19 +44,6 @@ from tests.domain.world import LAN, MARCH, World, at
 
 pytestmark = pytest.mark.postgres
 ROOT = Path(__file__).resolve().parents[2]
-FAMILY = {
-    "key": "keys",
-    "org": "organisation",
-    "role": "organisation",
-    "employee": "employees",
-    "policy": "publications",
-    "catalogue": "publications",
-    "work": "work",
-    "assessment": "assessments",
-    "score": "adjustments",
-    "period": "periods",
-    "appeal": "appeals",
-}
 
 
 def _free_port() -> int:
@@ -106,7 +94,7 @@ class HttpWorld(World):
 
     def send(self, raw: bytes) -> Appended:
         fact = read_fact(raw, strict=False)
-        family = FAMILY[fact.type.split(".")[0]]
+        family = family_of(fact.type)
         response = self.client.post(
             f"{self.base}/v1/{family}",
             content=raw,
