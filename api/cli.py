@@ -609,21 +609,43 @@ def cmd_principal(args: argparse.Namespace) -> int:
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
-    """The HTTP API (api/app.py) with the projection runner and the checkpointer."""
+    """The HTTP API (api/app.py) with the projection runner and the checkpointer.
+
+    With ``--workers N`` (N > 1, PostgreSQL only) N processes serve requests on the same port
+    and this one runs the projection runner and the checkpointer (``api/workers.py``)."""
     import uvicorn
 
     from api.app import create_app
     from api.runtime import Settings
+    from api.workers import serve_workers
 
     database = _ledger_database(args)
     home = LedgerHome(home_path(args.home))
-    settings = Settings(database, home, checkpoint_seconds=args.checkpoint_seconds)
+    settings = Settings(database, home, checkpoint_seconds=args.checkpoint_seconds, quiet_gc=True)
+    if args.workers > 1 and database.backend != "postgres":
+        raise UsageError(
+            "--workers needs PostgreSQL (--db postgresql://...): a SQLite ledger has one"
+            " writer, so one process serves it"
+        )
     sys.stderr.write(
         f"kpi-ledger: serving {database.display} on http://{args.host}:{args.port}/v1"
-        f" (OpenAPI: /v1/openapi.json, /v1/docs)\n"
+        f" (OpenAPI: /v1/openapi.json, /v1/docs)"
+        + (f" with {args.workers} workers" if args.workers > 1 else "")
+        + "\n"
     )
-    uvicorn.run(create_app(settings), host=args.host, port=args.port, log_level=args.log_level)
-    return 0
+    if args.workers == 1:
+        uvicorn.run(create_app(settings), host=args.host, port=args.port, log_level=args.log_level)
+        return 0
+    try:
+        return serve_workers(
+            settings,
+            host=args.host,
+            port=args.port,
+            workers=args.workers,
+            log_level=args.log_level,
+        )
+    except OSError as exc:
+        raise UsageError(str(exc)) from None
 
 
 def cmd_openapi(args: argparse.Namespace) -> int:
@@ -801,6 +823,12 @@ def _add_projection_commands(sub: Any, common: argparse.ArgumentParser) -> None:
         type=_seconds,
         default=1.0,
         help="sign a checkpoint this often when the log grew (default 1)",
+    )
+    p.add_argument(
+        "--workers",
+        type=_count(1, 64),
+        default=1,
+        help="request-serving processes (default 1; more than 1 needs PostgreSQL)",
     )
     p.add_argument(
         "--log-level", default="info", choices=["critical", "error", "warning", "info", "debug"]

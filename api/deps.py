@@ -1,5 +1,9 @@
 """Request dependencies: the runtime, and the authenticated caller.
 
+The dependencies are coroutines: a sync one would cost each request a hop to the thread pool
+and back (FastAPI runs sync dependencies there), and these do no blocking work but the token
+query, which goes to the pool only when the token was not looked up in the last seconds.
+
 A request authenticates with ``Authorization: Bearer <token>`` (a token issued by
 ``kpi-ledger principal add``). An unknown, revoked or missing token is a 401 problem with
 ``WWW-Authenticate: Bearer``; nothing else is looked at before that.
@@ -11,6 +15,7 @@ from typing import Annotated
 
 from fastapi import Depends, Request
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
+from starlette.concurrency import run_in_threadpool
 
 from api.access import Caller
 from api.problems import Problem
@@ -19,12 +24,12 @@ from api.runtime import Runtime
 _bearer = HTTPBearer(auto_error=False, description="a token from `kpi-ledger principal add`")
 
 
-def runtime(request: Request) -> Runtime:
+async def runtime(request: Request) -> Runtime:
     found: Runtime = request.app.state.runtime
     return found
 
 
-def principal(
+async def principal(
     rt: Annotated[Runtime, Depends(runtime)],
     credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)],
 ) -> str:
@@ -38,7 +43,8 @@ def principal(
             rule="auth.missing_token",
             headers=challenge,
         )
-    name = rt.principals.who(credentials.credentials)
+    token = credentials.credentials
+    name = rt.principals.remembered(token) or await run_in_threadpool(rt.principals.who, token)
     if name is None:
         raise Problem(
             401,

@@ -7,6 +7,11 @@ SHA-256 (``kpi_api_principals``, in the ledger's database), so a copy of the dat
 one a way in. Adding a principal again replaces its token (the old one stops working);
 ``principal revoke`` withdraws it. What a principal may do is not stored here: roles and
 unit scopes come from the organisation facts in the log (``api/access.py``).
+
+A running service remembers a token's principal for ``remember`` seconds (2 in ``serve``), so
+that a request costs no token query; the price is that a token revoked by another process
+(``kpi-ledger principal revoke``) may still be accepted by a running service for up to that
+long. A revoke or a new token through the same ``Principals`` forgets at once.
 """
 
 from __future__ import annotations
@@ -15,6 +20,8 @@ import datetime as dt
 import hashlib
 import re
 import secrets
+import threading
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -23,6 +30,7 @@ from typing import Any
 from eventsourcing.postgres import PostgresDatastore
 
 TOKEN_PREFIX = "kpi_"
+MAX_REMEMBERED = 10_000  # tokens remembered at once (expired ones are dropped when full)
 NAME_PATTERN = re.compile(r"[a-z0-9][a-z0-9._-]{0,63}")
 
 
@@ -49,8 +57,11 @@ def new_token() -> str:
 class Principals:
     """The token table, on the ledger's own datastore (SQLite or PostgreSQL)."""
 
-    def __init__(self, datastore: Any) -> None:
+    def __init__(self, datastore: Any, *, remember: float = 0.0) -> None:
         self.datastore = datastore
+        self.remember = remember
+        self._known: dict[str, tuple[str, float]] = {}  # token hash -> (name, until)
+        self._lock = threading.Lock()
         self.postgres = isinstance(datastore, PostgresDatastore)
         schema = getattr(datastore, "schema", "") if self.postgres else ""
         self.table = f'"{schema}".kpi_api_principals' if schema else "kpi_api_principals"
@@ -85,6 +96,7 @@ class Principals:
                 ),
                 (name, token_hash(token), when),
             )
+        self._forget(name)
         return token
 
     def revoke(self, name: str, *, now: dt.datetime | None = None) -> bool:
@@ -100,23 +112,49 @@ class Principals:
                 self._sql(f"UPDATE {self.table} SET revoked_at = ? WHERE name = ?"),
                 (_stamp(now), name),
             )
-            return True
+        self._forget(name)
+        return True
+
+    def remembered(self, token: str) -> str | None:
+        """The token's principal if it was looked up less than ``remember`` seconds ago (no
+        query: safe to call from the event loop); None: ask ``who``."""
+        known = self._known.get(token_hash(token))
+        if known is not None and known[1] > time.monotonic():
+            return known[0]
+        return None
 
     def who(self, token: str) -> str | None:
         """The principal a token belongs to (None: unknown or revoked)."""
         if not token.startswith(TOKEN_PREFIX) or len(token) > 128:
             return None
+        digest = token_hash(token)
+        now = time.monotonic()
+        known = self._known.get(digest)
+        if known is not None and known[1] > now:
+            return known[0]
         with self._cursor(commit=False) as c:
             c.execute(
                 self._sql(
                     f"SELECT name FROM {self.table} WHERE token_hash = ? AND revoked_at IS NULL"
                 ),
-                (token_hash(token),),
+                (digest,),
             )
             row = c.fetchone()
         if row is None:
             return None
-        return str(row["name"] if not isinstance(row, tuple) else row[0])
+        name = str(row["name"] if not isinstance(row, tuple) else row[0])
+        if self.remember > 0:
+            with self._lock:
+                if len(self._known) >= MAX_REMEMBERED:
+                    self._known = {d: k for d, k in self._known.items() if k[1] > now}
+                    if len(self._known) >= MAX_REMEMBERED:
+                        self._known.clear()
+                self._known[digest] = (name, now + self.remember)
+        return name
+
+    def _forget(self, name: str) -> None:
+        with self._lock:
+            self._known = {d: k for d, k in self._known.items() if k[0] != name}
 
     def all(self) -> list[PrincipalRecord]:
         with self._cursor(commit=False) as c:

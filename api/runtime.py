@@ -9,7 +9,9 @@ that a receipt is available shortly after each write. ``close`` stops them in re
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 from api.access import Organisation
@@ -17,8 +19,9 @@ from api.principals import Principals
 from api.writer import GroupWriter
 from domain.service import LedgerService, TimeWindow
 from ledger.checkpoints import Checkpointer
-from ledger.config import Database
+from ledger.config import Database, parse_database
 from ledger.home import LedgerHome
+from ledger.proof_cache import ProofCache
 from projections.runners import (
     CatchUpRunner,
     SubscriptionRunner,
@@ -30,6 +33,7 @@ from projections.store import _ViewSQL
 
 MAX_BODY = 4 * 1024 * 1024  # a batch of 1,000 envelopes is about 1.5 MB
 MAX_BATCH = 1000
+TOKEN_SECONDS = 2.0  # a revoked token keeps working in a running service for at most this
 
 
 @dataclass(frozen=True)
@@ -39,6 +43,28 @@ class Settings:
     checkpoint_seconds: float = 1.0
     max_body: int = MAX_BODY
     projections: bool = True  # run the projection runner in this process
+    token_seconds: float = TOKEN_SECONDS  # how long a token's principal is remembered
+    quiet_gc: bool = False  # freeze the heap once started (a serving process: api/app.py)
+
+    def to_json(self) -> str:
+        """What a worker process needs to open the same runtime (``from_json``)."""
+        fields = {
+            "database": self.database.url,
+            "home": str(self.home.path),
+            "checkpoint_seconds": self.checkpoint_seconds,
+            "max_body": self.max_body,
+            "projections": self.projections,
+            "token_seconds": self.token_seconds,
+            "quiet_gc": self.quiet_gc,
+        }
+        return json.dumps(fields)
+
+    @classmethod
+    def from_json(cls, text: str) -> Settings:
+        fields = json.loads(text)
+        database = parse_database(fields.pop("database"))
+        home = LedgerHome(Path(fields.pop("home")))
+        return cls(database, home, **fields)
 
 
 class Runtime:
@@ -56,6 +82,7 @@ class Runtime:
         self.principals = principals
         self.organisation = Organisation(service)
         self.view = view
+        self.proofs = ProofCache(service.sealed)
         self.runner = runner
         self.checkpointer = checkpointer
         self.owns_service = True
@@ -74,15 +101,15 @@ class Runtime:
             )
         opened: list[Any] = [service] if owned else []
         try:
-            principals = Principals(service.sealed.datastore)  # type: ignore[attr-defined]
+            principals = Principals(
+                service.sealed.datastore,  # type: ignore[attr-defined]
+                remember=settings.token_seconds,
+            )
             view = open_view(settings.database)
             opened.append(view)
             runner = start_runner(settings.database) if settings.projections else None
             opened.append(runner)
-            checkpointer = None
-            if home.exists() and settings.checkpoint_seconds > 0:
-                checkpointer = Checkpointer(service.sealed, home.ledger_key(), home.state_path)
-                checkpointer.run_every(settings.checkpoint_seconds)
+            checkpointer = _start_checkpointer(settings, service)
         except BaseException:
             for thing in reversed(opened):
                 _close(thing)
@@ -102,6 +129,16 @@ class Runtime:
             self.service.close()
 
 
+def _start_checkpointer(settings: Settings, service: LedgerService) -> Checkpointer | None:
+    """A checkpointer signing every ``checkpoint_seconds`` (None: no keys, or 0 seconds)."""
+    home = settings.home
+    if not home.exists() or settings.checkpoint_seconds <= 0:
+        return None
+    checkpointer = Checkpointer(service.sealed, home.ledger_key(), home.state_path)
+    checkpointer.run_every(settings.checkpoint_seconds)
+    return checkpointer
+
+
 def _close(thing: Any) -> None:
     if thing is None:
         return
@@ -111,3 +148,30 @@ def _close(thing: Any) -> None:
         thing.stop()
     else:
         close_view(thing)
+
+
+class Background:
+    """The runtime's two background jobs, the projection runner and the checkpointer, on
+    their own: what ``serve --workers N`` runs in its supervising process, so that each of
+    the N request-serving workers runs neither (and one of each runs in all)."""
+
+    def __init__(self, settings: Settings) -> None:
+        home = settings.home
+        signer = home.facts_key() if home.exists() else None
+        self.service = LedgerService(settings.database, ledger_signer=signer)
+        self.runner: CatchUpRunner | SubscriptionRunner | None = None
+        self.checkpointer: Checkpointer | None = None
+        try:
+            if settings.projections:
+                self.runner = start_runner(settings.database)
+            self.checkpointer = _start_checkpointer(settings, self.service)
+        except BaseException:
+            self.close()
+            raise
+
+    def close(self) -> None:
+        if self.checkpointer is not None:
+            self.checkpointer.stop()
+        if self.runner is not None:
+            self.runner.stop()
+        self.service.close()

@@ -1,7 +1,8 @@
 """api: the running service under 16 concurrent clients, against a bare FastAPI endpoint.
 
 Both servers run under uvicorn in their own processes on this machine; this process drives
-them with 16 concurrent clients (``httpx2``'s async client, one connection each):
+them with 16 concurrent clients (a lean asyncio HTTP/1.1 client, one keep-alive connection
+each, every request encoded before timing):
 
 * **bare**: a FastAPI endpoint that takes a JSON body and answers ``{"ok": true}``, doing no
   work: what the HTTP stack alone costs here (the baseline, same client, same bodies);
@@ -142,25 +143,42 @@ def _prepare(
 Request = tuple[str, str, dict[str, str], bytes | None]  # method, path, headers, body
 
 
-async def _drive(base: str, requests: Sequence[Request]) -> dict[str, Any]:
-    """Send ``requests`` (method, path, headers, body) with CLIENTS concurrent clients."""
-    import httpx2 as httpx
+def _encode(host: str, request: Request) -> bytes:
+    method, path, headers, body = request
+    lines = [f"{method} {path} HTTP/1.1", f"Host: {host}"]
+    lines += [f"{k}: {v}" for k, v in headers.items()]
+    if body is not None:
+        lines.append(f"Content-Length: {len(body)}")
+    return ("\r\n".join(lines) + "\r\n\r\n").encode() + (body or b"")
 
-    queue: asyncio.Queue[Request] = asyncio.Queue()
-    for r in requests:
-        queue.put_nowait(r)
+
+async def _drive(base: str, requests: Sequence[Request]) -> dict[str, Any]:
+    """Send ``requests`` (method, path, headers, body) with CLIENTS concurrent clients.
+
+    Each client is one keep-alive HTTP/1.1 connection that sends a request and reads its
+    answer (status line, headers, ``Content-Length`` body) before the next: a lean client,
+    so that the load generator takes as little as possible of the CPU the servers share
+    with it. Every request is encoded before the clock starts."""
+    host, port = base.removeprefix("http://").rsplit(":", 1)
+    pending = [_encode(host, r) for r in reversed(requests)]
     latencies: list[float] = []
     failures: list[str] = []
 
     async def client() -> None:
-        async with httpx.AsyncClient(base_url=base, timeout=120) as http:
-            while not queue.empty():
-                method, path, headers, body = queue.get_nowait()
+        reader, writer = await asyncio.open_connection(host, int(port))
+        try:
+            while pending:
+                raw = pending.pop()
                 began = time.perf_counter()
-                response = await http.request(method, path, headers=headers, content=body)
+                writer.write(raw)
+                head = await reader.readuntil(b"\r\n\r\n")
+                status, length = _status_and_length(head)
+                body = await reader.readexactly(length)
                 latencies.append((time.perf_counter() - began) * 1000)
-                if response.status_code >= 400:
-                    failures.append(f"{response.status_code} {response.text[:200]}")
+                if status >= 400:
+                    failures.append(f"{status} {body[:200]!r}")
+        finally:
+            writer.close()
 
     began = time.perf_counter()
     await asyncio.gather(*(client() for _ in range(CLIENTS)))
@@ -178,6 +196,16 @@ async def _drive(base: str, requests: Sequence[Request]) -> dict[str, Any]:
             "max": max(latencies),
         },
     }
+
+
+def _status_and_length(head: bytes) -> tuple[int, int]:
+    lines = head.split(b"\r\n")
+    status = int(lines[0].split(b" ", 2)[1])
+    for line in lines[1:]:
+        name, _, value = line.partition(b":")
+        if name.strip().lower() == b"content-length":
+            return status, int(value)
+    raise RuntimeError(f"an answer without Content-Length: {head[:200]!r}")
 
 
 def _wait_for_views(base: str, headers: dict[str, str], size: int) -> float:

@@ -22,9 +22,9 @@ import asyncio
 import base64
 import shutil
 import tempfile
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated, Any, TypeVar
 
 from fastapi import APIRouter, Header, Query, Request
 from fastapi import Path as PathParam
@@ -36,6 +36,7 @@ from starlette.concurrency import run_in_threadpool
 from api.deps import CallerDep, PrincipalDep, RuntimeDep
 from api.problems import Problem
 from ledger.export import export_bundle
+from ledger.proof_cache import NotCached
 from projections.store import APP_NAME
 from signing.facts import read_fact
 from signing.receipt import TlogProof
@@ -47,6 +48,7 @@ Position = Annotated[int, PathParam(ge=0, le=MAX_POSITION, description="a log po
 FEED_PAGE = 500
 FEED_POLL = 0.25  # seconds between looks at the log's size when the feed is at the head
 FEED_KEEPALIVE = 15.0
+T = TypeVar("T")
 
 
 class InclusionProof(BaseModel):
@@ -68,14 +70,22 @@ def _b64(data: bytes) -> str:
     return base64.b64encode(data).decode()
 
 
-def _size_check(rt: RuntimeDep, *sizes: int) -> int:
-    size = rt.service.sealed.log_size()
-    for s in sizes:
-        if s > size:
-            raise Problem(
-                404, "Not found", f"the log has {size} entries, not {s}", rule="log.size_unknown"
-            )
-    return size
+def _size_check(rt: RuntimeDep, size: int, *, cached_only: bool = False) -> None:
+    """A 404 problem unless the log has at least ``size`` entries."""
+    short = rt.proofs.has(size, cached_only=cached_only)
+    if short is not None:
+        raise Problem(
+            404, "Not found", f"the log has {short} entries, not {size}", rule="log.size_unknown"
+        )
+
+
+async def _memory_first(answer: Callable[[bool], T]) -> T:
+    """``answer(cached_only=True)`` on the event loop; if that needs the database, the same
+    in a worker thread. A warm proof costs no thread hop and no query."""
+    try:
+        return answer(True)
+    except NotCached:
+        return await run_in_threadpool(answer, False)
 
 
 @router.get(
@@ -100,20 +110,23 @@ def checkpoint(rt: RuntimeDep, _: PrincipalDep) -> PlainTextResponse:
     operation_id="get_inclusion_proof",
     summary="RFC 9162 inclusion proof of entry `index` in the tree of `size` entries",
 )
-def inclusion(
+async def inclusion(
     rt: RuntimeDep,
     _: PrincipalDep,
     index: Annotated[int, Query(ge=0, le=MAX_POSITION)],
     size: Annotated[int, Query(ge=1, le=MAX_POSITION)],
 ) -> InclusionProof:
-    _size_check(rt, size)
     if index >= size:
         raise Problem(422, "The request is not valid", f"index {index} is not below size {size}")
-    log = rt.service.sealed
-    hashes = log.inclusion_proof(index, size)
-    return InclusionProof(
-        index=index, size=size, root=_b64(log.root(size)), hashes=[_b64(h) for h in hashes]
-    )
+
+    def answer(cached_only: bool) -> InclusionProof:
+        _size_check(rt, size, cached_only=cached_only)
+        root, hashes = rt.proofs.inclusion(index, size, cached_only=cached_only)
+        return InclusionProof(
+            index=index, size=size, root=_b64(root), hashes=[_b64(h) for h in hashes]
+        )
+
+    return await _memory_first(answer)
 
 
 @router.get(
@@ -122,23 +135,29 @@ def inclusion(
     operation_id="get_consistency_proof",
     summary="RFC 9162 consistency proof between trees of `first` and `second` entries",
 )
-def consistency(
+async def consistency(
     rt: RuntimeDep,
     _: PrincipalDep,
     first: Annotated[int, Query(ge=1, le=MAX_POSITION)],
     second: Annotated[int, Query(ge=1, le=MAX_POSITION)],
 ) -> ConsistencyProof:
-    _size_check(rt, second)
     if first > second:
         raise Problem(422, "The request is not valid", f"first {first} is above second {second}")
-    log = rt.service.sealed
-    return ConsistencyProof(
-        first=first,
-        second=second,
-        first_root=_b64(log.root(first)),
-        second_root=_b64(log.root(second)),
-        hashes=[_b64(h) for h in log.consistency_proof(first, second)],
-    )
+
+    def answer(cached_only: bool) -> ConsistencyProof:
+        _size_check(rt, second, cached_only=cached_only)
+        first_root, second_root, hashes = rt.proofs.consistency(
+            first, second, cached_only=cached_only
+        )
+        return ConsistencyProof(
+            first=first,
+            second=second,
+            first_root=_b64(first_root),
+            second_root=_b64(second_root),
+            hashes=[_b64(h) for h in hashes],
+        )
+
+    return await _memory_first(answer)
 
 
 @router.get(
@@ -157,7 +176,7 @@ def receipt(rt: RuntimeDep, _: PrincipalDep, seq: Position) -> PlainTextResponse
         raise Problem(
             404, "Not found", f"entry {seq} {what}; try again shortly", rule="log.not_sealed"
         )
-    proof = log.inclusion_proof(seq, latest.size)
+    _root, proof = rt.proofs.inclusion(seq, latest.size)
     return PlainTextResponse(TlogProof(seq, tuple(proof), latest.note).format())
 
 
