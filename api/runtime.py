@@ -82,7 +82,7 @@ class Runtime:
         self.principals = principals
         self.organisation = Organisation(service)
         self.view = view
-        self.proofs = ProofCache(service.sealed)
+        self.proofs = ProofCache(service.sealed, follow=True)
         self.runner = runner
         self.checkpointer = checkpointer
         self.owns_service = True

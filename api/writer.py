@@ -11,6 +11,7 @@ since none of it was recorded.
 
 from __future__ import annotations
 
+import asyncio
 import queue
 import threading
 from collections.abc import Sequence
@@ -35,11 +36,21 @@ class GroupWriter:
 
     def submit(self, envelopes: Sequence[bytes], screen: Screen | None = None) -> list[Outcome]:
         """Record ``envelopes`` (with the others waiting); blocks until they are answered."""
+        return self._enqueue(envelopes, screen).result()
+
+    async def submit_async(
+        self, envelopes: Sequence[bytes], screen: Screen | None = None
+    ) -> list[Outcome]:
+        """The same from a coroutine: the request waits on the event loop, holding no thread
+        of the pool, while the writer thread records its group."""
+        return await asyncio.wrap_future(self._enqueue(envelopes, screen))
+
+    def _enqueue(self, envelopes: Sequence[bytes], screen: Screen | None) -> Future[list[Outcome]]:
         if len(envelopes) > MAX_BATCH:
             raise ValueError(f"at most {MAX_BATCH} envelopes per request")
         request = _Request(envelopes, screen)
         self._queue.put(request)
-        return request.done.result()
+        return request.done
 
     def close(self) -> None:
         self._queue.put(None)

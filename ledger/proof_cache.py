@@ -17,6 +17,10 @@ Every method takes ``cached_only``: then, rather than read the database, it rais
 ``NotCached``, so that an asynchronous server can answer from memory on its event loop and
 send only the misses to a thread.
 
+``ProofCache(log, follow=True)`` also keeps what this process seals as it commits (the new
+leaves and nodes, from the sealer's ``on_commit``): the proofs clients ask for most, those of
+entries just written, need no read at all.
+
 It is for serving, not for checking: ``kpi-ledger verify`` and the export read the database
 every time, so that a damaged row is seen.
 """
@@ -27,6 +31,7 @@ import threading
 from collections import OrderedDict
 from collections.abc import Collection, Iterable
 
+from ledger.sealer import SealedBatch
 from ledger.store import SealedLog
 from signing.merkle import (
     EMPTY_ROOT,
@@ -46,7 +51,7 @@ class NotCached(LookupError):
 
 
 class ProofCache:
-    def __init__(self, log: SealedLog, *, limit: int = DEFAULT_LIMIT) -> None:
+    def __init__(self, log: SealedLog, *, limit: int = DEFAULT_LIMIT, follow: bool = False) -> None:
         if limit < 64:
             raise ValueError("a proof cache needs room for at least 64 nodes")
         self.log = log
@@ -55,6 +60,22 @@ class ProofCache:
         self._size = 0  # the largest log size seen: the log has at least this many entries
         self._lock = threading.Lock()
         self.reads = 0  # database reads of nodes (for tests and the bench)
+        if follow:
+            log.sealer.on_commit.append(self.committed)
+
+    def committed(self, batch: SealedBatch) -> None:
+        """Keep a committed batch's leaves and new nodes, and its size."""
+        fresh = [((0, row[0]), row[3]) for row in batch.entry_rows]
+        fresh += [((level, index), h) for level, index, h in batch.node_rows]
+        with self._lock:
+            self._size = max(self._size, batch.start + len(batch.entry_rows))
+            self._keep(fresh)
+
+    def _keep(self, fresh: Iterable[tuple[Node, bytes]]) -> None:
+        nodes = self._nodes
+        nodes.update(fresh)
+        while len(nodes) > self.limit:
+            nodes.popitem(last=False)
 
     def has(self, size: int, *, cached_only: bool = False) -> int | None:
         """None if the log has at least ``size`` entries, else its size (then read afresh)."""
@@ -84,9 +105,7 @@ class ProofCache:
             fresh = self.log.read_nodes(missing)
             found.update(fresh)
             with self._lock:
-                self._nodes.update(fresh)
-                while len(self._nodes) > self.limit:
-                    self._nodes.popitem(last=False)
+                self._keep(fresh.items())
         return found
 
     def root(self, size: int, *, cached_only: bool = False) -> bytes:

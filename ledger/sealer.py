@@ -56,6 +56,9 @@ class Sealer:
         self._lock = threading.Lock()
         self._frontier: CompactRange | None = None
         self._topics: dict[str, str] = {}  # topic -> its JSON string form
+        # Called with each batch once its transaction has committed (ledger/proof_cache.py
+        # keeps the new nodes); a listener must not raise.
+        self.on_commit: list[Callable[[SealedBatch], None]] = []
 
     def seal(
         self,
@@ -115,3 +118,5 @@ class Sealer:
                 self._frontier is None or self._frontier.size <= batch.start
             ):
                 self._frontier = batch.frontier
+        for listener in self.on_commit:
+            listener(batch)

@@ -16,6 +16,7 @@ from uuid import UUID
 
 from eventsourcing.persistence import IntegrityError
 
+from ledger.sealer import Sealer
 from signing.entry import Entry, decode_entry, encode_entry
 from signing.merkle import (
     EMPTY_ROOT,
@@ -102,6 +103,8 @@ def build_row(row: Sequence[Any]) -> LogRow:
 
 class SealedLog:
     """Read access to the sealed log (mixed into the recorders)."""
+
+    sealer: Sealer  # the recorder's: builds each batch's log rows and Merkle nodes
 
     # -- backend hooks -------------------------------------------------------------------
     def _sql_log_size(self) -> int:

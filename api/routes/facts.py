@@ -165,10 +165,10 @@ def _screen(caller: str, family: str | None) -> Callable[[Fact], None]:
     return screen
 
 
-def _write_one(
+async def _write_one(
     rt: Any, caller: str, family: str, envelope: Envelope, response: Response
 ) -> Accepted:
-    [outcome] = rt.writer.submit([envelope.raw()], _screen(caller, family))
+    [outcome] = await rt.writer.submit_async([envelope.raw()], _screen(caller, family))
     if isinstance(outcome, Refusal):
         raise refusal_problem(outcome)
     response.status_code = 200 if outcome.duplicate else 201
@@ -178,10 +178,10 @@ def _write_one(
 def _family_route(family: str) -> None:
     types = FAMILIES[family]
 
-    def write(
+    async def write(
         envelope: Envelope, rt: RuntimeDep, caller: PrincipalDep, response: Response
     ) -> Accepted:
-        return _write_one(rt, caller, family, envelope, response)
+        return await _write_one(rt, caller, family, envelope, response)
 
     router.add_api_route(
         f"/{family}",
@@ -212,8 +212,10 @@ for _family in FAMILIES:
     operation_id="post_batch",
     summary="Record up to 1,000 facts of any family, each accepted or refused on its own",
 )
-def batch(body: BatchIn, rt: RuntimeDep, caller: PrincipalDep) -> BatchOut:
-    outcomes = rt.writer.submit([e.raw() for e in body.envelopes], _screen(caller, None))
+async def batch(body: BatchIn, rt: RuntimeDep, caller: PrincipalDep) -> BatchOut:
+    outcomes = await rt.writer.submit_async(
+        [e.raw() for e in body.envelopes], _screen(caller, None)
+    )
     results = []
     for i, outcome in enumerate(outcomes):
         if isinstance(outcome, Refusal):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pytest
 
@@ -65,3 +66,49 @@ def test_principal_refuses_a_missing_ledger(
 ) -> None:
     code, _, err = run(capsys, "principal", "list", "--db", f"sqlite:///{tmp_path}/none.db")
     assert code == 2 and "no ledger at" in err
+
+
+def test_a_running_service_remembers_tokens_for_seconds_only(sqlite_url: str) -> None:
+    w = World(sqlite_url)
+    w.organise()
+    w.employ(LAN)
+    try:
+        datastore = w.service.sealed.datastore  # type: ignore[attr-defined]
+        serving = Principals(datastore, remember=60)
+        operator = Principals(datastore)  # `kpi-ledger principal` in another process
+        token = operator.issue(LAN)
+        assert serving.remembered(token) is None  # never looked up: ask the table
+        assert serving.who(token) == LAN and serving.remembered(token) == LAN
+        assert operator.revoke(LAN)
+        # the documented lag: revoked elsewhere, still accepted until the memory expires
+        assert serving.who(token) == LAN
+        assert Principals(datastore).who(token) is None  # a fresh look refuses it at once
+        # a revoke through the serving process's own Principals forgets at once
+        token = serving.issue(LAN)
+        assert serving.who(token) == LAN
+        assert serving.revoke(LAN) and serving.who(token) is None
+        assert serving.remembered(token) is None
+    finally:
+        w.service.close()
+
+
+def test_settings_travel_to_a_worker_process_unchanged(sqlite_url: str, tmp_path: Path) -> None:
+    from api.runtime import Settings
+    from ledger.home import LedgerHome
+
+    settings = Settings(
+        parse_database(sqlite_url),
+        LedgerHome(tmp_path / "home"),
+        checkpoint_seconds=0,
+        max_body=1000,
+        projections=False,
+        token_seconds=0.5,
+        quiet_gc=True,
+    )
+    assert Settings.from_json(settings.to_json()) == settings
+
+
+def test_workers_need_postgresql(sqlite_url: str, capsys: pytest.CaptureFixture[str]) -> None:
+    World(sqlite_url).service.close()
+    code, _, err = run(capsys, "serve", "--db", sqlite_url, "--workers", "2")
+    assert code == 2 and "--workers needs PostgreSQL" in err

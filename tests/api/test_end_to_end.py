@@ -15,6 +15,7 @@ inspector verifies offline.
 from __future__ import annotations
 
 import os
+import signal
 import socket
 import subprocess
 import sys
@@ -53,12 +54,14 @@ def _free_port() -> int:
 
 
 @contextmanager
-def serving(db_url: str, home: Path) -> Iterator[str]:
-    """``kpi-ledger serve`` in a child process; yields its base URL."""
+def serving(db_url: str, home: Path, *, workers: int = 1) -> Iterator[str]:
+    """``kpi-ledger serve`` in a child process; yields its base URL. On leaving, the service
+    is stopped with SIGTERM and must stop cleanly."""
     port = _free_port()
     env = {**os.environ, "KPI_LEDGER_MAX_BACKDATE": "off", "PYTHONPATH": str(ROOT)}
     args = [sys.executable, "-m", "api.cli", "serve", "--db", db_url, "--home", str(home)]
     args += ["--port", str(port), "--checkpoint-seconds", "1", "--log-level", "warning"]
+    args += ["--workers", str(workers)]
     child = subprocess.Popen(args, env=env, cwd=ROOT, stderr=subprocess.PIPE, text=True)
     base = f"http://127.0.0.1:{port}"
     try:
@@ -77,7 +80,10 @@ def serving(db_url: str, home: Path) -> Iterator[str]:
         yield base
     finally:
         child.terminate()
-        child.wait(timeout=20)
+        code = child.wait(timeout=40)
+    # uvicorn re-raises the SIGTERM it handled once it has shut down; the supervisor of
+    # several workers exits 0 after stopping them
+    assert code in (0, -signal.SIGTERM), child.stderr.read() if child.stderr else code
 
 
 class HttpWorld(World):
@@ -168,9 +174,14 @@ def _home(w: World, path: Path) -> Path:
     return path
 
 
-def test_scenarios_one_to_three_over_http(pg_url: str, tmp_path: Path) -> None:
+@pytest.mark.parametrize("workers", [1, 2], ids=["one-process", "two-workers"])
+def test_scenarios_one_to_three_over_http(pg_url: str, tmp_path: Path, workers: int) -> None:
+    """With ``--workers 2`` the facts land through both workers' writers (the ledger's writer
+    lock between them), the scores come from the runner in the supervising process and the
+    receipts from its checkpointer."""
     w = HttpWorld(pg_url)  # the operator's init: entry 0 (administrator), entry 1 (ledger)
-    with serving(pg_url, _home(w, tmp_path / "home")) as base, httpx.Client(timeout=30) as client:
+    home = _home(w, tmp_path / "home")
+    with serving(pg_url, home, workers=workers) as base, httpx.Client(timeout=30) as client:
         w.base, w.client = base, client
         w.organise()
         w.employ(LAN)

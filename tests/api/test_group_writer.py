@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import threading
 import time
 from collections.abc import Iterator
@@ -82,3 +83,20 @@ def test_screens_and_duplicates_stay_per_request(w: World) -> None:
     with pytest.raises(ValueError):
         writer.submit([mine] * 1001)
     writer.close()
+
+
+def test_coroutines_wait_on_the_event_loop_and_share_batches(w: World) -> None:
+    writer = GroupWriter(w.service)
+    envelopes = [attest(w, "hoa.hr", 1000 + i) for i in range(40)]
+
+    async def requests() -> list[Any]:
+        answers = await asyncio.gather(*(writer.submit_async([e]) for e in envelopes))
+        return [a[0] for a in answers]
+
+    try:
+        answers = asyncio.run(requests())
+    finally:
+        writer.close()
+    assert all(isinstance(a, Appended) for a in answers)
+    for i, answer in enumerate(answers):
+        assert w.fact_at(answer.seq).data["title"] == f"t{1000 + i}"
