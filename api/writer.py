@@ -17,11 +17,15 @@ import threading
 from collections.abc import Sequence
 from concurrent.futures import Future
 
+from domain.errors import Refusal
 from domain.service import MAX_BATCH, LedgerService, Outcome, Screen
+from signing.facts import Fact
+
+Intake = bytes | Fact | Refusal  # an envelope, or what LedgerService.precheck made of it
 
 
 class _Request:
-    def __init__(self, envelopes: Sequence[bytes], screen: Screen | None) -> None:
+    def __init__(self, envelopes: Sequence[Intake], screen: Screen | None) -> None:
         self.envelopes = list(envelopes)
         self.screen = screen
         self.done: Future[list[Outcome]] = Future()
@@ -34,18 +38,18 @@ class GroupWriter:
         self._thread = threading.Thread(target=self._run, name="group-writer", daemon=True)
         self._thread.start()
 
-    def submit(self, envelopes: Sequence[bytes], screen: Screen | None = None) -> list[Outcome]:
+    def submit(self, envelopes: Sequence[Intake], screen: Screen | None = None) -> list[Outcome]:
         """Record ``envelopes`` (with the others waiting); blocks until they are answered."""
         return self._enqueue(envelopes, screen).result()
 
     async def submit_async(
-        self, envelopes: Sequence[bytes], screen: Screen | None = None
+        self, envelopes: Sequence[Intake], screen: Screen | None = None
     ) -> list[Outcome]:
         """The same from a coroutine: the request waits on the event loop, holding no thread
         of the pool, while the writer thread records its group."""
         return await asyncio.wrap_future(self._enqueue(envelopes, screen))
 
-    def _enqueue(self, envelopes: Sequence[bytes], screen: Screen | None) -> Future[list[Outcome]]:
+    def _enqueue(self, envelopes: Sequence[Intake], screen: Screen | None) -> Future[list[Outcome]]:
         if len(envelopes) > MAX_BATCH:
             raise ValueError(f"at most {MAX_BATCH} envelopes per request")
         request = _Request(envelopes, screen)

@@ -71,6 +71,18 @@ class SealedPostgresRecorder(PostgresApplicationRecorder, SealedLog):
             " SELECT * FROM unnest(%b::bigint[], %b::bigint[], %b::text[], %b::bytea[],"
             " %b::text[], %b::text[])"
         ).format(schema=schema)
+        # The events as four binary arrays rather than the library's array of a composite type,
+        # which psycopg dumps as text (escaping every event's bytes with a regular expression):
+        # about a fifth of the intake's CPU per fact (docs/performance.md §6).
+        self._sql_insert_event_columns = SQL(
+            "INSERT INTO {schema}.{table} AS t (originator_id, originator_version, topic, state)"
+            " SELECT * FROM unnest(%b::{id_type}[], %b::bigint[], %b::text[], %b::bytea[])"
+            " RETURNING notification_id"
+        ).format(
+            schema=schema,
+            table=Identifier(self.events_table_name),
+            id_type=Identifier(self.datastore.originator_id_type),
+        )
         self._sql_insert_nodes = SQL(
             "INSERT INTO {schema}.log_nodes (level, idx, hash)"
             " SELECT * FROM unnest(%b::smallint[], %b::bigint[], %b::bytea[])"
@@ -141,6 +153,23 @@ class SealedPostgresRecorder(PostgresApplicationRecorder, SealedLog):
         if batch is not None:
             self.sealer.committed(batch)
         return notification_ids
+
+    def _insert_stored_events(
+        self, curs: psycopg.Cursor[Any], stored_events: Sequence[StoredEvent], **kwargs: Any
+    ) -> None:
+        """What the library's does (lock the table, notify, insert), with binary arrays."""
+        self._lock_table(curs)
+        self._notify_channel(curs)
+        curs.execute(
+            self._sql_insert_event_columns,
+            (
+                [e.originator_id for e in stored_events],
+                [e.originator_version for e in stored_events],
+                [e.topic for e in stored_events],
+                [e.state for e in stored_events],
+            ),
+            prepare=True,
+        )
 
     def _insert_and_seal(
         self,

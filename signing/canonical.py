@@ -188,7 +188,13 @@ _ENCODER = json.JSONEncoder(
 def canonical_json(value: Any) -> bytes:
     """RFC 8785 serialisation of an acceptable value (validated first)."""
     validate(value)
-    if _keys_in_bmp(value):
+    return _encode_valid(value)
+
+
+def _encode_valid(value: Any, *, ascii_only: bool = False) -> bytes:
+    """RFC 8785 bytes of a value ``validate`` accepted; ``ascii_only``: the caller knows
+    every string in it is ASCII (so every key is in the BMP)."""
+    if ascii_only or _keys_in_bmp(value):
         return _ENCODER.encode(value).encode("utf-8")
     return bytes(rfc8785.dumps(value))
 
@@ -226,14 +232,29 @@ def loads_strict(data: bytes | str, *, what: str = "payload") -> Any:
         raise CanonicalFormError(f"{what} is not valid UTF-8 JSON: {exc}") from None
 
 
+_FAST_DECODER = json.JSONDecoder(parse_float=_refuse_float, parse_constant=_refuse_constant)
+
+
 def parse_canonical(data: bytes, *, what: str = "payload") -> Any:
-    """Parse ``data`` and refuse it unless it is exactly the JCS form of an acceptable value."""
-    value = loads_strict(data, what=what)
+    """Parse ``data`` and refuse it unless it is exactly the JCS form of an acceptable value.
+
+    The value is read without the duplicate-key hook (a Python call per object) and walked
+    once. A duplicate key cannot slip through: the parse keeps one of the two, so the
+    canonical form of what was read is shorter than ``data`` and they differ; only then is
+    ``data`` read again with the hook, to name the duplicate in the refusal."""
+    data = bytes(data)
+    try:
+        value = _FAST_DECODER.decode(data.decode("utf-8"))
+    except CanonicalFormError as exc:
+        raise CanonicalFormError(f"{what}: {exc}") from None
+    except (UnicodeDecodeError, ValueError, RecursionError) as exc:
+        raise CanonicalFormError(f"{what} is not valid UTF-8 JSON: {exc}") from None
     try:
         validate(value)
     except CanonicalFormError as exc:
         raise CanonicalFormError(f"{what}: {exc}") from None
-    if canonical_json(value) != bytes(data):
+    if _encode_valid(value, ascii_only=data.isascii()) != data:
+        loads_strict(data, what=what)  # a duplicate key is named here
         raise CanonicalFormError(
             f"{what} is not in RFC 8785 canonical form (keys sorted, no whitespace, "
             "minimal escapes): sign the canonical bytes"

@@ -19,6 +19,7 @@ import datetime as dt
 import re
 import secrets
 from dataclasses import dataclass
+from functools import cached_property
 from typing import Any
 
 from signing.canonical import canonical_json, loads_strict, parse_canonical, parse_time, prepare
@@ -47,7 +48,7 @@ class Fact:
     data: dict[str, Any]
     idempotency_key: str | None = None
 
-    @property
+    @cached_property
     def claimed_at(self) -> dt.datetime:
         return parse_time(self.time)
 
@@ -56,11 +57,20 @@ class Fact:
         return self.envelope.signature_for(self.keyid)
 
     def verify_signature(self, key: VerifierKey) -> None:
-        """Raise SignatureError unless the actor's key signed this payload."""
+        """Raise SignatureError unless the actor's key signed this payload.
+
+        A success is remembered on this fact: the key id is the SHA-256 of the public key, so
+        a second call with a key of the same id is a call with the same key, and the
+        signature over the same bytes needs no second check. (The ledger checks signatures
+        before its writer lock and again, then for free, under it: ``LedgerService.precheck``.)
+        """
         if key.keyid != self.keyid:
             raise SignatureError(f"key {key.keyid[:16]}… is not the payload's key {self.keyid}")
+        if self.__dict__.get("_signature_ok"):
+            return
         if not key.verify(self.signature.sig, self.envelope.pae()):
             raise SignatureError(f"signature by key {self.keyid[:16]}… does not verify")
+        self.__dict__["_signature_ok"] = True
 
 
 def new_nonce() -> str:

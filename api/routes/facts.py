@@ -19,6 +19,7 @@ from typing import Any
 
 from fastapi import APIRouter, Response
 from pydantic import BaseModel, ConfigDict, Field
+from starlette.concurrency import run_in_threadpool
 
 from api.deps import PrincipalDep, RuntimeDep
 from api.problems import refusal_problem
@@ -168,7 +169,8 @@ def _screen(caller: str, family: str | None) -> Callable[[Fact], None]:
 async def _write_one(
     rt: Any, caller: str, family: str, envelope: Envelope, response: Response
 ) -> Accepted:
-    [outcome] = await rt.writer.submit_async([envelope.raw()], _screen(caller, family))
+    prepared = await run_in_threadpool(rt.service.precheck, [envelope.raw()])
+    [outcome] = await rt.writer.submit_async(prepared, _screen(caller, family))
     if isinstance(outcome, Refusal):
         raise refusal_problem(outcome)
     response.status_code = 200 if outcome.duplicate else 201
@@ -213,9 +215,8 @@ for _family in FAMILIES:
     summary="Record up to 1,000 facts of any family, each accepted or refused on its own",
 )
 async def batch(body: BatchIn, rt: RuntimeDep, caller: PrincipalDep) -> BatchOut:
-    outcomes = await rt.writer.submit_async(
-        [e.raw() for e in body.envelopes], _screen(caller, None)
-    )
+    prepared = await run_in_threadpool(rt.service.precheck, [e.raw() for e in body.envelopes])
+    outcomes = await rt.writer.submit_async(prepared, _screen(caller, None))
     results = []
     for i, outcome in enumerate(outcomes):
         if isinstance(outcome, Refusal):

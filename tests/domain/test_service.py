@@ -163,3 +163,34 @@ def test_bootstrap_writes_entry_0_and_the_log_identity_once(db_url: str) -> None
         assert app.sealed.log_size() == 1
     finally:
         app.close()
+
+
+def test_prechecked_facts_get_the_same_answers_as_envelopes(ledger: Ledger) -> None:
+    """``precheck`` (outside the writer lock) parses and checks signatures; what it hands
+    ``submit_many`` is judged exactly as the raw envelopes would be, nothing recorded for a
+    refusal, and a forged signature is never taken for a checked one."""
+    lan = ledger.users["lan"]
+    stranger = SigningKey.generate("lan")
+    fresh = sign_fact(lan, "document.attested", {"sha256": "d1" * 32})
+    forged = Envelope(
+        fresh.payload_type, fresh.payload, (Signature(lan.keyid, stranger.sign(fresh.pae())),)
+    )
+    good = sign_fact(lan, "document.attested", {"sha256": "d2" * 32}).to_bytes()
+    raws = [good, forged.to_bytes(), b'{"payloadType":']
+    prepared = ledger.service.precheck(raws)
+    assert prepared[0].__dict__.get("_signature_ok") is True  # type: ignore[union-attr]
+    assert not prepared[1].__dict__.get("_signature_ok")  # type: ignore[union-attr]
+    assert isinstance(prepared[2], MalformedFact)
+    size = ledger.service.sealed.log_size()
+    outcomes = ledger.service.submit_many(prepared)
+    assert isinstance(outcomes[0], Appended) and outcomes[0].seq == size
+    assert isinstance(outcomes[1], SignatureRefused)
+    assert isinstance(outcomes[2], MalformedFact)
+    assert ledger.service.sealed.log_size() == size + 1
+    # a key the ledger does not know yet is checked under the lock, at its position
+    khoa = SigningKey.generate("khoa")
+    by_khoa = sign_fact(khoa, "document.attested", {"sha256": "d3" * 32}).to_bytes()
+    prepared = ledger.service.precheck([_register(ledger.admin, khoa), by_khoa])
+    assert not prepared[1].__dict__.get("_signature_ok")  # type: ignore[union-attr]
+    outcomes = ledger.service.submit_many(prepared)
+    assert all(isinstance(o, Appended) for o in outcomes), outcomes

@@ -85,6 +85,11 @@ def test_parse_canonical_refuses_non_canonical_bytes() -> None:
         parse_canonical(b'{"b":1, "a":2}')
     with pytest.raises(CanonicalFormError, match="duplicate"):
         parse_canonical(b'{"a":1,"a":2}')
+    with pytest.raises(CanonicalFormError, match="duplicate object key 'b'"):
+        parse_canonical(b'{"a":{"b":1,"b":1}}')  # the same pair twice, deep inside
+    with pytest.raises(CanonicalFormError, match="canonical"):  # JCS writes the character
+        parse_canonical(b'{"a":"\\ud83d\\ude00"}')
+    assert parse_canonical('{"a":"Hồ 😀","😀":1}'.encode()) == {"a": "Hồ 😀", "😀": 1}
     with pytest.raises(CanonicalFormError, match="floating-point"):
         parse_canonical(b'{"a":1.0}')
     with pytest.raises(CanonicalFormError, match="not a JSON number"):
