@@ -1,12 +1,12 @@
 """Request dependencies: the runtime, and the authenticated caller.
 
-The dependencies are coroutines: a sync one would cost each request a hop to the thread pool
-and back (FastAPI runs sync dependencies there), and these do no blocking work but the token
-query, which goes to the pool only when the token was not looked up in the last seconds.
-
 A request authenticates with ``Authorization: Bearer <token>`` (a token issued by
 ``kpi-ledger principal add``). An unknown, revoked or missing token is a 401 problem with
 ``WWW-Authenticate: Bearer``; nothing else is looked at before that.
+
+The dependencies are coroutines: a sync one would cost each request a hop to the thread pool
+and back (FastAPI runs sync dependencies there), and these do no blocking work but the token
+query, which goes to the pool only when the token was not looked up in the last seconds.
 """
 
 from __future__ import annotations

@@ -9,6 +9,7 @@ that a receipt is available shortly after each write. ``close`` stops them in re
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from dataclasses import dataclass
 from pathlib import Path
@@ -47,24 +48,19 @@ class Settings:
     quiet_gc: bool = False  # freeze the heap once started (a serving process: api/app.py)
 
     def to_json(self) -> str:
-        """What a worker process needs to open the same runtime (``from_json``)."""
-        fields = {
-            "database": self.database.url,
-            "home": str(self.home.path),
-            "checkpoint_seconds": self.checkpoint_seconds,
-            "max_body": self.max_body,
-            "projections": self.projections,
-            "token_seconds": self.token_seconds,
-            "quiet_gc": self.quiet_gc,
-        }
+        """What a worker process needs to open the same runtime (``from_json``): every
+        field, the database as its URL and the home as its path."""
+        fields = {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
+        fields["database"] = self.database.url
+        fields["home"] = str(self.home.path)
         return json.dumps(fields)
 
     @classmethod
     def from_json(cls, text: str) -> Settings:
         fields = json.loads(text)
-        database = parse_database(fields.pop("database"))
-        home = LedgerHome(Path(fields.pop("home")))
-        return cls(database, home, **fields)
+        fields["database"] = parse_database(fields["database"])
+        fields["home"] = LedgerHome(Path(fields["home"]))
+        return cls(**fields)
 
 
 class Runtime:

@@ -22,6 +22,7 @@ import signal
 import socket
 import sys
 import threading
+from dataclasses import replace
 from multiprocessing.process import BaseProcess
 from types import FrameType
 
@@ -77,8 +78,6 @@ def serve_workers(settings: Settings, *, host: str, port: int, workers: int, log
 
 
 def _worker_settings(settings: Settings) -> Settings:
-    from dataclasses import replace
-
     return replace(settings, projections=False, checkpoint_seconds=0)
 
 

@@ -22,22 +22,29 @@ envelopes are signed before any timing; the ledger's own clock accepts them (sig
 from __future__ import annotations
 
 import asyncio
-import os
 import random
-import socket
-import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Coroutine, Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Coroutine, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
 from fastapi import FastAPI
 
-from bench.common import percentile, pg_database, render_table, say, write_result
+from bench.common import (
+    attestation,
+    attestations,
+    bootstrap,
+    percentile,
+    pg_database,
+    render_table,
+    say,
+    serving,
+    signers,
+    write_result,
+)
 
 NAME = "api"
 CLIENTS = 16
@@ -47,7 +54,6 @@ TARGET_BATCH = 5000.0
 TARGET_PROOF_P95_MS = 20.0
 BATCH_SIZE = 100
 WORKERS = (1, 2)  # kpi-ledger serve --workers N, each measured on its own fresh database
-ROOT = Path(__file__).resolve().parent.parent
 
 bare = FastAPI()
 
@@ -71,76 +77,22 @@ SCALES = {
 }
 
 
-def _port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-@contextmanager
-def _serving(args: list[str], ready: str) -> Iterator[str]:
-    port = _port()
-    env = {**os.environ, "PYTHONPATH": str(ROOT)}
-    child = subprocess.Popen(
-        [*args, "--port", str(port)],
-        env=env,
-        cwd=ROOT,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
-    base = f"http://127.0.0.1:{port}"
-    try:
-        import httpx2 as httpx
-
-        deadline = time.monotonic() + 60
-        while True:
-            try:
-                if httpx.get(base + ready, timeout=1).status_code < 500:
-                    break
-            except httpx.TransportError:
-                pass
-            if child.poll() is not None or time.monotonic() > deadline:
-                raise RuntimeError(
-                    f"server did not start: {child.stderr.read() if child.stderr else ''}"
-                )
-            time.sleep(0.2)
-        yield base
-    finally:
-        child.terminate()
-        child.wait(timeout=30)
-
-
 def _prepare(
     db_url: str, home_dir: Path, count: int
 ) -> tuple[dict[str, str], list[tuple[str, bytes]]]:
     """A new ledger with 16 signers, their tokens, and ``count`` signed envelopes."""
     from api.principals import Principals
-    from domain.service import LedgerService
-    from ledger.config import parse_database
-    from ledger.home import LedgerHome
-    from signing.facts import sign_fact
-    from signing.keyring import key_registration
-    from signing.keys import SigningKey
 
-    home = LedgerHome(home_dir)
-    ledger_key = home.create("bench.kpi-ledger.local/api")
-    admin = SigningKey.generate("admin")
-    service = LedgerService(parse_database(db_url), ledger_signer=home.facts_key())
+    ledger = bootstrap(db_url, home_dir, CLIENTS)
     try:
-        service.bootstrap(ledger_key, admin)
-        signers = [SigningKey.generate(f"client{i:02d}") for i in range(CLIENTS)]
-        service.submit_many([key_registration(admin, k.verifier()).to_bytes() for k in signers])
-        principals = Principals(service.sealed.datastore)  # type: ignore[attr-defined]
-        tokens = {k.name: principals.issue(k.name) for k in signers}
+        principals = Principals(ledger.service.sealed.datastore)  # type: ignore[attr-defined]
+        tokens = {k.name: principals.issue(k.name) for k in ledger.signers}
     finally:
-        service.close()
-    envelopes = []
-    for i in range(count):
-        key = signers[i % CLIENTS]
-        data = {"sha256": f"{i:064x}", "title": f"bench {i}"}
-        envelopes.append((key.name, sign_fact(key, "document.attested", data).to_bytes()))
-    return tokens, envelopes
+        ledger.close()
+    keys = ledger.signers
+    return tokens, [
+        (keys[i % CLIENTS].name, attestation(keys[i % CLIENTS], i)) for i in range(count)
+    ]
 
 
 Request = tuple[str, str, dict[str, str], bytes | None]  # method, path, headers, body
@@ -241,7 +193,7 @@ def _service(
 
         serve = [sys.executable, "-m", "api.cli", "serve", "--db", db_url, "--home", str(home)]
         serve += ["--workers", str(workers), "--log-level", "warning"]
-        with _serving(serve, "/v1/openapi.json") as base:
+        with serving(serve) as (base, _):
             single = _run(
                 _drive(base, [("POST", "/v1/attestations", auth(n), raw) for n, raw in singles])
             )
@@ -288,21 +240,6 @@ def _service(
     }
 
 
-def _bare_bodies(count: int) -> list[bytes]:
-    """Envelopes like the service's single writes (same fact, same size), for the bare
-    endpoint, which reads them as JSON and does nothing else."""
-    from signing.facts import sign_fact
-    from signing.keys import SigningKey
-
-    key = SigningKey.generate("client00")
-    return [
-        sign_fact(
-            key, "document.attested", {"sha256": f"{i:064x}", "title": f"bench {i}"}
-        ).to_bytes()
-        for i in range(count)
-    ]
-
-
 def _run(coroutine: Coroutine[Any, Any, dict[str, Any]]) -> dict[str, Any]:
     """The client's event loop: uvloop's (installed with uvicorn's extras), as the servers'."""
     try:
@@ -319,9 +256,9 @@ def run(
         raise SystemExit("the api benchmark needs PostgreSQL (--pg URL)")
     scale = SCALES[mode]
     json_headers = {"Content-Type": "application/json"}
-    bodies = _bare_bodies(scale.single)
+    bodies = attestations(signers(1), scale.single)  # as the single writes: same fact, size
     uvicorn = [sys.executable, "-m", "uvicorn", "--log-level", "warning"]
-    with _serving([*uvicorn, "bench.api:bare"], "/docs") as base:
+    with serving([*uvicorn, "bench.api:bare"], "/docs") as (base, _):
         baseline = _run(_drive(base, [("POST", "/bare", json_headers, b) for b in bodies]))
     say(f"api: bare endpoint {baseline['per_s']:,.0f} req/s, p99 {baseline['ms']['p99']:.1f} ms")
     services = [_service(pg_url, scale, workers, json_headers) for workers in WORKERS]

@@ -13,7 +13,9 @@ import json
 import os
 import platform
 import secrets
+import socket
 import statistics
+import subprocess
 import sys
 import time
 from collections.abc import Callable, Iterator, Sequence
@@ -46,6 +48,9 @@ PLAIN_MODULES = {
 
 
 # -- statistics -----------------------------------------------------------------------------
+
+
+ROOT = Path(__file__).resolve().parent.parent  # the repository
 
 
 def median(values: Sequence[float]) -> float:
@@ -259,6 +264,58 @@ def attestation(key: SigningKey, i: int) -> bytes:
 
 def attestations(keys: Sequence[SigningKey], count: int) -> list[bytes]:
     return [attestation(keys[i % len(keys)], i) for i in range(count)]
+
+
+# -- a server in a child process -----------------------------------------------------------
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+@contextlib.contextmanager
+def serving(
+    args: Sequence[str],
+    ready: str = "/v1/openapi.json",
+    *,
+    env: dict[str, str] | None = None,
+    start_seconds: float = 60.0,
+) -> Iterator[tuple[str, subprocess.Popen[str]]]:
+    """Run a server command (``--port`` is added) in a child process from the repository's
+    root, wait until ``GET ready`` answers below 500, and yield its base URL and the
+    process. On leaving, it is stopped with SIGTERM and waited for: the caller may check
+    ``process.returncode`` afterwards (the benches and the end-to-end test share this)."""
+    import httpx2 as httpx
+
+    port = free_port()
+    child = subprocess.Popen(
+        [*args, "--port", str(port)],
+        env={**os.environ, **(env or {}), "PYTHONPATH": str(ROOT)},
+        cwd=ROOT,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    base = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + start_seconds
+        while True:
+            try:
+                if httpx.get(base + ready, timeout=1).status_code < 500:
+                    break
+            except httpx.TransportError:
+                pass
+            if child.poll() is not None or time.monotonic() > deadline:
+                raise RuntimeError(
+                    f"the server did not start: {child.stderr.read() if child.stderr else ''}"
+                )
+            time.sleep(0.2)
+        yield base, child
+    finally:
+        child.terminate()
+        child.wait(timeout=40)
 
 
 # -- a ledger with keys ---------------------------------------------------------------------

@@ -50,7 +50,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-from bench.common import RESULTS_DIR, median, percentile, render_table, say, write_result
+from bench.common import RESULTS_DIR, ROOT, median, percentile, render_table, say, write_result
 
 NAME = "projections"
 TARGET_RATIO = 0.5
@@ -58,7 +58,6 @@ TARGET_P95_MS = 50.0
 TARGET_MB = 300.0
 PAGE = 10_000
 CACHE_DIR = RESULTS_DIR / "cache"
-ROOT = Path(__file__).resolve().parent.parent
 
 
 @dataclass(frozen=True)

@@ -56,6 +56,11 @@ class Fact:
     def signature(self) -> Signature:
         return self.envelope.signature_for(self.keyid)
 
+    @property
+    def signature_checked(self) -> bool:
+        """True once ``verify_signature`` has succeeded on this fact."""
+        return bool(self.__dict__.get("_signature_ok"))
+
     def verify_signature(self, key: VerifierKey) -> None:
         """Raise SignatureError unless the actor's key signed this payload.
 
@@ -66,7 +71,7 @@ class Fact:
         """
         if key.keyid != self.keyid:
             raise SignatureError(f"key {key.keyid[:16]}… is not the payload's key {self.keyid}")
-        if self.__dict__.get("_signature_ok"):
+        if self.signature_checked:
             return
         if not key.verify(self.signature.sig, self.envelope.pae()):
             raise SignatureError(f"signature by key {self.keyid[:16]}… does not verify")

@@ -14,10 +14,7 @@ inspector verifies offline.
 
 from __future__ import annotations
 
-import os
 import signal
-import socket
-import subprocess
 import sys
 import tarfile
 import time
@@ -31,6 +28,7 @@ import pytest
 
 from api.principals import Principals
 from api.routes.facts import family_of
+from bench.common import serving as bench_serving
 from domain.errors import Refusal
 from domain.service import Appended
 from signing.bundle import ExportSource
@@ -44,46 +42,19 @@ from tests.domain.test_scenarios import bounded_adjustment, close, ordinary_mont
 from tests.domain.world import LAN, MARCH, World, at
 
 pytestmark = pytest.mark.postgres
-ROOT = Path(__file__).resolve().parents[2]
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 @contextmanager
 def serving(db_url: str, home: Path, *, workers: int = 1) -> Iterator[str]:
     """``kpi-ledger serve`` in a child process; yields its base URL. On leaving, the service
     is stopped with SIGTERM and must stop cleanly."""
-    port = _free_port()
-    env = {**os.environ, "KPI_LEDGER_MAX_BACKDATE": "off", "PYTHONPATH": str(ROOT)}
     args = [sys.executable, "-m", "api.cli", "serve", "--db", db_url, "--home", str(home)]
-    args += ["--port", str(port), "--checkpoint-seconds", "1", "--log-level", "warning"]
-    args += ["--workers", str(workers)]
-    child = subprocess.Popen(args, env=env, cwd=ROOT, stderr=subprocess.PIPE, text=True)
-    base = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + 30
-        while True:
-            try:
-                if httpx.get(f"{base}/v1/openapi.json", timeout=1).status_code == 200:
-                    break
-            except httpx.TransportError:
-                pass
-            if child.poll() is not None or time.monotonic() > deadline:
-                raise AssertionError(
-                    f"the service did not start: {child.stderr.read() if child.stderr else ''}"
-                )
-            time.sleep(0.2)
+    args += ["--checkpoint-seconds", "1", "--log-level", "warning", "--workers", str(workers)]
+    with bench_serving(args, env={"KPI_LEDGER_MAX_BACKDATE": "off"}) as (base, child):
         yield base
-    finally:
-        child.terminate()
-        code = child.wait(timeout=40)
     # uvicorn re-raises the SIGTERM it handled once it has shut down; the supervisor of
     # several workers exits 0 after stopping them
-    assert code in (0, -signal.SIGTERM), child.stderr.read() if child.stderr else code
+    assert child.returncode in (0, -signal.SIGTERM), child.stderr.read() if child.stderr else ""
 
 
 class HttpWorld(World):

@@ -22,7 +22,7 @@ from domain.service import Appended, LedgerService
 from ledger.config import parse_database
 from ledger.online import DatabaseSource
 from signing.dsse import Envelope, Signature
-from signing.facts import sign_fact
+from signing.facts import Fact, sign_fact
 from signing.keyring import key_registration
 from signing.keys import SigningKey
 from signing.verify import verify
@@ -178,8 +178,8 @@ def test_prechecked_facts_get_the_same_answers_as_envelopes(ledger: Ledger) -> N
     good = sign_fact(lan, "document.attested", {"sha256": "d2" * 32}).to_bytes()
     raws = [good, forged.to_bytes(), b'{"payloadType":']
     prepared = ledger.service.precheck(raws)
-    assert prepared[0].__dict__.get("_signature_ok") is True  # type: ignore[union-attr]
-    assert not prepared[1].__dict__.get("_signature_ok")  # type: ignore[union-attr]
+    assert isinstance(prepared[0], Fact) and prepared[0].signature_checked
+    assert isinstance(prepared[1], Fact) and not prepared[1].signature_checked
     assert isinstance(prepared[2], MalformedFact)
     size = ledger.service.sealed.log_size()
     outcomes = ledger.service.submit_many(prepared)
@@ -191,6 +191,6 @@ def test_prechecked_facts_get_the_same_answers_as_envelopes(ledger: Ledger) -> N
     khoa = SigningKey.generate("khoa")
     by_khoa = sign_fact(khoa, "document.attested", {"sha256": "d3" * 32}).to_bytes()
     prepared = ledger.service.precheck([_register(ledger.admin, khoa), by_khoa])
-    assert not prepared[1].__dict__.get("_signature_ok")  # type: ignore[union-attr]
+    assert isinstance(prepared[1], Fact) and not prepared[1].signature_checked
     outcomes = ledger.service.submit_many(prepared)
     assert all(isinstance(o, Appended) for o in outcomes), outcomes
