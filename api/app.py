@@ -21,7 +21,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from api import problems
-from api.routes import audit, facts, scores, views
+from api.routes import audit, facts, health, scores, views
 from api.runtime import Runtime, Settings
 from domain.errors import Refusal
 
@@ -128,7 +128,7 @@ def create_app(
     ]
     for kind, handler in handlers:
         app.add_exception_handler(kind, handler)
-    for module in (facts, audit, scores, views):
+    for module in (facts, audit, health, scores, views):
         # The routers' routes go straight onto the application's router. They are complete
         # (prefix, tags, responses are set where they are declared), and the OpenAPI document
         # is the same; ``include_router`` would wrap each router, and FastAPI then walks the

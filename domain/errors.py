@@ -109,3 +109,18 @@ NOT_ASSIGNED = "appeal.not_assigned"  # decided by someone other than the assign
 TIME_WINDOW = "time.out_of_window"  # the fact's time is too far from the ledger's clock
 IDEMPOTENCY_CONFLICT = "idempotency.conflict"  # a key reused for a different fact
 LEDGER_ONLY = "ledger.derived_only"  # a fact type only the ledger itself may sign
+
+
+class WriteFailed(Exception):
+    """A batch could not be written, and the service knows whether any of it was recorded.
+
+    ``recorded`` is False when nothing of the batch reached the log (the failure came before
+    the transaction, or the service checked afterwards that none of its envelopes is in the
+    log); None when the service cannot tell (the commit's outcome is unknown: the client
+    retries with the same envelopes, and a duplicate is answered with its first position).
+    """
+
+    def __init__(self, detail: str, *, recorded: bool | None) -> None:
+        super().__init__(detail)
+        self.detail = detail
+        self.recorded = recorded

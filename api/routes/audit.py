@@ -37,7 +37,6 @@ from api.deps import CallerDep, PrincipalDep, RuntimeDep
 from api.problems import Problem
 from ledger.export import export_bundle
 from ledger.proof_cache import NotCached
-from projections.store import APP_NAME
 from signing.facts import read_fact
 from signing.receipt import TlogProof
 
@@ -306,27 +305,3 @@ def _readers_only(caller: Any, what: str) -> None:
         raise Problem(
             403, "Forbidden", f"{what} is for administrators and inspectors", rule="auth.forbidden"
         )
-
-
-@router.get(
-    "/status",
-    operation_id="get_status",
-    summary="The log's size, the latest checkpoint's, and the position the read models reflect",
-)
-def status(rt: RuntimeDep, _: PrincipalDep) -> dict[str, Any]:
-    """``views``: the last log position the read models reflect (scores, views), and whether
-    periods folded there still wait to be scored (``current``: false while a catch-up is
-    under way); a client that wrote at position N reads its effect once ``views.seq >= N``
-    and ``views.current``."""
-    log = rt.service.sealed
-    latest = log.latest_checkpoint()
-    tracked = rt.view.max_tracking_id(APP_NAME) or 0  # type: ignore[attr-defined]
-    pending = rt.view.doc("pending", "evaluations")
-    return {
-        "log_size": log.log_size(),
-        "checkpoint_size": latest.size if latest is not None else 0,
-        "views": {
-            "seq": rt.view.seq_for_notification(tracked) if tracked else -1,
-            "current": not pending or not any(pending.values()),
-        },
-    }
