@@ -3,14 +3,25 @@
 ``Runtime.open(settings)`` opens the ledger service on the configured database, the token
 table, a read-only handle on the evaluation views (for requests), starts the projection
 runner (the one writer of the views: LISTEN/NOTIFY on PostgreSQL, polling on SQLite) and a
-checkpointer that signs a checkpoint every ``checkpoint_seconds`` when the log has grown, so
-that a receipt is available shortly after each write. ``close`` stops them in reverse order.
+checkpointer that signs a checkpoint every ``checkpoint_seconds`` when the log has changed,
+so that a receipt is available shortly after each write. ``close`` stops them in reverse order.
+
+Both background jobs are ``ledger.jobs.Job``s: they retry through database errors, elect one
+leader among all the services on the database (the others wait in standby and take over when
+it dies), and report their health (``jobs()``, shown by ``/v1/status`` and ``/v1/ready``).
+The checkpointer seals only entries the intake would accept (``domain/admission.py``). A job
+that gives up calls ``on_fatal``: under ``kpi-ledger serve`` (``exit_on_fatal``) the service
+stops and exits with status 1 (``FATAL`` holds why) rather than run on without it.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import json
+import logging
+import os
+import signal
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -18,10 +29,12 @@ from typing import Any
 from api.access import Organisation
 from api.principals import Principals
 from api.writer import GroupWriter
+from domain.admission import Admission
 from domain.service import LedgerService, TimeWindow
 from ledger.checkpoints import Checkpointer
 from ledger.config import Database, parse_database
 from ledger.home import LedgerHome
+from ledger.jobs import FAILED, STALE, STANDBY, Job, JobHealth, JobTable
 from ledger.proof_cache import ProofCache
 from projections.runners import (
     CatchUpRunner,
@@ -35,6 +48,11 @@ from projections.store import _ViewSQL
 MAX_BODY = 4 * 1024 * 1024  # a batch of 1,000 envelopes is about 1.5 MB
 MAX_BATCH = 1000
 TOKEN_SECONDS = 2.0  # a revoked token keeps working in a running service for at most this
+JOBS = ("checkpointer", "projections")
+OFF, NO_LEADER = "off", "no leader"
+FATAL: list[str] = []  # why a job gave up (read by ``kpi-ledger serve`` for its exit status)
+
+logger = logging.getLogger("kpi_ledger.runtime")
 
 
 @dataclass(frozen=True)
@@ -46,6 +64,7 @@ class Settings:
     projections: bool = True  # run the projection runner in this process
     token_seconds: float = TOKEN_SECONDS  # how long a token's principal is remembered
     quiet_gc: bool = False  # freeze the heap once started (a serving process: api/app.py)
+    exit_on_fatal: bool = False  # a job that gives up stops the process (kpi-ledger serve)
 
     def to_json(self) -> str:
         """What a worker process needs to open the same runtime (``from_json``): every
@@ -103,7 +122,11 @@ class Runtime:
             )
             view = open_view(settings.database)
             opened.append(view)
-            runner = start_runner(settings.database) if settings.projections else None
+            runner = (
+                start_runner(settings.database, standby=True, on_fatal=_on_fatal(settings))
+                if settings.projections
+                else None
+            )
             opened.append(runner)
             checkpointer = _start_checkpointer(settings, service)
         except BaseException:
@@ -124,14 +147,85 @@ class Runtime:
         if self.owns_service:
             self.service.close()
 
+    def jobs(self) -> dict[str, JobHealth]:
+        """Each background job's health, as true for this process as it can be told: a job
+        this process leads reports itself; one led elsewhere (the supervisor of workers, a
+        second host) reports through ``kpi_jobs``, and is ``no leader`` when its heartbeat is
+        stale; a job this service does not run at all is ``off``."""
+        local: dict[str, Job | None] = {
+            "checkpointer": self.checkpointer.job if self.checkpointer is not None else None,
+            "projections": self.runner.job if self.runner is not None else None,
+        }
+        return job_health(self.settings, local)
+
+
+def job_health(settings: Settings, local: dict[str, Job | None]) -> dict[str, JobHealth]:
+    now = time.time()
+    shared: dict[str, JobHealth] | None = None
+    out: dict[str, JobHealth] = {}
+    for name in JOBS:
+        job = local.get(name)
+        if job is not None and job.health().state != STANDBY:
+            out[name] = job.health()
+            continue
+        if shared is None:
+            try:
+                shared = JobTable(settings.database).read()
+            except Exception as exc:
+                logger.debug("cannot read kpi_jobs: %s", exc)
+                shared = {}
+        row = shared.get(name)
+        if row is not None and row.heartbeat is not None and now - row.heartbeat <= STALE:
+            out[name] = row
+        elif row is not None:
+            out[name] = JobHealth(
+                name,
+                NO_LEADER,
+                row.heartbeat or row.since,
+                f"last reported by {row.holder}: {row.summary()}",
+                row.holder,
+                row.heartbeat,
+                row.last_ok,
+                here=False,
+            )
+        elif job is not None:
+            out[name] = job.health()  # in standby, and nobody has reported yet
+        else:
+            configured = name == "projections" or (
+                settings.home.exists() and settings.checkpoint_seconds > 0
+            )
+            out[name] = JobHealth(name, NO_LEADER if configured else OFF, now, here=False)
+    return out
+
+
+def _on_fatal(settings: Settings) -> Any:
+    """What a job that gives up does: record why, and stop the serving process."""
+
+    def fatal(job: Job) -> None:
+        reason = f"{job.name}: {job.health().summary()}"
+        FATAL.append(reason)
+        logger.critical("background job failed for good, stopping the service: %s", reason)
+        if settings.exit_on_fatal:
+            os.kill(os.getpid(), signal.SIGTERM)
+
+    return fatal
+
 
 def _start_checkpointer(settings: Settings, service: LedgerService) -> Checkpointer | None:
-    """A checkpointer signing every ``checkpoint_seconds`` (None: no keys, or 0 seconds)."""
+    """A checkpointer signing every ``checkpoint_seconds`` (None: no keys, or 0 seconds): one
+    process on the database signs (leader election), and only entries the intake would
+    have accepted (the rule replay)."""
     home = settings.home
     if not home.exists() or settings.checkpoint_seconds <= 0:
         return None
-    checkpointer = Checkpointer(service.sealed, home.ledger_key(), home.state_path)
-    checkpointer.run_every(settings.checkpoint_seconds)
+    facts_key = home.facts_key()
+    admission = Admission(service.sealed, facts_key.name if facts_key is not None else None)
+    checkpointer = Checkpointer(
+        service.sealed, home.ledger_key(), home.state_path, admit=admission.first_refusal
+    )
+    checkpointer.run_every(
+        settings.checkpoint_seconds, database=settings.database, on_fatal=_on_fatal(settings)
+    )
     return checkpointer
 
 
@@ -149,21 +243,32 @@ def _close(thing: Any) -> None:
 class Background:
     """The runtime's two background jobs, the projection runner and the checkpointer, on
     their own: what ``serve --workers N`` runs in its supervising process, so that each of
-    the N request-serving workers runs neither (and one of each runs in all)."""
+    the N request-serving workers runs neither (and one of each runs in all). ``failed`` is
+    set when a job has given up (the supervisor then stops the service with status 1)."""
 
     def __init__(self, settings: Settings) -> None:
         home = settings.home
         signer = home.facts_key() if home.exists() else None
+        self.settings = settings
         self.service = LedgerService(settings.database, ledger_signer=signer)
         self.runner: CatchUpRunner | SubscriptionRunner | None = None
         self.checkpointer: Checkpointer | None = None
+        fatal = _on_fatal(replace_settings(settings, exit_on_fatal=False))
         try:
             if settings.projections:
-                self.runner = start_runner(settings.database)
-            self.checkpointer = _start_checkpointer(settings, self.service)
+                self.runner = start_runner(settings.database, standby=True, on_fatal=fatal)
+            self.checkpointer = _start_checkpointer(
+                replace_settings(settings, exit_on_fatal=False), self.service
+            )
         except BaseException:
             self.close()
             raise
+
+    @property
+    def failed(self) -> bool:
+        jobs = [self.runner.job if self.runner is not None else None]
+        jobs.append(self.checkpointer.job if self.checkpointer is not None else None)
+        return any(j is not None and j.health().state == FAILED for j in jobs)
 
     def close(self) -> None:
         if self.checkpointer is not None:
@@ -171,3 +276,6 @@ class Background:
         if self.runner is not None:
             self.runner.stop()
         self.service.close()
+
+
+replace_settings = dataclasses.replace

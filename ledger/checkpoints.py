@@ -7,6 +7,16 @@ recomputes, from the entry bytes themselves, the leaf hashes of entries ``m .. n
 that the stored frontier at ``m`` reproduces the root it signed, and extends that frontier
 with the recomputed leaves. It signs only if that root equals the root of the stored tree;
 otherwise the log was altered and it refuses (``InconsistentLogError``).
+
+It compares roots, not sizes: a log rewritten to the same size (entries truncated and as many
+others appended) is refused, not answered with the old checkpoint. And it seals only what the
+intake would have accepted: given an ``admit`` check (``domain/admission.py``: every new
+entry's signature, key at its position, nonce and domain rules replayed), it signs the log up
+to the first entry that check refuses and no further, raising ``SealRefused`` (an alarm: the
+operator acts, docs/operations.md) until that entry is gone.
+
+``run_every`` runs it as a background ``Job`` (``ledger/jobs.py``): transient database errors
+are retried with back-off and shown in its health; a refusal is its ``refusing`` state.
 """
 
 from __future__ import annotations
@@ -19,7 +29,10 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Protocol
 
+from ledger.config import Database
+from ledger.jobs import GIVE_UP, Job, JobTable, LeaderLock, Refusing
 from ledger.store import SealedLog, StoredCheckpoint
 from signing.checkpoint import (
     Checkpoint,
@@ -39,6 +52,35 @@ class InconsistentLogError(Exception):
 
 class EmptyLogError(ValueError):
     """There is nothing to checkpoint yet."""
+
+
+class SealRefused(InconsistentLogError):
+    """An entry after the last checkpoint is one the intake would refuse: it is not sealed,
+    nor anything after it."""
+
+    def __init__(self, seq: int, detail: str) -> None:
+        super().__init__(
+            f"entry {seq} would be refused by the intake: {detail}; nothing from position"
+            f" {seq} on is sealed until an operator acts (docs/operations.md)"
+        )
+        self.seq = seq
+
+
+class Refused(Protocol):
+    """What an admission check says of the first entry it refuses."""
+
+    @property
+    def seq(self) -> int: ...
+
+    @property
+    def rule(self) -> str: ...
+
+    @property
+    def detail(self) -> str: ...
+
+
+#: (start, stop) -> the first entry of [start, stop) the intake would refuse, or None
+Admit = Callable[[int, int], "Refused | None"]
 
 
 @dataclass(frozen=True)
@@ -67,6 +109,7 @@ class Checkpointer:
         *,
         every_entries: int | None = None,
         clock: Callable[[], float] = time.time,
+        admit: Admit | None = None,
     ) -> None:
         self.log = log
         self.key = key
@@ -74,33 +117,49 @@ class Checkpointer:
         self.state_path = Path(state_path)
         self.every_entries = every_entries
         self.clock = clock
+        self.admit = admit
         self._lock = threading.Lock()
-        self._stop = threading.Event()
-        self.error: InconsistentLogError | None = None
+        self.job: Job | None = None
+        self.error: InconsistentLogError | None = None  # the last refusal, if any
 
     # -- state ---------------------------------------------------------------------------
     def state(self) -> SignerState:
         """What this ledger last signed: its state file, else its newest checkpoint in the DB.
 
         Without the file (a new home, or a lost one), the newest checkpoint in the database
-        that verifies under this ledger's key is the floor: the next one must extend it.
+        that verifies under this ledger's key is the floor: the next one must extend it. With
+        the file, a newer checkpoint in the database signed by this key (another host of the
+        same ledger signed it, docs/operations.md) is the floor, once the stored tree shows
+        that it extends what this home signed.
         """
-        if not self.state_path.exists():
-            latest = self.log.latest_checkpoint()
-            if latest is None:
-                return SignerState(self.origin, 0, EMPTY_ROOT)
+        latest = self.log.latest_checkpoint()
+        signed: SignerState | None = None
+        if latest is not None:
             try:
-                signed = verify_checkpoint(latest.note, log_verifier_keys(self.key))
+                verified = verify_checkpoint(latest.note, log_verifier_keys(self.key))
+                signed = SignerState(
+                    self.origin, verified.checkpoint.size, verified.checkpoint.root
+                )
             except NoteError as exc:
-                raise InconsistentLogError(
-                    f"the newest checkpoint in the database is not this ledger's: {exc}"
-                ) from None
-            return SignerState(self.origin, signed.checkpoint.size, signed.checkpoint.root)
+                if not self.state_path.exists():
+                    raise InconsistentLogError(
+                        f"the newest checkpoint in the database is not this ledger's: {exc}"
+                    ) from None
+        if not self.state_path.exists():
+            return signed if signed is not None else SignerState(self.origin, 0, EMPTY_ROOT)
         state = SignerState.from_json(self.state_path.read_text())
         if state.origin != self.origin:
             raise InconsistentLogError(
                 f"signer state is for origin {state.origin!r}, key is {self.origin!r}"
             )
+        if signed is not None and signed.size > state.size:
+            own = self.log.frontier(state.size).root() if state.size else EMPTY_ROOT
+            if own != state.root or self.log.root(signed.size) != signed.root:
+                raise InconsistentLogError(
+                    f"the checkpoint of size {signed.size} in the database does not extend the"
+                    f" one of size {state.size} this home signed"
+                )
+            return signed
         return state
 
     def _save_state(self, state: SignerState) -> None:
@@ -110,18 +169,34 @@ class Checkpointer:
 
     # -- signing -------------------------------------------------------------------------
     def checkpoint(self) -> SignedCheckpoint:
-        """Sign a checkpoint of the whole log now (or return the latest if nothing is new)."""
+        """Sign a checkpoint of the whole log now (or return the latest if nothing is new).
+
+        Raises ``InconsistentLogError`` if the log no longer extends what was signed, and
+        ``SealRefused`` (after signing the part before it, if any is new) when an entry
+        after the last checkpoint is one the intake would refuse."""
         with self._lock:
             state = self.state()
             size = self.log.log_size()
             if size == 0:
                 raise EmptyLogError("the log is empty: there is nothing to seal yet")
             if size == state.size:
+                if self.log.root(size) != state.root:
+                    raise InconsistentLogError(
+                        f"the log still has {size} entries but its root is no longer the one"
+                        f" signed at that size: entries were rewritten"
+                    )
                 latest = self.log.latest_checkpoint()
                 if latest is not None and latest.size == size and latest.root == state.root:
                     return SignedCheckpoint(
                         Checkpoint(self.origin, size, latest.root), latest.note, None
                     )
+            refused = None
+            if self.admit is not None and size > state.size:
+                refused = self.admit(state.size, size)
+                if refused is not None:
+                    size = refused.seq
+            if refused is not None and size <= state.size:
+                raise SealRefused(refused.seq, f"[{refused.rule}] {refused.detail}")
             root = self._checked_root(state, size)
             stamp = int(self.clock())
             note = sign_checkpoint(Checkpoint(self.origin, size, root), self.key, stamp)
@@ -131,7 +206,29 @@ class Checkpointer:
                 )
             )
             self._save_state(SignerState(self.origin, size, root))
+            if refused is not None:
+                raise SealRefused(refused.seq, f"[{refused.rule}] {refused.detail}")
             return SignedCheckpoint(Checkpoint(self.origin, size, root), note, stamp)
+
+    def due(self) -> bool:
+        """Whether the log differs from what was last signed (in size, or in root)."""
+        state = self.state()
+        size = self.log.log_size()
+        return size != state.size or (size > 0 and self.log.root(size) != state.root)
+
+    def tick(self) -> SignedCheckpoint | None:
+        """One turn of the periodic checkpointer: sign if the log changed. A refusal is
+        raised as ``Refusing`` (the job's alarm state) and remembered in ``error``."""
+        try:
+            if not self.due():
+                self.error = None
+                return None
+            signed = self.checkpoint()
+        except InconsistentLogError as exc:
+            self.error = exc
+            raise Refusing(str(exc)) from exc
+        self.error = None
+        return signed
 
     def _checked_root(self, state: SignerState, size: int) -> bytes:
         if size < state.size:
@@ -167,28 +264,31 @@ class Checkpointer:
         return None
 
     def run_every(
-        self, seconds: float, on_error: Callable[[Exception], None] | None = None
-    ) -> threading.Thread:
-        """Sign a checkpoint every ``seconds`` (when the log grew) in a daemon thread.
+        self,
+        seconds: float,
+        *,
+        database: Database | None = None,
+        on_fatal: Callable[[Job], object] | None = None,
+        give_up: float = GIVE_UP,
+    ) -> Job:
+        """Sign a checkpoint every ``seconds`` (when the log changed) in a background job.
 
-        A refusal (``InconsistentLogError``) stops the loop and is passed to ``on_error``:
-        a ledger that finds its log altered must stop sealing and say so.
-        """
-
-        def loop() -> None:
-            while not self._stop.wait(seconds):
-                try:
-                    if self.log.log_size() != self.state().size:
-                        self.checkpoint()
-                except InconsistentLogError as exc:
-                    self.error = exc
-                    if on_error is not None:
-                        on_error(exc)
-                    return
-
-        thread = threading.Thread(target=loop, name="checkpointer", daemon=True)
-        thread.start()
-        return thread
+        Database errors are retried with back-off; a refusal (``InconsistentLogError``) is the
+        job's ``refusing`` state — an alarm, looked at again every ``seconds``, nothing sealed
+        past it. With ``database``, the job runs in one process of all those on that database
+        (leader election) and reports its state in ``kpi_jobs``."""
+        job = Job(
+            "checkpointer",
+            self.tick,
+            interval=seconds,
+            lock=LeaderLock(database, "checkpointer") if database is not None else None,
+            table=JobTable(database) if database is not None else None,
+            on_fatal=on_fatal,
+            give_up=give_up,
+        )
+        self.job = job
+        return job.start()
 
     def stop(self) -> None:
-        self._stop.set()
+        if self.job is not None:
+            self.job.stop()

@@ -9,19 +9,25 @@
   to the application's notifications (LISTEN/NOTIFY) and hands each event to
   ``EvaluationProjection.process_event``, which buffers events and commits them in batches;
   a periodic catch-up tick flushes the buffer and reads anything a lost NOTIFY left behind.
-* **One writer per projection.** Each runner first takes a lock: on PostgreSQL a session
-  advisory lock (``pg_try_advisory_lock``) held by a dedicated connection for as long as the
-  runner lives, on SQLite an exclusive ``flock`` on ``<database>.evaluations.lock``. A
-  second runner for the same projection is refused with ``RunnerBusy``; if the first dies,
-  the lock is released with its connection or process, and the next runner resumes from the
-  tracking position (rows and position are committed together, so nothing is lost or
-  repeated).
+* **One writer per projection.** A runner leads only while it holds the projection's lock
+  (``ledger.jobs.LeaderLock``): on PostgreSQL a session advisory lock held by a dedicated
+  connection, on SQLite an exclusive ``flock`` on ``<database>.projections.lock``. The
+  service's runner (``start_runner(..., standby=True)``) waits in standby while another
+  process leads, and takes over within a second or so when that process dies (its lock dies
+  with its connection or process); it resumes from the tracking position (rows and position
+  are committed together, so nothing is lost or repeated). A runner built without
+  ``standby`` (tests, the command line's ``rebuild``) is refused with ``RunnerBusy`` instead.
+* **Through faults.** Each runner is a ``ledger.jobs.Job``: a failed step (a lost
+  connection, the library's subscription thread ending) closes the runner's views and
+  subscription, and after a back-off opens them again from the committed position; its
+  health (``ok``, ``retrying since T (error)``, ``standby``, ``failed``) is what
+  ``/v1/status`` reports. A runner that cannot recover calls ``on_fatal`` (the service exits).
 * ``rebuild(database)`` empties the views and processes the whole log again from zero.
 """
 
 from __future__ import annotations
 
-import fcntl
+import contextlib
 import os
 import threading
 from collections.abc import Callable, Iterator
@@ -34,6 +40,7 @@ from eventsourcing.projection import Projection, ProjectionRunner
 from eventsourcing.utils import Environment
 
 from ledger.config import Database
+from ledger.jobs import FAILED, Job, JobHealth, JobTable, LeaderLock
 from projections.engine import Evaluations
 from projections.store import (
     APP_NAME,
@@ -44,7 +51,7 @@ from projections.store import (
 )
 
 PROJECTIONS = ("evaluations",)
-LOCK_ID = 0x6B70_6976  # "kpiv": the evaluations projection's advisory lock
+JOB = "projections"  # the runner's name as a job (its lock, its row in kpi_jobs)
 
 
 class RunnerBusy(RuntimeError):
@@ -72,49 +79,17 @@ def close_view(view: _ViewSQL) -> None:
 
 
 class WriterLock:
-    """The projection's single-writer lock (see the module docstring)."""
+    """The projection's single-writer lock, taken now or refused (``RunnerBusy``)."""
 
     def __init__(self, database: Database) -> None:
-        self.database = database
-        self._file: Any = None
-        self._conn: Any = None
+        self.lead = LeaderLock(database, JOB)
 
     def acquire(self) -> None:
-        if self.database.backend == "sqlite":
-            path = self.database.env["SQLITE_DBNAME"] + ".evaluations.lock"
-            handle = open(path, "a+")  # noqa: SIM115 - held for the runner's life
-            try:
-                fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            except OSError:
-                handle.close()
-                raise RunnerBusy(f"another runner holds {path}") from None
-            self._file = handle
-            return
-        import psycopg
-
-        e = self.database.env
-        conn = psycopg.connect(
-            host=e["POSTGRES_HOST"],
-            port=e["POSTGRES_PORT"],
-            dbname=e["POSTGRES_DBNAME"],
-            user=e["POSTGRES_USER"],
-            password=e.get("POSTGRES_PASSWORD") or None,
-            autocommit=True,
-        )
-        row = conn.execute("SELECT pg_try_advisory_lock(%s)", (LOCK_ID,)).fetchone()
-        if not row or not row[0]:
-            conn.close()
-            raise RunnerBusy("another runner holds the evaluations advisory lock")
-        self._conn = conn
+        if not self.lead.try_acquire():
+            raise RunnerBusy("another runner writes the evaluations projection (it holds its lock)")
 
     def release(self) -> None:
-        if self._file is not None:
-            fcntl.flock(self._file, fcntl.LOCK_UN)
-            self._file.close()
-            self._file = None
-        if self._conn is not None:
-            self._conn.close()
-            self._conn = None
+        self.lead.release()
 
 
 @contextmanager
@@ -146,80 +121,117 @@ def catch_up(database: Database) -> int:
 
 
 class _Runner:
-    """What both runners share: the writer lock, a thread that calls ``tick`` every
-    ``interval`` seconds, ``wait_for`` (read-your-writes) and ``stop``."""
+    """What both runners share: a ``Job`` that leads (the projection's lock), opens the
+    runner's views, calls ``_tick`` every ``interval`` seconds, and reopens after a failure;
+    ``wait_for`` (read-your-writes) and ``stop``.
+
+    ``standby=False`` (the default): the lock is taken now or ``RunnerBusy`` is raised, and
+    the views are opened before the constructor returns. ``standby=True``: the job waits for
+    the lock in the background (the service: another process may lead)."""
 
     engine: Evaluations
 
-    def __init__(self, database: Database, interval: float) -> None:
-        self.lock = WriterLock(database)
-        self.lock.acquire()
+    def __init__(
+        self,
+        database: Database,
+        interval: float,
+        *,
+        standby: bool = False,
+        on_fatal: Callable[[Job], object] | None = None,
+    ) -> None:
+        self.database = database
         self.interval = interval
-        self.error: BaseException | None = None
-        self._stop = threading.Event()
+        self.lock = LeaderLock(database, JOB)
         self._advanced = threading.Condition()
-        self._thread = threading.Thread(target=self._run, name="evaluations-runner", daemon=True)
+        self.job = Job(
+            JOB,
+            self._step,
+            interval=interval,
+            lock=self.lock,
+            table=JobTable(database),
+            open=self._open,
+            close=self._close,
+            on_fatal=on_fatal,
+        )
+        if not standby:
+            if not self.lock.try_acquire():
+                raise RunnerBusy("another runner writes the evaluations projection")
+            try:
+                self._open()
+            except BaseException:
+                self.lock.release()
+                raise
+            self.job.opened()
+        self.job.start()
 
-    def _run(self) -> None:
-        try:
-            while not self._stop.is_set():
-                self._step()
-                with self._advanced:
-                    self._advanced.notify_all()
-                self._stop.wait(self.interval)
-        except BaseException as exc:  # surfaced by wait_for / stop
-            self.error = exc
-            with self._advanced:
-                self._advanced.notify_all()
+    @property
+    def error(self) -> BaseException | None:
+        """The last failure of a step (retried unless the job failed)."""
+        return self.job.error
+
+    def health(self) -> JobHealth:
+        return self.job.health()
 
     def _step(self) -> None:
+        self._tick()
+        with self._advanced:
+            self._advanced.notify_all()
+
+    def _open(self) -> None:
+        raise NotImplementedError
+
+    def _tick(self) -> None:
         raise NotImplementedError
 
     def _close(self) -> None:
         raise NotImplementedError
 
     def wait_for(self, seq: int, timeout: float = 10.0) -> bool:
-        """Block until the views reflect log position ``seq`` (or ``timeout``)."""
+        """Block until the views reflect log position ``seq`` (or ``timeout``); raises the
+        last error if the runner has given up."""
+
+        def reached() -> bool:
+            if self.job.health().state == FAILED:
+                return True
+            engine = getattr(self, "engine", None)
+            return engine is not None and engine.seq >= seq and engine.current
+
         with self._advanced:
-            ok = self._advanced.wait_for(
-                lambda: (self.engine.seq >= seq and self.engine.current) or self.error is not None,
-                timeout,
-            )
-        if self.error is not None:
-            raise self.error
+            ok = self._advanced.wait_for(reached, timeout)
+        if self.job.health().state == FAILED and self.job.error is not None:
+            raise self.job.error
         return ok
 
     def stop(self) -> None:
-        self._stop.set()
-        if self._thread.is_alive():
-            self._thread.join()
-        try:
-            self._close()
-        finally:
-            self.lock.release()
-        if self.error is not None:
-            raise self.error
+        self.job.stop()
 
 
 class CatchUpRunner(_Runner):
     """Polls the log every ``interval`` seconds (SQLite, which has no subscriptions; on
     PostgreSQL with ``KPI_LEDGER_POLL_ONLY=1``)."""
 
-    def __init__(self, database: Database, *, interval: float = 0.5) -> None:
-        super().__init__(database, interval)
-        try:
-            self.view = open_view(database)
-            self.engine = Evaluations(self.view)
-        except BaseException:
-            self.lock.release()
-            raise
-        self._thread.start()
+    def __init__(
+        self,
+        database: Database,
+        *,
+        interval: float = 0.5,
+        standby: bool = False,
+        on_fatal: Callable[[Job], object] | None = None,
+    ) -> None:
+        self.view: _ViewSQL | None = None
+        super().__init__(database, interval, standby=standby, on_fatal=on_fatal)
 
-    def _step(self) -> None:
+    def _open(self) -> None:
+        self.view = open_view(self.database)
+        self.engine = Evaluations(self.view)
+
+    def _tick(self) -> None:
         self.engine.catch_up()
 
     def _close(self) -> None:
-        close_view(self.view)
+        if self.view is not None:
+            close_view(self.view)
+            self.view = None
 
 
 class LogReader(Application[Any]):
@@ -282,48 +294,67 @@ class EvaluationProjection(Projection[PostgresEvaluationView]):
 
 class SubscriptionRunner(_Runner):
     """PostgreSQL: the library's ``ProjectionRunner``; the tick flushes its buffer and
-    catches up after a lost NOTIFY."""
+    catches up after a lost NOTIFY, and notices when the library's subscription thread has
+    ended (a lost connection): the step fails, and the job opens a new subscription."""
 
-    def __init__(self, database: Database, *, interval: float = 0.5) -> None:
+    def __init__(
+        self,
+        database: Database,
+        *,
+        interval: float = 0.5,
+        standby: bool = False,
+        on_fatal: Callable[[Job], object] | None = None,
+    ) -> None:
         if database.backend != "postgres":
             raise ValueError("subscriptions need PostgreSQL; use CatchUpRunner on SQLite")
-        super().__init__(database, interval)
-        try:
-            # catch up in batches first: the subscription then starts from the head
-            view = open_view(database)
-            try:
-                Evaluations(view).catch_up()
-            finally:
-                close_view(view)
-            env = {
-                **database.env,
-                "TRACKING_RECORDER_TOPIC": "projections.store:PostgresEvaluationView",
-            }
-            self.runner: ProjectionRunner[Any, Any] = ProjectionRunner(
-                application_class=LogReader,
-                projection_class=EvaluationProjection,
-                view_class=PostgresEvaluationView,
-                env=env,
-            )
-            self.runner.__enter__()  # starts the subscription
-        except BaseException:
-            self.lock.release()
-            raise
-        self.projection: EvaluationProjection = self.runner.projection  # type: ignore[assignment]
-        self.engine = self.projection.engine
-        self._thread.start()
+        self.runner: ProjectionRunner[Any, Any] | None = None
+        super().__init__(database, interval, standby=standby, on_fatal=on_fatal)
 
-    def _step(self) -> None:
+    def _open(self) -> None:
+        # catch up in batches first: the subscription then starts from the head
+        view = open_view(self.database)
+        try:
+            Evaluations(view).catch_up()
+        finally:
+            close_view(view)
+        env = {
+            **self.database.env,
+            "TRACKING_RECORDER_TOPIC": "projections.store:PostgresEvaluationView",
+        }
+        runner: ProjectionRunner[Any, Any] = ProjectionRunner(
+            application_class=LogReader,
+            projection_class=EvaluationProjection,
+            view_class=PostgresEvaluationView,
+            env=env,
+        )
+        runner.__enter__()  # starts the subscription
+        self.runner = runner
+        self.projection: EvaluationProjection = runner.projection  # type: ignore[assignment]
+        self.engine = self.projection.engine
+
+    def _tick(self) -> None:
+        runner = self.runner
+        assert runner is not None
+        if runner.is_interrupted.is_set():
+            error = runner._thread_error  # the library keeps it for its own re-raise
+            raise RuntimeError(f"the subscription stopped: {error!r}") from error
         self.projection.tick()
 
     def _close(self) -> None:
-        self.runner.__exit__(None, None, None)  # stops it and joins its threads
+        runner, self.runner = self.runner, None
+        if runner is not None:
+            with contextlib.suppress(BaseException):
+                runner.__exit__(None, None, None)  # stops it and joins its threads
 
 
 def start_runner(
-    database: Database, *, interval: float = 0.5
+    database: Database,
+    *,
+    interval: float = 0.5,
+    standby: bool = False,
+    on_fatal: Callable[[Job], object] | None = None,
 ) -> CatchUpRunner | SubscriptionRunner:
-    """The runner for the database's backend."""
+    """The runner for the database's backend (``standby``: wait for the lead, see _Runner)."""
     if database.backend == "postgres" and os.environ.get("KPI_LEDGER_POLL_ONLY") != "1":
-        return SubscriptionRunner(database, interval=interval)
-    return CatchUpRunner(database, interval=interval)
+        return SubscriptionRunner(database, interval=interval, standby=standby, on_fatal=on_fatal)
+    return CatchUpRunner(database, interval=interval, standby=standby, on_fatal=on_fatal)

@@ -134,6 +134,21 @@ class Ledger:
             cur = conn.execute(statement, params)  # type: ignore[arg-type]
             return cur.fetchall() if cur.description else []
 
+    def truncate(self, cut: int) -> None:
+        """Remove entries ``cut`` and after, their events and the nodes covering them, as an
+        insider with database access would; then reopen the service (no cached frontier)."""
+        size = self.service.sealed.log_size()
+        rows = self.sql("SELECT notification_id FROM log_entries WHERE seq >= %s", (cut,))
+        for (nid,) in rows:
+            self.sql(f"DELETE FROM {self.events} WHERE {self.event_key()} = %s", (nid,))
+        self.sql("DELETE FROM log_entries WHERE seq >= %s", (cut,))
+        for level in range(1, max(size, 2).bit_length() + 1):
+            self.sql(
+                "DELETE FROM log_nodes WHERE level = %s AND (idx + 1) * %s > %s",
+                (level, 2**level, cut),
+            )
+        self.reopen()
+
     @property
     def events(self) -> str:
         """The events table (the library names it after the application on PostgreSQL)."""

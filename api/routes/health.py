@@ -11,33 +11,100 @@ from __future__ import annotations
 
 from typing import Any
 
-from fastapi import APIRouter
+from fastapi import APIRouter, Response
+from pydantic import BaseModel, Field
 
 from api.deps import PrincipalDep, RuntimeDep
+from api.runtime import NO_LEADER, Runtime
+from ledger.jobs import FAILED, OK, JobHealth
 from projections.store import APP_NAME
 
 router = APIRouter(prefix="/v1", tags=["health"])
 
 
+class Readiness(BaseModel):
+    ready: bool
+    database: str = Field(description="ok, or why the database cannot be used")
+    jobs: dict[str, str] = Field(description="each background job's state in words")
+
+
+def _views(rt: Runtime, size: int, job: JobHealth) -> dict[str, Any]:
+    tracked = rt.view.max_tracking_id(APP_NAME) or 0  # type: ignore[attr-defined]
+    pending = rt.view.doc("pending", "evaluations")
+    seq = rt.view.seq_for_notification(tracked) if tracked else -1
+    scored = not pending or not any(pending.values())
+    healthy = job.state == OK
+    behind = max(size - 1 - seq, 0)
+    if not healthy:
+        state = job.summary()
+    elif behind or not scored:
+        state = f"behind {behind}" if behind else "scoring"
+    else:
+        state = "current"
+    return {"seq": seq, "current": scored and healthy, "state": state}
+
+
 @router.get(
     "/status",
     operation_id="get_status",
-    summary="The log's size, the latest checkpoint's, and the position the read models reflect",
+    summary="The log's size, the latest checkpoint's, what the read models reflect, and the"
+    " state of each background job",
 )
 def status(rt: RuntimeDep, _: PrincipalDep) -> dict[str, Any]:
-    """``views``: the last log position the read models reflect (scores, views), and whether
-    periods folded there still wait to be scored (``current``: false while a catch-up is
-    under way); a client that wrote at position N reads its effect once ``views.seq >= N``
-    and ``views.current``."""
+    """``views``: the last log position the read models reflect (scores, views), whether
+    they are up to date and healthy (``current``: false while periods folded there wait to be
+    scored, or while the projection runner is failing), and ``state`` in words (``current``,
+    ``behind N``, ``retrying since T (error)``, ``failed since T (...)``); a client that wrote
+    at position N reads its effect once ``views.seq >= N`` and ``views.current``.
+    ``checkpointer``: ``ok``, ``retrying since T (error)``, ``refusing since T (why)`` — an
+    integrity alarm: an entry the intake would refuse, or a log that no longer extends what
+    was signed — ``no leader since T`` or ``off``. ``jobs``: both jobs in detail (state,
+    since, which process leads, its last heartbeat and last success)."""
     log = rt.service.sealed
+    size = log.log_size()
     latest = log.latest_checkpoint()
-    tracked = rt.view.max_tracking_id(APP_NAME) or 0  # type: ignore[attr-defined]
-    pending = rt.view.doc("pending", "evaluations")
+    jobs = rt.jobs()
     return {
-        "log_size": log.log_size(),
+        "log_size": size,
         "checkpoint_size": latest.size if latest is not None else 0,
-        "views": {
-            "seq": rt.view.seq_for_notification(tracked) if tracked else -1,
-            "current": not pending or not any(pending.values()),
-        },
+        "checkpointer": jobs["checkpointer"].summary(),
+        "views": _views(rt, size, jobs["projections"]),
+        "jobs": {name: job.as_dict() for name, job in jobs.items()},
     }
+
+
+@router.get(
+    "/health",
+    operation_id="get_health",
+    summary="Liveness: the process answers (no token; for a load balancer or systemd)",
+)
+async def health() -> dict[str, str]:
+    return {"status": "alive"}
+
+
+@router.get(
+    "/ready",
+    operation_id="get_ready",
+    response_model=Readiness,
+    summary="Readiness: the database answers and the background jobs are alive (503 if not)",
+    responses={503: {"model": Readiness, "description": "not ready, and why"}},
+)
+def ready(rt: RuntimeDep, response: Response) -> Readiness:
+    """No token needed: what a load balancer asks before sending this process requests.
+    Ready when the database answers and each background job has a live leader (here or in
+    another process on the same database) that has not given up. A checkpointer that is
+    *refusing* (an integrity alarm) leaves the service ready — reads and writes are still
+    true — and shows in ``/v1/status``."""
+    try:
+        rt.service.sealed.log_size()
+        database = "ok"
+    except Exception as exc:
+        database = f"cannot be read: {type(exc).__name__}: {exc}".strip()
+    jobs = rt.jobs() if database == "ok" else {}
+    words = {name: job.summary() for name, job in jobs.items()}
+    live = all(job.state not in (FAILED, NO_LEADER) for job in jobs.values())
+    answer = Readiness(ready=database == "ok" and live, database=database, jobs=words)
+    if not answer.ready:
+        response.status_code = 503
+        response.headers["Retry-After"] = "2"
+    return answer

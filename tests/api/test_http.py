@@ -234,7 +234,9 @@ def test_status_says_what_the_views_reflect(api: Api) -> None:
     api.caught_up()
     status = api.get("/v1/status", LAN).json()
     assert status["log_size"] == api.size() and status["checkpoint_size"] == 0
-    assert status["views"] == {"seq": api.size() - 1, "current": True}
+    assert status["views"] == {"seq": api.size() - 1, "current": True, "state": "current"}
+    assert status["jobs"]["projections"]["state"] == "ok"
+    assert status["checkpointer"] == "off"  # this test's service has no ledger home
 
 
 def test_a_signer_reads_its_own_entry(api: Api) -> None:
