@@ -17,7 +17,10 @@ signed fact itself (``domain/``), once the API has checked that the fact is sign
 caller (``api/routes/facts.py``).
 
 The organisation is read through the ledger's repository each time it is asked (a handful
-of small streams), never from a cache that could lag behind a revocation.
+of small streams), never from a cache that could lag behind a revocation. Only a stream that
+does not exist reads as "none"; any other failure to read one (the database is away) is
+raised, and the request fails with a server error rather than a refusal that would not be
+true.
 """
 
 from __future__ import annotations
@@ -25,6 +28,8 @@ from __future__ import annotations
 import datetime as dt
 from dataclasses import dataclass, field
 from typing import Any
+
+from eventsourcing.application import AggregateNotFoundError
 
 from domain.employees import Employee
 from domain.keys import Principal
@@ -71,9 +76,10 @@ class Organisation:
         self.service = service
 
     def _get(self, cls: type[Any], aggregate_id: Any) -> Any:
+        """The aggregate, or None if its stream does not exist (anything else is raised)."""
         try:
             return self.service.repository.get(aggregate_id)
-        except Exception:
+        except AggregateNotFoundError:
             return None
 
     def caller(self, principal: str) -> Caller:

@@ -3,14 +3,17 @@
 Routers per resource (``api/routes/``): facts (writes), audit (checkpoint, proofs, receipts,
 entries), scores (reads). Every path is versioned (``/v1/...``); the OpenAPI document is served
 at ``/v1/openapi.json`` and kept in ``docs/openapi.json``. Errors are RFC 9457 problem
-details (``api/problems.py``). A request body larger than ``Settings.max_body`` is refused
-with 413 before it is read in full. The runtime (ledger, views, projection runner,
-checkpointer) opens with the application and closes with it (``api/runtime.py``).
+details (``api/problems.py``); an unexpected error is a 500 or 503 problem that says what was
+recorded, and the connection stays open (``Failures``). A request body larger than
+``Settings.max_body`` is refused with 413 before it is read in full. The runtime (ledger,
+views, projection runner, checkpointer) opens with the application and closes with it
+(``api/runtime.py``), and so does the feed's one reader of the log (``api/feed.py``).
 """
 
 from __future__ import annotations
 
 import gc
+import logging
 from collections.abc import AsyncIterator, Callable, MutableMapping
 from contextlib import asynccontextmanager
 from typing import Any
@@ -18,21 +21,31 @@ from typing import Any
 from fastapi import FastAPI
 from fastapi.exceptions import RequestValidationError
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.requests import ClientDisconnect
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from api import problems
+from api.feed import FeedHub, subscribers_bound
 from api.routes import audit, facts, health, scores, views
 from api.runtime import Runtime, Settings
 from domain.errors import Refusal
 
 VERSION = "1.0"
 GC_YOUNG = 50_000  # allocations between young collections (CPython's default: 700)
+log = logging.getLogger("kpi_ledger.api")
 
 
 class BodyLimit:
     """Refuse a request body above ``limit`` bytes with a 413 problem, whether it declares
     its length or streams it. (FastAPI's own ``max_body_size`` answers in plain text, outside
-    the application's exception handlers, so not as a problem document.)"""
+    the application's exception handlers, so not as a problem document.)
+
+    A declared ``Content-Length`` is judged before anything is read (the server delivers no
+    more than it declares). A body without one (``Transfer-Encoding: chunked``) is read here,
+    up to the limit, and handed to the application whole once it has ended; past the limit
+    the answer is the 413, at once. Refusing inside the application's ``receive`` instead
+    would surface as FastAPI's 400 "error parsing the body". A refused body is not read to its
+    end: the 413 says ``Connection: close``, and the server closes the connection after it."""
 
     def __init__(self, app: ASGIApp, limit: int) -> None:
         self.app = app
@@ -43,24 +56,31 @@ class BodyLimit:
             await self.app(scope, receive, send)
             return
         declared = dict(scope.get("headers") or []).get(b"content-length")
-        if declared is not None and declared.isdigit() and int(declared) > self.limit:
-            await self._refuse(scope, send)
+        if declared is not None and declared.isdigit():
+            if int(declared) > self.limit:
+                await self._refuse(scope, send)
+                return
+            await self.app(scope, receive, send)
             return
-        seen = 0
-
-        async def limited() -> MutableMapping[str, Any]:
-            nonlocal seen
+        body = bytearray()
+        while True:
             message = await receive()
-            if message["type"] == "http.request":
-                seen += len(message.get("body", b""))
-                if seen > self.limit:
-                    raise _TooLarge
-            return message
+            if message["type"] != "http.request":  # the client went away: say so to the app
+                first: MutableMapping[str, Any] = message
+                break
+            body += message.get("body", b"")
+            if len(body) > self.limit:
+                await self._refuse(scope, send)
+                return
+            if not message.get("more_body", False):
+                first = {"type": "http.request", "body": bytes(body), "more_body": False}
+                break
+        replay: list[MutableMapping[str, Any]] = [first]
 
-        try:
-            await self.app(scope, limited, send)
-        except _TooLarge:
-            await self._refuse(scope, send)
+        async def replayed() -> MutableMapping[str, Any]:
+            return replay.pop() if replay else await receive()
+
+        await self.app(scope, replayed, send)
 
     async def _refuse(self, scope: Scope, send: Send) -> None:
         problem = problems.Problem(
@@ -68,17 +88,55 @@ class BodyLimit:
             "Request too large",
             f"the body is larger than {self.limit:,} bytes",
             rule="request.too_large",
+            headers={"Connection": "close"},
         )
         response = problem.response(scope.get("path"))
         await response(scope, _no_receive, send)
 
 
-class _TooLarge(Exception):
-    pass
-
-
 async def _no_receive() -> MutableMapping[str, Any]:
     return {"type": "http.disconnect"}
+
+
+class Failures:
+    """Answer an unexpected error with a problem (``problems.failure_problem``: 503 when
+    nothing was recorded, 500 otherwise, in words true about the write) and keep the
+    connection open for the client's next request.
+
+    The innermost middleware: the application's own handlers (problems, refusals, validation,
+    404s) have answered everything else by then. Starlette's handler for ``Exception`` answers
+    too, but re-raises, and the server then closes a keep-alive connection after every 500;
+    here the error is logged once, with its traceback, and not raised again. An error after
+    the answer has started (a stream broken midway) is raised: only closing the connection
+    tells the client that the body it got is incomplete."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        started = False
+
+        async def watched(message: MutableMapping[str, Any]) -> None:
+            nonlocal started
+            if message["type"] == "http.response.start":
+                started = True
+            await send(message)
+
+        try:
+            await self.app(scope, receive, watched)
+        except ClientDisconnect:
+            return  # no one to answer
+        except Exception as exc:
+            if started:
+                raise
+            method = str(scope.get("method", "GET"))
+            path = str(scope.get("path", ""))
+            log.error("unexpected error answering %s %s", method, path, exc_info=exc)
+            response = problems.failure_problem(method, exc).response(path)
+            await response(scope, receive, send)
 
 
 def _quiet_collector() -> None:
@@ -97,17 +155,30 @@ def _quiet_collector() -> None:
 
 
 def create_app(
-    settings: Settings, *, runtime: Callable[[Settings], Runtime] = Runtime.open
+    settings: Settings,
+    *,
+    runtime: Callable[[Settings], Runtime] = Runtime.open,
+    feed_subscribers: int | None = None,
 ) -> FastAPI:
+    """The application; ``feed_subscribers``: how many ``/v1/feed`` streams a process serves
+    at once (default ``KPI_LEDGER_FEED_SUBSCRIBERS``, else 256)."""
+    bound = feed_subscribers if feed_subscribers is not None else subscribers_bound()
+
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         rt = runtime(settings)
         app.state.runtime = rt
-        if settings.quiet_gc:
-            _quiet_collector()
+        hub = FeedHub(
+            rt.service.sealed, max_subscribers=bound, recheck_seconds=settings.token_seconds
+        )
         try:
+            await hub.start()
+            app.state.feed = hub
+            if settings.quiet_gc:
+                _quiet_collector()
             yield
         finally:
+            await hub.stop()
             rt.close()
 
     app = FastAPI(
@@ -135,5 +206,6 @@ def create_app(
         # wrapped routes twice per request with a context switch per route: a quarter of a
         # proof request's CPU in the profile (performance.md §6).
         app.router.routes.extend(module.router.routes)
+    app.add_middleware(Failures)  # added first: the innermost of the two
     app.add_middleware(BodyLimit, limit=settings.max_body)
     return app

@@ -5,6 +5,11 @@ Every error the API returns is a ``Problem``: ``type`` (a URI naming the kind of
 ledger was broken, ``rule`` (the same dotted code the command line prints, e.g.
 ``separation.self_approval``; ``docs/domain.md`` lists them), plus the fact type and actor when
 known. Malformed input is always a 4xx, and nothing is stored when a request fails.
+
+An unexpected failure says what it knows about the write it interrupted (``failure_problem``):
+503 ``server.not_recorded`` when nothing was recorded (retry), 500 ``server.outcome_unknown``
+when a write's outcome is unknown (retry with the same envelopes: one already recorded is
+answered with its original position and status 200), 500 ``server.error`` for a read.
 """
 
 from __future__ import annotations
@@ -16,10 +21,12 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from domain.errors import Refusal
+from domain.errors import Refusal, WriteFailed
 
 MEDIA_TYPE = "application/problem+json"
 PREFIX = "urn:kpi-ledger:problem:"
+READ_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})  # a request of any other method may write
+RETRY_AFTER = "1"  # seconds, in the Retry-After of an answer that asks the client to retry
 
 # how a refused fact's rule maps to an HTTP status: who you are, what you may do, what the
 # ledger already holds, or what the fact says
@@ -160,11 +167,48 @@ def http_handler(request: Request, exc: Exception) -> JSONResponse:
     ).response(request.url.path)
 
 
-def crash_handler(request: Request, exc: Exception) -> JSONResponse:
-    """An unexpected error: a 500 problem without internals (the log has the traceback)."""
+def failure_problem(method: str, exc: BaseException) -> Problem:
+    """An unexpected error as a problem whose words are true about what was recorded: a write
+    that failed says whether any of it reached the log (``WriteFailed.recorded``) or that
+    the service cannot tell; a read recorded nothing. No internals (the log has them)."""
+    retry = {"Retry-After": RETRY_AFTER}
+    if isinstance(exc, WriteFailed) and exc.recorded is False:
+        return Problem(
+            503,
+            "Not recorded",
+            "nothing was recorded: retry",
+            rule="server.not_recorded",
+            headers=retry,
+        )
+    if isinstance(exc, WriteFailed) and exc.recorded is True:
+        return Problem(
+            500,
+            "Recorded, answer lost",
+            "the write was recorded but its answer was lost: retry with the same envelope;"
+            " one already recorded is answered with its original position (status 200)",
+            rule="server.answer_lost",
+            headers=retry,
+        )
+    if isinstance(exc, WriteFailed) or method.upper() not in READ_METHODS:
+        return Problem(
+            500,
+            "Outcome unknown",
+            "the write failed and whether it was recorded is unknown: retry with the same"
+            " envelope; one already recorded is answered with its original position"
+            " (status 200)",
+            rule="server.outcome_unknown",
+            headers=retry,
+        )
     return Problem(
         500,
         "Internal error",
-        "the server failed to answer; nothing was recorded",
+        "the server failed to answer; try again",
         rule="server.error",
-    ).response(request.url.path)
+        headers=retry,
+    )
+
+
+def crash_handler(request: Request, exc: Exception) -> JSONResponse:
+    """An unexpected error that escaped ``api.app.Failures`` (raised outside it): a problem
+    from ``failure_problem``. Starlette then re-raises it and the connection is closed."""
+    return failure_problem(request.method, exc).response(request.url.path)

@@ -7,10 +7,10 @@ import time
 from collections.abc import Callable, Sequence
 from typing import Any
 
-from bench import api, append, domain, projections, proofs, verify
+from bench import api, append, domain, feed, projections, proofs, verify
 from bench.common import DEFAULT_PG, RESULTS_DIR, machine_info, pg_version, render_table, say
 
-BENCHMARKS = ("append", "verify", "proofs", "domain", "projections", "api")
+BENCHMARKS = ("append", "verify", "proofs", "domain", "projections", "api", "feed")
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -44,6 +44,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "domain": lambda: domain.run(mode, pg_url),
         "projections": lambda: projections.run(mode, pg_url),
         "api": lambda: api.run(mode, pg_url),
+        "feed": lambda: feed.run(mode, pg_url),
     }
     results: dict[str, dict[str, Any]] = {}
     start = time.perf_counter()
@@ -185,6 +186,19 @@ def summary_rows(results: dict[str, dict[str, Any]]) -> list[list[Any]]:
                 "meets" if p["meets_target"] else "MISSES",
             ]
         )
+    f = results.get("feed")
+    if f is not None:
+        for r in f["ratios"][1:]:
+            most = r["subscribers"] == f["most_subscribers"]
+            rows.append(
+                [
+                    "feed",
+                    f"writes with {r['subscribers']} feed subscribers vs none",
+                    r["ratio"],
+                    f">= {f['target']}" if most else "-",
+                    ("meets" if f["meets_target"] else "MISSES") if most else "-",
+                ]
+            )
     return rows
 
 

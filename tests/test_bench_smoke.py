@@ -202,3 +202,22 @@ def test_api_bench_drives_the_service_and_a_bare_endpoint(pg_url: str, tmp_path:
         single["per_s"] >= api.TARGET_SINGLE and single["ms"]["p99"] < api.TARGET_SINGLE_P99_MS
     )
     assert json.loads((tmp_path / "api.json").read_text())["benchmark"] == "api"
+
+
+def test_feed_bench_writes_while_subscribers_follow(pg_url: str, tmp_path: Path) -> None:
+    from bench import feed
+
+    result = feed.run("tiny", pg_url, results_dir=tmp_path)
+    scale = feed.SCALES["tiny"]
+    assert [p["subscribers"] for p in result["phases"]] == list(scale.subscribers) * scale.rounds
+    for phase in result["phases"]:
+        assert phase["requests"] == scale.writes
+        assert phase["per_s"] > 0 and phase["server_cpu_ms_per_write"] > 0
+        # every subscriber had every new position (the bench checks order and count itself)
+        assert phase.get("events_delivered", 0) == phase["subscribers"] * scale.writes
+    ratios = result["ratios"]
+    assert [r["subscribers"] for r in ratios] == list(scale.subscribers)
+    assert ratios[0]["ratio"] == 1.0 and all(r["ratio"] > 0 for r in ratios)
+    assert result["most_subscribers"] == scale.subscribers[-1]
+    assert result["meets_target"] == (ratios[-1]["ratio"] >= feed.TARGET)
+    assert json.loads((tmp_path / "feed.json").read_text())["benchmark"] == "feed"

@@ -9,8 +9,14 @@
   holds (``entries.jsonl``), one per line;
 * ``GET /v1/entries/{seq}``: one entry's bytes, for the principal who signed it too (to
   check a receipt of its own write);
-* ``GET /v1/feed?from=SEQ``: the same entries as Server-Sent Events, following the log;
+* ``GET /v1/feed?from=SEQ``: the same entries as Server-Sent Events, following the log (one
+  reader of the log per process, fanned out to the subscribers: ``api/feed.py``);
 * ``GET /v1/export``: the export bundle as a ``tar.gz``, to verify offline.
+
+A damaged position (its event row gone, its bytes no longer hashing to the leaf hash sealed
+for it, or missing below the log's size) is shown in its place, never skipped: a
+``{"damaged": {"seq", "problem", "detail"}}`` line among the entries (and its position in
+``X-Log-Damaged``), an ``event: damaged`` in the feed, a 409 ``log.damaged`` for one entry.
 
 Checkpoints, proofs and receipts hold only hashes: any authenticated caller may read them.
 The entries, the feed and the bundle name people: administrators and inspectors only.
@@ -18,22 +24,24 @@ The entries, the feed and the bundle name people: administrators and inspectors 
 
 from __future__ import annotations
 
-import asyncio
 import base64
+import json
+import logging
 import shutil
 import tempfile
-from collections.abc import AsyncIterator, Callable
+from collections.abc import Callable
 from pathlib import Path
 from typing import Annotated, Any, TypeVar
 
 from fastapi import APIRouter, Header, Query, Request
 from fastapi import Path as PathParam
-from fastapi.responses import FileResponse, PlainTextResponse, Response, StreamingResponse
+from fastapi.responses import FileResponse, PlainTextResponse, Response
 from pydantic import BaseModel
 from starlette.background import BackgroundTask
 from starlette.concurrency import run_in_threadpool
 
 from api.deps import CallerDep, PrincipalDep, RuntimeDep
+from api.feed import Damage, FeedFull, FeedHub, FeedResponse, read_shown
 from api.problems import Problem
 from ledger.export import export_bundle
 from ledger.proof_cache import NotCached
@@ -44,10 +52,9 @@ router = APIRouter(prefix="/v1", tags=["audit"])
 MAX_ENTRIES = 1000
 MAX_POSITION = 2**53 - 1  # positions and sizes: what a JSON number and the database hold
 Position = Annotated[int, PathParam(ge=0, le=MAX_POSITION, description="a log position")]
-FEED_PAGE = 500
-FEED_POLL = 0.25  # seconds between looks at the log's size when the feed is at the head
-FEED_KEEPALIVE = 15.0
+FEED_RETRY_AFTER = "10"  # seconds, when the process has as many feeds open as it allows
 T = TypeVar("T")
+log = logging.getLogger("kpi_ledger.api")
 
 
 class InclusionProof(BaseModel):
@@ -182,7 +189,8 @@ def receipt(rt: RuntimeDep, _: PrincipalDep, seq: Position) -> PlainTextResponse
 @router.get(
     "/entries",
     operation_id="get_entries",
-    summary="Entries from `start`, the exact canonical bytes, one per line (JSON lines)",
+    summary="Entries from `start`, the exact canonical bytes, one per line (JSON lines);"
+    ' a damaged position is a `{"damaged": {...}}` line in its place',
     responses={200: {"content": {"application/jsonl": {}}}},
 )
 def entries(
@@ -191,29 +199,63 @@ def entries(
     start: Annotated[int, Query(ge=0, le=MAX_POSITION)] = 0,
     limit: Annotated[int, Query(ge=1, le=MAX_ENTRIES)] = 100,
 ) -> Response:
+    """One line per position from ``start``: the entry's canonical bytes, or, where the
+    position is damaged, ``{"damaged": {"seq": N, "problem": "changed" | "deleted",
+    "detail": "..."}}`` (its event row is gone, or its bytes no longer hash to the leaf hash
+    sealed for it, or the position is missing below the log's size). ``X-Log-Damaged`` lists
+    the damaged positions of the page (comma-separated; absent when there are none);
+    ``kpi-ledger verify`` says more. For administrators and inspectors."""
     _readers_only(caller, "the log's entries")
-    size = rt.service.sealed.log_size()
-    rows = list(rt.service.sealed.read_rows(start, min(size, start + limit)))
-    body = b"".join(bytes(r.entry) + b"\n" for r in rows if r.entry is not None)
+    size, shown = read_shown(rt.service.sealed, start, limit)
+    damaged = [seq for seq, item in shown if isinstance(item, Damage)]
+    body = b"".join(
+        (_damaged_line(item) if isinstance(item, Damage) else bytes(item)) + b"\n"
+        for _seq, item in shown
+    )
     headers = {"X-Log-Size": str(size)}
-    if start + len(rows) < size:
-        headers["Link"] = f'</v1/entries?start={start + len(rows)}&limit={limit}>; rel="next"'
+    if damaged:
+        headers["X-Log-Damaged"] = ",".join(str(seq) for seq in damaged)
+    after = start + len(shown)
+    if after < size:
+        headers["Link"] = f'</v1/entries?start={after}&limit={limit}>; rel="next"'
     return Response(body, media_type="application/jsonl", headers=headers)
+
+
+def _damaged_line(damage: Damage) -> bytes:
+    return json.dumps({"damaged": damage.as_dict()}, separators=(",", ":")).encode()
 
 
 @router.get(
     "/entries/{seq}",
     operation_id="get_entry",
     summary="One entry's exact canonical bytes (to check its receipt): its signer's, or readers'",
-    responses={200: {"content": {"application/json": {}}}},
+    responses={
+        200: {"content": {"application/json": {}}},
+        409: {"description": "the position is damaged (rule log.damaged)"},
+    },
 )
 def entry(rt: RuntimeDep, caller: CallerDep, seq: Position) -> Response:
     """The bytes a receipt's leaf hash is taken over. The principal who signed the entry's
     fact may read it (an integrating system checks the receipts of what it wrote), as may
-    administrators and inspectors."""
-    row = next(iter(rt.service.sealed.read_rows(seq, seq + 1)), None)
-    if row is None or row.entry is None:
-        raise Problem(404, "Not found", f"entry {seq} is not in the log", rule="log.size_unknown")
+    administrators and inspectors. A damaged position is a 409 ``log.damaged`` problem whose
+    ``damaged`` member says what is wrong there (as in ``/v1/entries``)."""
+    size, shown = read_shown(rt.service.sealed, seq, 1)
+    if not shown:
+        raise Problem(
+            404,
+            "Not found",
+            f"entry {seq} is not in the log (it has {size} entries)",
+            rule="log.size_unknown",
+        )
+    [(_seq, item)] = shown
+    if isinstance(item, Damage):
+        raise Problem(
+            409,
+            "The entry is damaged",
+            f"entry {seq} is damaged: {item.detail} (kpi-ledger verify names it)",
+            rule="log.damaged",
+            extra={"damaged": item.as_dict()},
+        )
     if not caller.reads_everything:
         found = rt.service.sealed.read_entry(seq)
         signer = read_fact(found.envelope, strict=False).actor if found is not None else None
@@ -224,14 +266,18 @@ def entry(rt: RuntimeDep, caller: CallerDep, seq: Position) -> Response:
                 "an entry is read by the principal who signed it, administrators and inspectors",
                 rule="auth.forbidden",
             )
-    return Response(bytes(row.entry), media_type="application/json")
+    return Response(bytes(item), media_type="application/json")
 
 
 @router.get(
     "/feed",
     operation_id="get_feed",
-    summary="Server-Sent Events: every entry from `from` on, then new ones as they are sealed",
-    responses={200: {"content": {"text/event-stream": {}}}},
+    summary="Server-Sent Events: every position from `from` on, then new ones as they are"
+    " sealed (`event: entry`, or `event: damaged` for a damaged position)",
+    responses={
+        200: {"content": {"text/event-stream": {}}},
+        503: {"description": "this process has as many feeds open as it allows (feed.full)"},
+    },
 )
 async def feed(
     request: Request,
@@ -240,39 +286,57 @@ async def feed(
     start: Annotated[int, Query(ge=0, le=MAX_POSITION, alias="from")] = 0,
     limit: Annotated[int | None, Query(ge=1, le=1_000_000)] = None,
     last_event_id: Annotated[str | None, Header(pattern=r"^[0-9]{1,15}$")] = None,
-) -> StreamingResponse:
-    """Each event is ``id: <seq>``, ``event: entry``, ``data: <the entry's canonical bytes>``;
-    a reconnecting client's ``Last-Event-ID`` resumes after that entry. ``limit`` ends the
-    stream after that many entries (otherwise it follows the log, with a comment every 15 s
-    to keep the connection open). For administrators and inspectors."""
+) -> FeedResponse:
+    """Each position is one event, in order: ``id: <seq>``, ``event: entry``, ``data: <the
+    entry's canonical bytes>``; or, where the position is damaged, ``id: <seq>``, ``event:
+    damaged``, ``data: {"seq": N, "problem": "changed" | "deleted", "detail": "..."}``. A
+    reconnecting client's ``Last-Event-ID`` resumes after that position. ``limit`` ends the
+    stream after that many events (otherwise it follows the log, with a comment every 15 s
+    to keep the connection open). The caller's token and role are checked again every few
+    seconds; when they no longer allow it, or the service stops, the stream ends with
+    ``event: closed``, ``data: {"reason": ..., "detail": ...}``. A process serves a bounded
+    number of feeds at once (``KPI_LEDGER_FEED_SUBSCRIBERS``, 256 by default): past it, a
+    503 ``feed.full`` problem with ``Retry-After``. For administrators and inspectors."""
     _readers_only(caller, "the feed of entries")
     first = int(last_event_id) + 1 if last_event_id is not None else start
-    log = rt.service.sealed
+    hub: FeedHub = request.app.state.feed
+    token = _bearer_token(request)
 
-    def rows(at: int) -> list[Any]:
-        size = log.log_size()
-        return list(log.read_rows(at, min(size, at + FEED_PAGE))) if at < size else []
+    def check() -> str | None:
+        name = rt.principals.who(token)
+        if name is None:
+            return "token_revoked"
+        if not rt.organisation.caller(name).reads_everything:
+            return "access_revoked"
+        return None
 
-    async def events() -> AsyncIterator[bytes]:
-        at, sent, idle = first, 0, 0.0
-        while not await request.is_disconnected():
-            page = await run_in_threadpool(rows, at)
-            for row in page:
-                yield b"id: %d\nevent: entry\ndata: %s\n\n" % (row.seq, bytes(row.entry))
-                at, sent = row.seq + 1, sent + 1
-                if limit is not None and sent >= limit:
-                    return
-            if page:
-                idle = 0.0
-                continue
-            await asyncio.sleep(FEED_POLL)
-            idle += FEED_POLL
-            if idle >= FEED_KEEPALIVE:
-                idle = 0.0
-                yield b": keep-alive\n\n"
+    async def recheck() -> str | None:
+        try:
+            return await hub.still_allowed(token, check)
+        except Exception:
+            log.exception("a feed subscriber's access could not be checked")
+            return "unavailable"
 
+    try:
+        subscription = hub.subscribe(first)
+    except FeedFull as full:
+        raise Problem(
+            503,
+            "Too many feeds",
+            f"this process serves {full.bound} feeds at once and all are open; try again"
+            " later, or page through /v1/entries",
+            rule="feed.full",
+            headers={"Retry-After": FEED_RETRY_AFTER},
+        ) from None
     headers = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
-    return StreamingResponse(events(), media_type="text/event-stream", headers=headers)
+    stream = subscription.events(limit=limit, recheck=recheck)
+    return FeedResponse(subscription, stream, headers)
+
+
+def _bearer_token(request: Request) -> str:
+    """The request's bearer token (``api.deps.principal`` has accepted it)."""
+    _scheme, _, token = request.headers.get("authorization", "").partition(" ")
+    return token.strip()
 
 
 @router.get(
