@@ -31,7 +31,7 @@ from ledger.checkpoints import Checkpointer, EmptyLogError, InconsistentLogError
 from ledger.config import DEFAULT_DB, ConfigError, Database, database_url, parse_database
 from ledger.export import export_bundle
 from ledger.home import LedgerHome, home_path
-from ledger.online import DatabaseSource
+from ledger.online import DatabaseSource, signer_state_root
 from projections import runners as projection_runners
 from projections.engine import VIEWS, next_close_snapshot, snapshot_hash
 from projections.replay import Replay, ReplayError, parse_as_of
@@ -121,6 +121,7 @@ def _print_report(report: Report, out: TextIO) -> None:
                 if report.checkpoints
                 else ""
             )
+            + "".join(f" and {t.label} (size {t.size})" for t in report.trusted)
             + "\n"
         )
         return
@@ -349,9 +350,13 @@ def cmd_verify(args: argparse.Namespace) -> int:
             with ExportSource(Path(args.dir)) as source:
                 report = verify(source, keys, workers=workers, progress=bar)
         else:
+            # The home's record of what this ledger signed: a root the database cannot unsay.
+            state = signer_state_root(LedgerHome(home_path(args.home)))
+            trusted = [state] if state is not None else []
             service = LedgerService(parse_database(database_url(args.db)))
             try:
-                report = verify(DatabaseSource(service.sealed), keys, workers=workers, progress=bar)
+                database = DatabaseSource(service.sealed)
+                report = verify(database, keys, trusted=trusted, workers=workers, progress=bar)
             finally:
                 service.close()
     finally:

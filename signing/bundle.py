@@ -13,12 +13,15 @@ import json
 import re
 import tarfile
 import tempfile
+import zlib
 from collections.abc import Iterator
 from dataclasses import dataclass
-from pathlib import Path
+from pathlib import Path, PurePosixPath
+from typing import BinaryIO
 
 from signing.errors import EntryError
 from signing.keys import VerifierKey, read_verifier_keys
+from signing.merkle import leaf_hash
 
 
 class BundleError(EntryError):
@@ -67,17 +70,82 @@ def load_slice(part: Slice) -> list[tuple[int, bytes | None, bytes | None]]:
     with open(part.entries, "rb") as handle:
         handle.seek(part.offset)
         lines = handle.read(part.length).splitlines()
-    leaves = b""
-    if part.leaves is not None:
-        with open(part.leaves, "rb") as handle:
-            handle.seek(32 * part.first)
-            leaves = handle.read(32 * part.count)
     rows: list[tuple[int, bytes | None, bytes | None]] = []
-    for i, line in enumerate(lines):
-        seq, entry = _parse_line(part.first + i + 1, line)
-        claimed = leaves[32 * i : 32 * i + 32]
-        rows.append((seq, entry, claimed if len(claimed) == 32 else None))
+    first = part.first
+    if part.leaves is None:
+        for i, line in enumerate(lines):
+            seq, entry = _parse_line(first + i + 1, line)
+            rows.append((seq, entry, None))
+        return rows
+    with open(part.leaves, "rb") as handle:
+        handle.seek(32 * first)
+        leaves = handle.read(32 * part.count)
+        for i, line in enumerate(lines):
+            seq, entry = _parse_line(first + i + 1, line)
+            claimed = leaves[32 * i : 32 * i + 32]
+            if seq != first + i:  # a line is missing before this one: realign
+                claimed = _realigned(handle, seq, entry, claimed)
+            rows.append((seq, entry, claimed if len(claimed) == 32 else None))
     return rows
+
+
+def _realigned(leaves: BinaryIO, seq: int, entry: bytes | None, by_line: bytes) -> bytes:
+    """The claim of a line whose ``seq`` is not its line number.
+
+    The export writes one hash per line (line ``i``, hash ``i``), so a log that lost a row
+    has neither its line nor its hash, and the pairing by line holds. A line removed from
+    ``entries.jsonl`` alone leaves its hash behind, and every later line's hash sits at its
+    ``seq``: the stored hash that the entry reproduces is its claim; if neither does (the
+    entry was changed too), the pairing by line stands.
+    """
+    if entry is None or seq < 0:
+        return by_line
+    leaf = leaf_hash(entry)
+    if leaf == by_line:
+        return by_line
+    leaves.seek(32 * seq)
+    by_seq = leaves.read(32)
+    return by_seq if by_seq == leaf else by_line
+
+
+def _refusal(member: tarfile.TarInfo) -> str | None:
+    """Why a tar member cannot be part of a bundle (which holds files and folders only)."""
+    name = PurePosixPath(member.name)
+    if name.is_absolute():
+        return "has an absolute path"
+    if ".." in name.parts:
+        return "leads out of the bundle (a '..' in its path)"
+    if member.issym() or member.islnk():
+        return f"is a link (to {member.linkname!r})"
+    if not (member.isreg() or member.isdir()):
+        return "is a device, pipe or other special file"
+    return None
+
+
+def _extract(path: Path, into: str) -> None:
+    """Unpack a tar bundle into ``into``, refusing it whole if any member could land elsewhere.
+
+    Every member is checked before anything is written; where the interpreter has tarfile's
+    data filter (Python 3.11.4 and later) it guards the extraction as well.
+    """
+    try:
+        with tarfile.open(path) as tar:
+            members = tar.getmembers()
+            for member in members:
+                reason = _refusal(member)
+                if reason is not None:
+                    raise BundleError(
+                        f"{path} is refused: its member {member.name!r} {reason}; "
+                        "an export bundle holds only files and folders inside it"
+                    )
+            if hasattr(tarfile, "data_filter"):
+                tar.extractall(into, members=members, filter="data")
+            else:  # Python 3.11.0 to 3.11.3: the checks above are the guard
+                tar.extractall(into, members=members)
+    except tarfile.TarError as exc:  # including the data filter's refusals (FilterError)
+        raise BundleError(f"{path} is refused: {exc}") from None
+    except (EOFError, zlib.error) as exc:
+        raise BundleError(f"{path} is not a readable tar file: {exc}") from None
 
 
 class ExportSource:
@@ -88,10 +156,14 @@ class ExportSource:
         self._tmp: tempfile.TemporaryDirectory[str] | None = None
         if path.is_file() and tarfile.is_tarfile(path):
             self._tmp = tempfile.TemporaryDirectory()
-            with tarfile.open(path) as tar:
-                tar.extractall(self._tmp.name, filter="data")
+            try:
+                _extract(path, self._tmp.name)
+            except BaseException:
+                self._tmp.cleanup()
+                raise
             path = Path(self._tmp.name)
         if not (path / "entries.jsonl").is_file():
+            self.close()
             raise BundleError(f"{path} is not an export bundle (no entries.jsonl)")
         self.path = path
 
@@ -115,29 +187,19 @@ class ExportSource:
             return []
         return [p.read_text(encoding="utf-8") for p in sorted(folder.iterdir()) if p.is_file()]
 
-    def claimed_leaves(self) -> Iterator[bytes]:
+    def _leaves_path(self) -> Path | None:
         path = self.path / "extra" / "leaf-hashes.bin"
-        if not path.is_file():
-            return
-        with open(path, "rb") as handle:
-            while True:
-                block = handle.read(32 * 4096)
-                if not block:
-                    return
-                for i in range(0, len(block) - 31, 32):
-                    yield block[i : i + 32]
+        return path if path.is_file() else None
 
     def entries(self) -> Iterator[tuple[int, bytes | None, bytes | None]]:
-        leaves = self.claimed_leaves()
-        with open(self.path / "entries.jsonl", encoding="utf-8") as handle:
-            for number, line in enumerate(handle, 1):
-                seq, entry = _parse_line(number, line)
-                yield seq, entry, next(leaves, None)
+        """All rows in order, in this process (the verifier's workers read ``slices``)."""
+        for part in self.slices(4096):
+            yield from load_slice(part)
 
     def slices(self, lines: int) -> Iterator[Slice]:
         """Cut ``entries.jsonl`` into runs of ``lines`` lines (only newlines are read here)."""
-        leaves_path = self.path / "extra" / "leaf-hashes.bin"
-        leaves = str(leaves_path) if leaves_path.is_file() else None
+        leaves_path = self._leaves_path()
+        leaves = None if leaves_path is None else str(leaves_path)
         path = str(self.path / "entries.jsonl")
         offset = start = first = count = 0
         with open(path, "rb") as handle:

@@ -14,8 +14,10 @@ sequence number it affects and its kind:
 ``bad checkpoint`` a checkpoint note that is malformed or not signed by the log's key.
 
 Trust comes only from the log's verifier keys (given by the inspector, not read from the
-source) and the signatures. The leaf hashes a source *claims* are trusted only for the
-prefix whose root a signed checkpoint confirms; inside it, a mismatch names the exact entry.
+source), the signatures, and any ``TrustedRoot`` the caller holds apart from the source
+(online: the ledger's signer state, from its home). The leaf hashes a source *claims* are
+trusted only for the prefix whose root a signed checkpoint confirms; inside it, a mismatch
+names the exact entry.
 
 Signatures are verified in worker processes (all cores by default); the main process applies
 the order-dependent rules (sequence, key ring, nonces, tree) as results arrive, in order,
@@ -36,7 +38,7 @@ from typing import Any, NamedTuple, Protocol
 
 from signing.bundle import ExportSource, Slice, load_slice
 from signing.canonical import parse_time
-from signing.checkpoint import SignedCheckpoint, verify_checkpoint
+from signing.checkpoint import Checkpoint, SignedCheckpoint, verify_checkpoint
 from signing.dsse import pae
 from signing.encoding import b64decode_strict
 from signing.entry import Entry, decode_entry, decode_entry_fast, encode_entry
@@ -91,10 +93,25 @@ class Problem:
         return f"{self.seq}\t{self.kind}\t{self.detail}"
 
 
+@dataclass(frozen=True)
+class TrustedRoot:
+    """A tree size and root the log must extend, trusted as given, not read from the source.
+
+    For what the verifier holds apart from the source, such as the ledger's own record of the
+    last checkpoint it signed (``ledger/online.py``); ``label`` names it in problem details.
+    """
+
+    origin: str
+    size: int
+    root: bytes
+    label: str
+
+
 @dataclass
 class Report:
     size: int = 0
     checkpoints: list[SignedCheckpoint] = field(default_factory=list)
+    trusted: list[TrustedRoot] = field(default_factory=list)  # checked besides the checkpoints
     authenticated_prefix: int = 0
     signatures_checked: int = 0
     problems: list[Problem] = field(default_factory=list)
@@ -267,7 +284,7 @@ def check_chunk(chunk: Sequence[Row], keys: tuple[int, bytes] | None = None) -> 
 
 def _checkpoints(
     notes: Iterable[str], log_keys: Sequence[VerifierKey], report: Report
-) -> list[SignedCheckpoint]:
+) -> dict[int, SignedCheckpoint]:
     good: dict[int, SignedCheckpoint] = {}
     for note in notes:
         try:
@@ -283,17 +300,41 @@ def _checkpoints(
                 f"two signed checkpoints of size {signed.checkpoint.size} disagree",
             )
         good[signed.checkpoint.size] = signed
-    origins = {s.checkpoint.origin for s in good.values()}
+    return good
+
+
+def _roots(
+    good: dict[int, SignedCheckpoint], trusted: Sequence[TrustedRoot], report: Report
+) -> tuple[list[SignedCheckpoint], dict[int, str]]:
+    """The checkpoints and trusted roots the log must extend, in size order, and the names
+    of the trusted ones (a size that a signed checkpoint also has keeps the signed one)."""
+    merged = dict(good)
+    labels: dict[int, str] = {}
+    for t in trusted:
+        other = merged.get(t.size)
+        if other is None:
+            merged[t.size] = SignedCheckpoint(Checkpoint(t.origin, t.size, t.root), "", None)
+            labels[t.size] = t.label
+        elif other.checkpoint.root != t.root:
+            name = labels.get(t.size, "the signed checkpoint")
+            report.add(t.size, FORKED, f"{t.label} and {name} of size {t.size} disagree")
+    origins = {s.checkpoint.origin for s in merged.values()}
     if len(origins) > 1:
         report.add(0, BAD_CHECKPOINT, f"checkpoints name several origins: {sorted(origins)}")
-    return [good[size] for size in sorted(good)]
+    return [merged[size] for size in sorted(merged)], labels
 
 
 class _Main:
     """Order-dependent checks, fed with worker results in sequence order."""
 
-    def __init__(self, report: Report, checkpoints: list[SignedCheckpoint]) -> None:
+    def __init__(
+        self,
+        report: Report,
+        checkpoints: list[SignedCheckpoint],
+        labels: dict[int, str] | None = None,
+    ) -> None:
         self.report = report
+        self.labels = labels or {}  # size -> name of a trusted root that is not a signed note
         self.ring = KeyRing()
         self.frontier = CompactRange()  # the tree of the entries as they are now
         # The tree of the leaf hashes stored with them: the same tree until the first entry
@@ -306,7 +347,8 @@ class _Main:
         # A checkpoint of size 0 commits to nothing but the empty root.
         for cp in checkpoints:
             if cp.checkpoint.size == 0 and cp.checkpoint.root != EMPTY_ROOT:
-                report.add(0, BAD_CHECKPOINT, "a checkpoint of size 0 with a non-empty root")
+                what = self.labels.get(0, "a checkpoint")
+                report.add(0, BAD_CHECKPOINT, f"{what} of size 0 with a non-empty root")
         self.pending_checkpoints = deque(cp for cp in checkpoints if cp.checkpoint.size > 0)
         self.last_good_checkpoint = 0
         self.problems: dict[int, Problem] = {}  # one per position: the first (or reclassified)
@@ -426,20 +468,27 @@ class _Main:
                 if at and parse_time(at).timestamp() >= cp.timestamp + 1:
                     first = s
                     break
+        name = f"{self.labels.get(size, 'the signed checkpoint')} of size {size}"
         self.flag(
             first,
             FORKED,
-            f"the log does not extend the signed checkpoint of size {size}: "
+            f"the log does not extend {name}: "
             f"entries from {first} were rewritten after it was signed",
         )
 
     def finish(self) -> None:
         for cp in self.pending_checkpoints:
+            size = cp.checkpoint.size
+            label = self.labels.get(size)
+            signed = (
+                f"a checkpoint of size {size} was signed"
+                if label is None
+                else f"{label} records a checkpoint of size {size}"
+            )
             self.flag(
                 self.frontier.size,
                 DELETED,
-                f"the log has {self.frontier.size} entries but a checkpoint "
-                f"of size {cp.checkpoint.size} was signed: the tail was truncated",
+                f"the log has {self.frontier.size} entries but {signed}: the tail was truncated",
             )
         self._classify_mismatches()
         self.report.size = self.frontier.size
@@ -448,15 +497,20 @@ class _Main:
 
     def _classify_mismatches(self) -> None:
         by_seq = {m.row_seq: m for m in self.mismatches}
+        # Pairing is quadratic: past a few hundred altered entries, call each "changed".
+        pairable = len(by_seq) <= MAX_SWAP_SEARCH
+        decoded = {
+            m.row_seq: decode_entry(m.entry)
+            for m in self.mismatches
+            if m.error is None and m.entry is not None
+        }
         done: set[int] = set()
         for m in self.mismatches:
             seq = m.row_seq
             if seq in done:
                 continue
-            entry = decode_entry(m.entry) if m.error is None and m.entry else None
-            # Pairing is quadratic: past a few hundred altered entries, call each "changed".
-            pairable = entry is not None and len(by_seq) <= MAX_SWAP_SEARCH
-            partner = self._swap_partner(seq, entry, by_seq) if pairable else None
+            entry = decoded.get(seq)
+            partner = self._swap_partner(seq, decoded, by_seq) if pairable else None
             if partner is not None:
                 done.update({seq, partner})
                 self._replace(seq, SWAPPED, f"swapped with entry {partner}")
@@ -481,30 +535,51 @@ class _Main:
     def _replace(self, seq: int, kind: str, detail: str) -> None:
         self.problems[seq] = Problem(seq, kind, detail)
 
-    def _shifted(self, entry: Any, own_claim: bytes | None, delta: int) -> bool:
+    def _shifted(self, entry: Entry, own_claim: bytes | None, delta: int) -> bool:
         """Was this entry sealed at ``seq + delta`` (its row renumbered, or the log shifted)?"""
         target = entry.seq + delta
         if target < 0:
             return False
-        moved = leaf_hash(
-            encode_entry(
-                target, entry.stream, entry.version, entry.type, entry.recorded_at, entry.envelope
-            )
-        )
-        return moved == own_claim
+        return _leaf_at(target, entry) == own_claim
 
-    def _swap_partner(self, seq: int, entry: Any, by_seq: dict[int, Checked]) -> int | None:
-        for other_seq, other in by_seq.items():
-            if other_seq == seq or other.error is not None or other.entry is None:
+    def _swap_partner(
+        self, seq: int, decoded: dict[int, Entry], by_seq: dict[int, Checked]
+    ) -> int | None:
+        """The position whose entry this one exchanged places with, if the claims show one.
+
+        Two ways to exchange entries in the database, each reproducing both claimed hashes
+        once undone: the event links exchanged (each position keeps its own recorded time and
+        claim: ``here`` and ``there``), or the whole rows exchanged, ``seq`` values swapped
+        (each entry carries its time and its claim along: it was sealed at the other's place).
+        """
+        entry = decoded.get(seq)
+        if entry is None:
+            return None
+        claim = by_seq[seq].claimed
+        for other_seq, o in decoded.items():
+            if other_seq == seq:
                 continue
-            o = decode_entry(other.entry)
+            other_claim = by_seq[other_seq].claimed
+            if _leaf_at(other_seq, entry) == claim and _leaf_at(seq, o) == other_claim:
+                return other_seq  # whole rows
             here = encode_entry(seq, o.stream, o.version, o.type, entry.recorded_at, o.envelope)
+            if leaf_hash(here) != claim:
+                continue
             there = encode_entry(
                 other_seq, entry.stream, entry.version, entry.type, o.recorded_at, entry.envelope
             )
-            if leaf_hash(here) == by_seq[seq].claimed and leaf_hash(there) == other.claimed:
-                return other_seq
+            if leaf_hash(there) == other_claim:
+                return other_seq  # event links
         return None
+
+
+def _leaf_at(seq: int, entry: Entry) -> bytes:
+    """The leaf hash ``entry`` would have had, sealed at ``seq``."""
+    return leaf_hash(
+        encode_entry(
+            seq, entry.stream, entry.version, entry.type, entry.recorded_at, entry.envelope
+        )
+    )
 
 
 def _chunks(entries: Iterator[Row]) -> Iterator[list[Row]]:
@@ -522,14 +597,21 @@ def verify(
     source: LogSource,
     log_keys: Sequence[VerifierKey],
     *,
+    trusted: Sequence[TrustedRoot] = (),
     workers: int | None = None,
     progress: ProgressFn | None = None,
 ) -> Report:
-    """Check everything; ``report.ok`` only when every entry and checkpoint holds."""
+    """Check everything; ``report.ok`` only when every entry and checkpoint holds.
+
+    ``trusted``: roots the log must extend besides its signed checkpoints, such as the
+    ledger's signer state (reported like checkpoints, and named by their labels).
+    """
     report = Report()
-    checkpoints = _checkpoints(source.checkpoint_notes(), log_keys, report)
-    report.checkpoints = checkpoints
-    main = _Main(report, checkpoints)
+    signed = _checkpoints(source.checkpoint_notes(), log_keys, report)
+    report.checkpoints = [signed[size] for size in sorted(signed)]
+    report.trusted = list(trusted)
+    checkpoints, labels = _roots(signed, trusted, report)
+    main = _Main(report, checkpoints, labels)
     total = source.size_hint()
     done = 0
     workers = workers if workers is not None else (os.cpu_count() or 1)
@@ -577,4 +659,4 @@ def _run(source: LogSource, main: _Main, workers: int) -> Iterator[list[Checked]
             yield window.popleft().get()
 
 
-__all__ = ["KINDS", "LogSource", "Problem", "Report", "SignatureError", "verify"]
+__all__ = ["KINDS", "LogSource", "Problem", "Report", "SignatureError", "TrustedRoot", "verify"]

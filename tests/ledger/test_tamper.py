@@ -15,16 +15,17 @@ from pathlib import Path
 import pytest
 from conftest import Ledger
 
+from domain.signed import stream_id
 from ledger.checkpoints import InconsistentLogError
 from ledger.export import export_bundle
-from ledger.online import DatabaseSource
+from ledger.online import DatabaseSource, signer_state_root
 from ledger.sealer import recorded_now
 from signing.bundle import ExportSource
 from signing.entry import encode_entry
 from signing.facts import sign_fact
 from signing.keys import SigningKey
-from signing.merkle import leaf_hash
-from signing.verify import Report, verify
+from signing.merkle import CompactRange, leaf_hash
+from signing.verify import Report, TrustedRoot, verify
 
 
 def _both(ledger: Ledger, tmp_path: Path) -> tuple[Report, Report]:
@@ -227,3 +228,163 @@ def test_many_altered_entries_are_each_reported(
         "UPDATE log_entries SET recorded_at = %s WHERE seq >= 3", ("2020-01-01T00:00:00.000000Z",)
     )
     _assert_found(sealed, tmp_path, [(s, "changed") for s in range(3, 33)])
+
+
+@pytest.mark.parametrize(("a", "b"), [(8, 25), (8, 9), (3, 32)])
+def test_rows_exchanged_with_their_seq(sealed: Ledger, tmp_path: Path, a: int, b: int) -> None:
+    """``seq`` values exchanged: each row (event link, time, leaf hash, nonce) moves along."""
+    sealed.sql("UPDATE log_entries SET seq = -1 WHERE seq = %s", (a,))
+    sealed.sql("UPDATE log_entries SET seq = %s WHERE seq = %s", (a, b))
+    sealed.sql("UPDATE log_entries SET seq = %s WHERE seq = -1", (b,))
+    online, offline = _both(sealed, tmp_path)
+    for report in (online, offline):
+        assert _problems(report) == [(a, "swapped"), (b, "swapped")], report.problems
+        assert [p.detail for p in report.problems] == [
+            f"swapped with entry {b}",
+            f"swapped with entry {a}",
+        ]
+
+
+def test_rows_exchanged_after_the_last_checkpoint(sealed: Ledger, tmp_path: Path) -> None:
+    sealed.attest("lan", 6, start=300)  # entries 33..38, sealed by no checkpoint
+    sealed.sql("UPDATE log_entries SET seq = -1 WHERE seq = 34")
+    sealed.sql("UPDATE log_entries SET seq = 34 WHERE seq = 37")
+    sealed.sql("UPDATE log_entries SET seq = 37 WHERE seq = -1")
+    _assert_found(sealed, tmp_path, [(34, "swapped"), (37, "swapped")])
+
+
+# -- the ledger's signer state (the home), against an insider who also deletes checkpoints --
+
+
+def _rewrite_nodes(ledger: Ledger) -> None:
+    """Recompute every stored Merkle node from the leaf hashes now in log_entries."""
+    tree = CompactRange()
+    nodes: list[tuple[int, int, bytes]] = []
+    for (leaf,) in ledger.sql("SELECT leaf_hash FROM log_entries ORDER BY seq"):
+        nodes.extend(tree.append(bytes(leaf)))
+    ledger.sql("DELETE FROM log_nodes")
+    for level, idx, digest in nodes:
+        ledger.sql(
+            "INSERT INTO log_nodes (level, idx, hash) VALUES (%s, %s, %s)", (level, idx, digest)
+        )
+
+
+def _rewrite_entry(ledger: Ledger, seq: int) -> None:
+    """Replace an entry's fact by another, validly signed (the insider holds lan's key) and
+    filed in its own stream, with a matching leaf hash and nonce, consistent nodes, and no
+    checkpoint left in the database."""
+    forged = sign_fact(ledger.users["lan"], "document.attested", {"sha256": "ab" * 32})
+    nonce = json.loads(forged.payload)["nonce"]
+    stream = stream_id("attestation", nonce)
+    ledger.sql(
+        f"UPDATE {ledger.events} SET state = %s, originator_id = %s"
+        f" WHERE {ledger.event_key()} = %s",
+        (
+            forged.to_bytes(),
+            stream.hex if ledger.database.backend == "sqlite" else stream,
+            _event_id(ledger, seq),
+        ),
+    )
+    row = next(ledger.service.sealed.read_rows(seq, seq + 1))
+    assert row.entry is not None
+    ledger.sql(
+        "UPDATE log_entries SET leaf_hash = %s, nonce = %s WHERE seq = %s",
+        (leaf_hash(row.entry), nonce, seq),
+    )
+    _rewrite_nodes(ledger)
+    ledger.sql("DELETE FROM log_checkpoints")
+
+
+def _cli_verify(ledger: Ledger, home: Path, capsys: pytest.CaptureFixture[str]) -> tuple[int, str]:
+    """``kpi-ledger verify --db`` with this home: (exit status, standard output)."""
+    from api.cli import main
+
+    vkey = str(ledger.home.vkey_path)
+    capsys.readouterr()
+    argv = ["verify", "--db", ledger.database.url, "--home", str(home), "--log-key", vkey]
+    code = main([*argv, "--workers", "1"])
+    return code, capsys.readouterr().out
+
+
+def test_signer_state_finds_a_rewrite_behind_deleted_checkpoints(
+    sealed: Ledger, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    _rewrite_entry(sealed, 10)
+    # The database alone no longer shows anything: signatures hold, claims match the entries.
+    online, offline = _both(sealed, tmp_path)
+    assert online.ok and offline.ok and online.checkpoints == []
+    assert _cli_verify(sealed, tmp_path / "no-home", capsys)[0] == 0
+    # The home remembers the size and root it signed.
+    state = signer_state_root(sealed.home)
+    assert state is not None and state.size == 33
+    report = verify(DatabaseSource(sealed.service.sealed), sealed.log_keys, trusted=[state])
+    assert _problems(report) == [(0, "forked")], report.problems
+    assert "the ledger's signer state of size 33" in report.problems[0].detail
+    code, out = _cli_verify(sealed, sealed.home.path, capsys)
+    assert code == 1
+    assert out.splitlines()[2].startswith("0\tforked\tthe log does not extend the ledger's signer")
+    sealed.reopen()
+    with pytest.raises(InconsistentLogError):
+        sealed.checkpointer().checkpoint()  # the ledger itself refuses to sign on
+
+
+def test_signer_state_finds_a_truncated_tail_behind_deleted_checkpoints(
+    sealed: Ledger, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    for s in range(30, 33):
+        sealed.sql(
+            f"DELETE FROM {sealed.events} WHERE {sealed.event_key()} = %s", (_event_id(sealed, s),)
+        )
+    sealed.sql("DELETE FROM log_entries WHERE seq >= 30")
+    _rewrite_nodes(sealed)
+    sealed.sql("DELETE FROM log_checkpoints")
+    assert _cli_verify(sealed, tmp_path / "no-home", capsys)[0] == 0
+    code, out = _cli_verify(sealed, sealed.home.path, capsys)
+    assert code == 1
+    assert out.splitlines()[2] == (
+        "30\tdeleted\tthe log has 30 entries but the ledger's signer state records a checkpoint"
+        " of size 33: the tail was truncated"
+    )
+
+
+def test_signer_state_that_the_log_extends(
+    sealed: Ledger, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    sealed.attest("minh", 4, start=700)  # the log grew past the last checkpoint
+    code, out = _cli_verify(sealed, sealed.home.path, capsys)
+    assert code == 0
+    assert out.splitlines()[0] == (
+        "OK: 37 entries, 37 signatures, 1 checkpoints verified (latest size 33)"
+        " and the ledger's signer state (size 33)"
+    )
+
+
+def test_an_unreadable_signer_state_is_bad_input(
+    sealed: Ledger, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from api.cli import main
+
+    sealed.home.state_path.write_text('{"origin": "kpi.test/ledger", "size": 33}')  # no root
+    argv = ["verify", "--db", sealed.database.url, "--home", str(sealed.home.path)]
+    assert main([*argv, "--workers", "1"]) == 2
+    captured = capsys.readouterr()
+    assert captured.out == ""
+    assert captured.err.startswith("kpi-ledger verify: the ledger's signer state ")
+    assert "signer-state.json is unreadable: KeyError('root')" in captured.err
+
+
+def test_signer_state_that_disagrees_with_a_signed_checkpoint(sealed: Ledger) -> None:
+    state = signer_state_root(sealed.home)
+    assert state is not None
+    other = TrustedRoot(state.origin, state.size, bytes(32), state.label)
+    report = verify(DatabaseSource(sealed.service.sealed), sealed.log_keys, trusted=[other])
+    assert [(p.seq, p.kind, p.detail) for p in report.problems] == [
+        (33, "forked", "the ledger's signer state and the signed checkpoint of size 33 disagree")
+    ]
+    foreign = TrustedRoot("kpi.test/other", 30, state.root, state.label)
+    report = verify(DatabaseSource(sealed.service.sealed), sealed.log_keys, trusted=[foreign])
+    assert [p.kind for p in report.problems][:1] == ["bad checkpoint"]
+    assert "several origins" in report.problems[0].detail
+    sealed.sql("DELETE FROM log_checkpoints")
+    report = verify(DatabaseSource(sealed.service.sealed), sealed.log_keys, trusted=[other])
+    assert _problems(report) == [(0, "forked")]  # no signed checkpoint left to compare with
