@@ -16,13 +16,14 @@ import os
 import re
 import secrets
 import sys
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from pathlib import Path
 from typing import Any, TextIO
 
 from eventsourcing.persistence import PersistenceError
 
 from api.progress import ProgressBar
+from domain.admission import REFUSED, Admission, RefusedEntry, replay_log
 from domain.errors import AlreadyInitialised, Refusal
 from domain.policy import PolicyError
 from domain.schemas import PERIOD_PATTERN
@@ -51,7 +52,7 @@ from signing.keys import (
     write_key_pair,
 )
 from signing.receipt import TlogProof
-from signing.verify import Report, verify
+from signing.verify import Problem, Report, verify
 
 APPEND_BATCH = 100
 
@@ -343,12 +344,16 @@ def cmd_export(args: argparse.Namespace) -> int:
 
 def cmd_verify(args: argparse.Namespace) -> int:
     keys = _trusted_keys(args)
+    refused: int | None = None  # entries the rule replay refused (None: not replayed)
     bar = ProgressBar("verify", enabled=True if args.progress else None)
     workers = args.workers
     try:
         if args.dir:
             with ExportSource(Path(args.dir)) as source:
                 report = verify(source, keys, workers=workers, progress=bar)
+                if args.rules:  # off by default for a bundle
+                    rows = ((s, e) for s, e, _ in source.entries())
+                    refused = _add_refusals(report, replay_log(rows))
         else:
             # The home's record of what this ledger signed: a root the database cannot unsay.
             state = signer_state_root(LedgerHome(home_path(args.home)))
@@ -357,12 +362,27 @@ def cmd_verify(args: argparse.Namespace) -> int:
             try:
                 database = DatabaseSource(service.sealed)
                 report = verify(database, keys, trusted=trusted, workers=workers, progress=bar)
+                if args.rules is not False:  # on by default for the database
+                    admission = Admission(service.sealed, None, detect_principal=True)
+                    refused = _add_refusals(report, admission.refusals(0, database.size_hint()))
             finally:
                 service.close()
     finally:
         bar.close()
     _print_report(report, sys.stdout)
+    if refused is not None:
+        sys.stdout.write(
+            f"rules replayed over {report.size} entries: {refused} the intake would refuse"
+            " (the time window is not replayed)\n"
+        )
     return 0 if report.ok else 1
+
+
+def _add_refusals(report: Report, refusals: Iterable[RefusedEntry]) -> int:
+    """``verify --rules``: each entry the intake would refuse is a problem at its position."""
+    found = [Problem(r.seq, REFUSED, r.describe()) for r in refusals]
+    report.problems = sorted(report.problems + found)
+    return len(found)
 
 
 def _trusted_keys(args: argparse.Namespace) -> list[VerifierKey]:
@@ -761,6 +781,13 @@ def build_parser() -> argparse.ArgumentParser:
         "--workers", type=_count(1, 256), default=None, help="processes (default: all cores)"
     )
     p.add_argument("--progress", action="store_true", help="show progress even when piped")
+    p.add_argument(
+        "--rules",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="replay the intake's rules over every entry at its position"
+        " (default: on for --db, off for a bundle)",
+    )
     p.set_defaults(func=cmd_verify)
 
     p = sub.add_parser(

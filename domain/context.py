@@ -12,7 +12,7 @@ from __future__ import annotations
 import datetime as dt
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, NoReturn, TypeVar
+from typing import TYPE_CHECKING, Any, NoReturn, Protocol, TypeVar
 from uuid import UUID
 
 from domain.errors import (
@@ -31,7 +31,7 @@ if TYPE_CHECKING:
     from domain.organisation import Access, OrgUnit
     from domain.periods import Periods
     from domain.policy import Policy
-    from domain.service import LedgerService
+    from signing.keyring import KeyRing
 
 A = TypeVar("A", bound=SignedAggregate)
 
@@ -64,11 +64,41 @@ class LoggedAct:
     fact: Fact
 
 
+class NonceIndex(Protocol):
+    def nonce_seq(self, nonce: str) -> int | None:
+        """The position of the entry that used ``nonce`` before, or None."""
+        ...
+
+
+class LedgerState(Protocol):
+    """What a handler reads of the ledger through its ``Context``, and nothing more.
+
+    ``LedgerService`` offers it with the state as it stands (the intake); the rule replay
+    (``domain/admission.py``) with the state as of a past position, folded from the entries
+    before it. ``unit_chains`` is a cache the context fills (units never move).
+    """
+
+    unit_chains: dict[str, list[str]]
+
+    @property
+    def working_keyring(self) -> KeyRing: ...
+
+    @property
+    def ledger_principal(self) -> str | None: ...
+
+    @property
+    def sealed(self) -> NonceIndex: ...
+
+    def get_or_none(self, aggregate_id: UUID, pending: dict[UUID, SignedAggregate]) -> Any: ...
+
+    def logged_act(self, seq: int) -> LoggedAct | None: ...
+
+
 @dataclass
 class Context:
-    """One fact under examination, with read access to the ledger's current state."""
+    """One fact under examination, with read access to the ledger's state at its position."""
 
-    app: LedgerService
+    app: LedgerState
     fact: Fact
     position: int
     admin: bool  # signed with an administrator key of the key ring

@@ -17,7 +17,10 @@ envelopes and, for each one, in order:
    and says which aggregate records it and which facts the ledger derives from it;
 6. apply the event, then sign and apply the derived facts right after it.
 
-A batch is saved in one transaction; a refused fact is reported and records nothing.
+A batch is saved in one transaction; a refused fact is reported and records nothing. The
+checks of one fact (``parse_envelope``, ``check_signer``, ``examine``, ``record_event``) are
+functions of this module, which the rule replay over the log (``domain/admission.py``) calls
+too: one copy of every rule.
 
 Aggregates are kept in a bounded in-process cache. Under the writer lock, before each batch,
 the service reads what other writers appended since its last batch and drops those streams
@@ -56,7 +59,7 @@ from domain import (
     work,
 )
 from domain.attestations import Attestation, InvalidAttestation
-from domain.context import Context, LoggedAct, Recording
+from domain.context import Context, LedgerState, LoggedAct, Recording
 from domain.errors import (
     IDEMPOTENCY_CONFLICT,
     TIME_WINDOW,
@@ -119,6 +122,10 @@ SUBMITTED_TYPES: tuple[str, ...] = tuple(
         *(t for module in DOMAIN_MODULES for t in module.HANDLERS),
     )
     if not t.endswith(".ruling_applied")
+)
+#: the fact types only the ledger signs, each right after the fact it is derived from
+DERIVED_TYPES: frozenset[str] = frozenset(
+    t for module in DOMAIN_MODULES for t in module.HANDLERS if t.endswith(".ruling_applied")
 )
 MAX_BATCH = 1000
 WRITER_LOCK_ID = 0x6B70696C  # pg_advisory_lock key of the ledger's writer ("kpil")
@@ -250,12 +257,7 @@ class LedgerService(Application[UUID]):
         self._cache_size = cache_size
         self._acts: OrderedDict[int, LoggedAct] = OrderedDict()
         self.unit_chains: dict[str, list[str]] = {}  # unit -> itself and its ancestors (saved)
-        self.handlers: dict[str, Handler] = {}
-        self.register_handler(Principal.FACT_TYPES, _handle_key_fact)
-        self.register_handler(Attestation.FACT_TYPES, _handle_attestation)
-        for module in DOMAIN_MODULES:
-            for fact_type, (model, handler) in module.HANDLERS.items():
-                self.register_handler([fact_type], _validating(model, handler))
+        self.handlers: dict[str, Handler] = standard_handlers()
 
     @property
     def ledger_principal(self) -> str | None:
@@ -477,16 +479,9 @@ class LedgerService(Application[UUID]):
                         batch.duplicates[i] = earlier
                     continue
                 self._check_time(fact)
-                ctx = Context(self, fact, batch.position, record.admin, batch.pending)
-                recording = self.handlers[fact.type](ctx)
-                if recording.derived and self.ledger_signer is None:
-                    raise RuleBroken(
-                        "this ledger runs without its own signing key: it cannot derive the"
-                        " compensating facts this decision needs",
-                        rule=CANNOT_DERIVE,
-                        fact_type=fact.type,
-                        actor=fact.actor,
-                    )
+                recording = examine(
+                    self, self.handlers, fact, batch.position, record.admin, batch.pending
+                )
             except Refusal as refusal:
                 outcomes[i] = refusal
                 continue
@@ -512,13 +507,14 @@ class LedgerService(Application[UUID]):
         handler checked everything it needs: a refusal here is a bug, and aborts the batch.
         """
         assert self.ledger_signer is not None
-        nonce = hashlib.sha256(f"kpi-ledger derived\n{cause.nonce}\n{n}".encode()).hexdigest()
-        envelope = sign_fact(self.ledger_signer, fact_type, data, time=cause.time, nonce=nonce[:32])
+        nonce = derived_nonce(cause.nonce, n)
+        envelope = sign_fact(self.ledger_signer, fact_type, data, time=cause.time, nonce=nonce)
         fact = read_fact(envelope.to_bytes(), strict=True)
         try:
             record = self._check(fact, batch.position, ring)
-            ctx = Context(self, fact, batch.position, record.admin, batch.pending)
-            recording = self.handlers[fact.type](ctx)
+            recording = examine(
+                self, self.handlers, fact, batch.position, record.admin, batch.pending
+            )
         except Refusal as refusal:
             raise RuntimeError(f"a fact derived from {cause.type} was refused: {refusal}") from None
         self._apply(fact, recording, batch, ring, index)
@@ -527,13 +523,7 @@ class LedgerService(Application[UUID]):
     def _apply(
         self, fact: Fact, recording: Recording, batch: _Batch, ring: KeyRing, index: int
     ) -> None:
-        if recording.create is not None:
-            cls, aggregate_id = recording.create
-            aggregate = cls._start(recording.event, aggregate_id, fact)  # type: ignore[arg-type]
-        else:
-            assert recording.aggregate is not None
-            aggregate = recording.aggregate
-            aggregate._record(recording.event, fact)
+        aggregate = record_event(fact, recording)
         batch.pending[aggregate.id] = aggregate
         batch.events.extend(aggregate.collect_events())
         if fact.type in KEY_FACT_TYPES:
@@ -568,12 +558,7 @@ class LedgerService(Application[UUID]):
 
     @staticmethod
     def _parse(raw: bytes | str | Fact | Refusal) -> Fact | Refusal:
-        if isinstance(raw, Fact | Refusal):
-            return raw
-        try:
-            return read_fact(raw.encode() if isinstance(raw, str) else raw, strict=True)
-        except (EnvelopeError, CanonicalFormError) as exc:
-            return MalformedFact(str(exc))
+        return parse_envelope(raw)
 
     def _original(self, seq: int) -> tuple[Appended, Fact]:
         entry = self.sealed.read_entry(seq)
@@ -632,20 +617,7 @@ class LedgerService(Application[UUID]):
         return earlier
 
     def _check(self, fact: Fact, position: int, ring: KeyRing) -> KeyRecord:
-        who = {"fact_type": fact.type, "actor": fact.actor}
-        if fact.type not in self.handlers:
-            raise UnknownFactType(f"no fact type {fact.type!r} is known to this ledger", **who)
-        try:
-            record = ring.signer(position, fact)
-        except KeyFactError as exc:
-            raise InvalidFact(str(exc), rule="key.rule", **who) from None
-        except SignatureError as exc:
-            raise KeyRefused(str(exc), **who) from None
-        try:
-            fact.verify_signature(record.key)
-        except SignatureError as exc:
-            raise SignatureRefused(str(exc), **who) from None
-        return record
+        return check_signer(self.handlers, fact, position, ring)
 
     def _check_time(self, fact: Fact) -> None:
         now = self.clock()
@@ -744,6 +716,99 @@ def _token(fact: Fact) -> str:
 
 def _as_uuid(originator_id: Any) -> UUID:
     return originator_id if isinstance(originator_id, UUID) else UUID(str(originator_id))
+
+
+# -- the checks of one fact: the intake's, and the rule replay's (domain/admission.py) ------
+
+
+def standard_handlers() -> dict[str, Handler]:
+    """The handler of every fact type the ledger knows: the key facts, attestations, and each
+    domain module's ``HANDLERS`` wrapped with schema validation."""
+    handlers: dict[str, Handler] = dict.fromkeys(Principal.FACT_TYPES, _handle_key_fact)
+    handlers.update(dict.fromkeys(Attestation.FACT_TYPES, _handle_attestation))
+    for module in DOMAIN_MODULES:
+        for fact_type, (model, handler) in module.HANDLERS.items():
+            handlers[fact_type] = _validating(model, handler)
+    return handlers
+
+
+def parse_envelope(raw: bytes | str | Fact | Refusal) -> Fact | Refusal:
+    """Step 1: the envelope and its canonical payload, or ``envelope.malformed``."""
+    if isinstance(raw, Fact | Refusal):
+        return raw
+    try:
+        return read_fact(raw.encode() if isinstance(raw, str) else raw, strict=True)
+    except (EnvelopeError, CanonicalFormError) as exc:
+        return MalformedFact(str(exc))
+
+
+def check_signer(
+    handlers: Mapping[str, Handler], fact: Fact, position: int, ring: KeyRing
+) -> KeyRecord:
+    """Steps 3-4: the fact type is known, the key is valid at ``position`` for the actor (and
+    may sign a key fact), and the signature verifies. Returns the key's record."""
+    who = {"fact_type": fact.type, "actor": fact.actor}
+    if fact.type not in handlers:
+        raise UnknownFactType(f"no fact type {fact.type!r} is known to this ledger", **who)
+    try:
+        record = ring.signer(position, fact)
+    except KeyFactError as exc:
+        raise InvalidFact(str(exc), rule="key.rule", **who) from None
+    except SignatureError as exc:
+        raise KeyRefused(str(exc), **who) from None
+    try:
+        fact.verify_signature(record.key)
+    except SignatureError as exc:
+        raise SignatureRefused(str(exc), **who) from None
+    return record
+
+
+def examine(
+    state: LedgerState,
+    handlers: Mapping[str, Handler],
+    fact: Fact,
+    position: int,
+    admin: bool,
+    pending: dict[UUID, SignedAggregate],
+) -> Recording:
+    """Step 6: the handler of the fact's type judges it against ``state`` at ``position``
+    (its data, the domain rules) and says where its event goes and what the ledger derives."""
+    recording = handlers[fact.type](Context(state, fact, position, admin, pending))
+    if recording.derived and state.ledger_principal is None:
+        raise RuleBroken(
+            "this ledger runs without its own signing key: it cannot derive the"
+            " compensating facts this decision needs",
+            rule=CANNOT_DERIVE,
+            fact_type=fact.type,
+            actor=fact.actor,
+        )
+    return recording
+
+
+def derived_nonce(cause_nonce: str, n: int) -> str:
+    """The nonce of the ``n``-th fact the ledger derives from the fact with ``cause_nonce``."""
+    return hashlib.sha256(f"kpi-ledger derived\n{cause_nonce}\n{n}".encode()).hexdigest()[:32]
+
+
+def placement(recording: Recording) -> tuple[UUID, int, type[Any]]:
+    """Where ``record_event`` will put the recording's event: stream, version, event class."""
+    if recording.create is not None:
+        return recording.create[1], 1, recording.event
+    assert recording.aggregate is not None
+    return recording.aggregate.id, recording.aggregate.version + 1, recording.event
+
+
+def record_event(fact: Fact, recording: Recording) -> SignedAggregate:
+    """Step 7: apply the fact's event as the recording says (a new stream, or the next event
+    of an aggregate); the event waits on the aggregate until ``collect_events``."""
+    if recording.create is not None:
+        cls, aggregate_id = recording.create
+        aggregate = cls._start(recording.event, aggregate_id, fact)  # type: ignore[arg-type]
+    else:
+        assert recording.aggregate is not None
+        aggregate = recording.aggregate
+        aggregate._record(recording.event, fact)
+    return aggregate
 
 
 def _validating(model: type[FactData], handler: Callable[[Context, Any], Recording]) -> Handler:

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 from collections.abc import Collection, Sequence
 from typing import Any
+from uuid import UUID
 
 import psycopg
 from eventsourcing.persistence import InterfaceError, OperationalError, StoredEvent
@@ -340,6 +341,22 @@ class SealedPostgresRecorder(PostgresApplicationRecorder, SealedLog):
             (list(ids),),
         )
         return {int(r["notification_id"]): int(r["seq"]) for r in rows}
+
+    def _sql_stream_before(self, stream: UUID, before: int) -> list[Sequence[Any]]:
+        statement = SQL(
+            "SELECT e.originator_version, e.topic, e.state FROM {schema}.{events} e"
+            " JOIN {schema}.log_entries l ON l.notification_id = e.notification_id"
+            " WHERE e.originator_id = %s AND l.seq < %s ORDER BY e.originator_version"
+        ).format(schema=self._schema, events=Identifier(self.events_table_name))
+        return [tuple(r.values()) for r in self._query(statement, (stream, before))]
+
+    def _sql_topic_entries(self, topics: Sequence[str], before: int) -> list[Sequence[Any]]:
+        statement = SQL(
+            "SELECT l.seq, e.state FROM {schema}.{events} e"
+            " JOIN {schema}.log_entries l ON l.notification_id = e.notification_id"
+            " WHERE e.topic = ANY(%s::text[]) AND l.seq < %s ORDER BY l.seq"
+        ).format(schema=self._schema, events=Identifier(self.events_table_name))
+        return [tuple(r.values()) for r in self._query(statement, (list(topics), before))]
 
 
 class SealedPostgresFactory(PostgresFactory):

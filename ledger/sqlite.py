@@ -14,6 +14,7 @@ import sqlite3
 import threading
 from collections.abc import Callable, Collection, Sequence
 from typing import Any
+from uuid import UUID
 
 from eventsourcing.persistence import StoredEvent
 from eventsourcing.sqlite import (
@@ -238,6 +239,23 @@ class SealedSQLiteRecorder(SQLiteApplicationRecorder, SealedLog):
             )
             out.update({int(r[0]): int(r[1]) for r in rows})
         return out
+
+    def _sql_stream_before(self, stream: UUID, before: int) -> list[Sequence[Any]]:
+        return self._query(
+            f"SELECT e.originator_version, e.topic, e.state FROM {self.events_table_name} e"
+            " JOIN log_entries l ON l.notification_id = e.rowid"
+            " WHERE e.originator_id = ? AND l.seq < ? ORDER BY e.originator_version",
+            (stream.hex, before),
+        )
+
+    def _sql_topic_entries(self, topics: Sequence[str], before: int) -> list[Sequence[Any]]:
+        marks = ",".join("?" * len(topics))
+        return self._query(
+            f"SELECT l.seq, e.state FROM {self.events_table_name} e"
+            " JOIN log_entries l ON l.notification_id = e.rowid"
+            f" WHERE e.topic IN ({marks}) AND l.seq < ? ORDER BY l.seq",
+            (*topics, before),
+        )
 
 
 def _chunks(items: list[Any], size: int) -> list[list[Any]]:

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from typing import Any
 from uuid import UUID
 
-from eventsourcing.persistence import IntegrityError
+from eventsourcing.persistence import IntegrityError, StoredEvent
 
 from ledger.sealer import Sealer
 from signing.entry import Entry, decode_entry, encode_entry
@@ -137,6 +137,16 @@ class SealedLog:
     def _sql_seqs_for_notifications(self, ids: Sequence[int]) -> dict[int, int]:
         raise NotImplementedError
 
+    def _sql_stream_before(self, stream: UUID, before: int) -> list[Sequence[Any]]:
+        """(version, topic, state) of ``stream``'s events sealed before ``before``, in
+        version order."""
+        raise NotImplementedError
+
+    def _sql_topic_entries(self, topics: Sequence[str], before: int) -> list[Sequence[Any]]:
+        """(seq, state) of the events with one of ``topics`` sealed before ``before``, in
+        seq order."""
+        raise NotImplementedError
+
     # -- public API ----------------------------------------------------------------------
     def log_size(self) -> int:
         return self._sql_log_size()
@@ -228,3 +238,20 @@ class SealedLog:
     def seqs_for_notifications(self, ids: Sequence[int]) -> dict[int, int]:
         """Map notification ids (the event store's, with gaps) to log positions."""
         return self._sql_seqs_for_notifications(ids) if ids else {}
+
+    def stream_before(self, stream: UUID, before: int) -> list[StoredEvent]:
+        """The stored events of ``stream`` sealed at positions before ``before``, in version
+        order: the stream as it stood at that position (one query; the rule replay's as-of
+        state, ``domain/admission.py``)."""
+        return [
+            StoredEvent(stream, int(version), str(topic), bytes(state))
+            for version, topic, state in self._sql_stream_before(stream, before)
+        ]
+
+    def topic_entries(self, topics: Sequence[str], before: int) -> list[tuple[int, bytes]]:
+        """``(seq, envelope)`` of the entries before ``before`` whose event has one of
+        ``topics`` (e.g. the key facts, to rebuild the key ring as of a position), in seq
+        order (one query)."""
+        if not topics:
+            return []
+        return [(int(seq), bytes(state)) for seq, state in self._sql_topic_entries(topics, before)]
