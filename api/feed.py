@@ -18,8 +18,11 @@ every position exactly once and in order, whichever way it is fed.
 A process holds at most ``max_subscribers`` subscriptions (``KPI_LEDGER_FEED_SUBSCRIBERS``,
 default 256); past it ``subscribe`` raises ``FeedFull`` (a 503 ``feed.full`` problem). An open
 subscription checks that its caller may still read the log every ``recheck_seconds`` (the
-check is shared by the subscriptions of one token) and ends with a final ``closed`` event
-when it may not (the token revoked, the role withdrawn).
+service's ``token_seconds``; the check is shared by the subscriptions of one token) and ends
+with a final ``closed`` event when it may not (the token revoked, the role withdrawn). A token
+revoked from another process is seen within about three times ``token_seconds`` (the token
+table remembers a token that long, and a shared check's answer is kept that long); one
+revoked through this process's ``Principals``, within about twice.
 
 Damage is shown, never skipped: a position whose event row is gone, whose entry bytes no
 longer hash to the leaf hash sealed for it (``signing.merkle.leaf_hash``), or which is
