@@ -288,16 +288,25 @@ def cmd_checkpoint(args: argparse.Namespace) -> int:
         if args.every_seconds:
             import time
 
-            thread = checkpointer.run_every(args.every_seconds)
-            sys.stderr.write(f"signing a checkpoint every {args.every_seconds}s (Ctrl-C stops)\n")
+            from ledger.jobs import FAILED, REFUSING
+
+            job = checkpointer.run_every(args.every_seconds, database=service.database)
+            sys.stderr.write(
+                f"signing a checkpoint every {args.every_seconds}s (Ctrl-C stops); database"
+                " errors are retried, a refusal stops it\n"
+            )
             try:
-                while thread.is_alive():
+                while job.alive and job.health().state not in (REFUSING, FAILED):
                     time.sleep(0.2)
             except KeyboardInterrupt:
-                checkpointer.stop()
-            if checkpointer.error is not None:
+                job.stop()
+                return 0
+            health = job.health()
+            job.stop()
+            if health.state == REFUSING and checkpointer.error is not None:
                 raise checkpointer.error
-            return 0
+            sys.stderr.write(f"checkpointer stopped: {health.summary()}\n")
+            return 1
         signed = checkpointer.checkpoint()
     except InconsistentLogError as exc:
         sys.stderr.write(f"refused to sign: {exc}\n")
@@ -320,7 +329,11 @@ def cmd_receipt(args: argparse.Namespace) -> int:
             raise UsageError(
                 f"entry {args.seq} is not sealed by a checkpoint yet: run 'kpi-ledger checkpoint'"
             )
-        proof = service.sealed.inclusion_proof(args.seq, latest.size)
+        try:
+            proof = service.sealed.receipt_proof(args.seq, latest)
+        except ProofError as exc:
+            sys.stderr.write(f"no receipt: {exc}; run 'kpi-ledger verify'\n")
+            return 1
     finally:
         service.close()
     sys.stdout.write(TlogProof(args.seq, tuple(proof), latest.note).format())
@@ -646,7 +659,13 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
     database = _ledger_database(args)
     home = LedgerHome(home_path(args.home))
-    settings = Settings(database, home, checkpoint_seconds=args.checkpoint_seconds, quiet_gc=True)
+    settings = Settings(
+        database,
+        home,
+        checkpoint_seconds=args.checkpoint_seconds,
+        quiet_gc=True,
+        exit_on_fatal=True,
+    )
     if args.workers > 1 and database.backend != "postgres":
         raise UsageError(
             "--workers needs PostgreSQL (--db postgresql://...): a SQLite ledger has one"
@@ -659,7 +678,12 @@ def cmd_serve(args: argparse.Namespace) -> int:
         + "\n"
     )
     if args.workers == 1:
+        from api.runtime import FATAL
+
         uvicorn.run(create_app(settings), host=args.host, port=args.port, log_level=args.log_level)
+        if FATAL:  # a background job gave up: the service stopped itself
+            sys.stderr.write(f"kpi-ledger: stopped: {'; '.join(FATAL)}\n")
+            return 1
         return 0
     try:
         return serve_workers(

@@ -79,7 +79,7 @@ APP_STEPS: list[Step] = [  # (file, function, depth in the call tree) for the pr
     ("ledger/sqlite.py", "insert_events", 3),
     ("ledger/postgres.py", "insert_events", 3),
     ("ledger/sealer.py", "seal", 4),
-    ("ledger/store.py", "seqs_for_notifications", 2),
+    ("domain/service.py", "_committed_seqs", 2),
 ]
 
 

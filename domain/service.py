@@ -32,9 +32,11 @@ from __future__ import annotations
 import contextlib
 import datetime as dt
 import hashlib
+import logging
 import os
 import re
 import threading
+import time
 from collections import OrderedDict
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
@@ -42,8 +44,9 @@ from dataclasses import dataclass, field, replace
 from typing import Any, ClassVar
 from uuid import UUID
 
+import psycopg
 from eventsourcing.application import AggregateNotFoundError, Application
-from eventsourcing.persistence import IntegrityError
+from eventsourcing.persistence import IntegrityError, InterfaceError, OperationalError
 from eventsourcing.utils import get_topic
 
 from domain import (
@@ -72,6 +75,7 @@ from domain.errors import (
     RuleBroken,
     SignatureRefused,
     UnknownFactType,
+    WriteFailed,
 )
 from domain.keys import Principal
 from domain.schemas import FactData, validate
@@ -79,6 +83,7 @@ from domain.signed import SignedAggregate
 from ledger.config import Database
 from ledger.home import LedgerHome
 from ledger.postgres import SealedPostgresRecorder
+from ledger.sealer import SealedBatch
 from ledger.store import ReplayedEnvelopeError, SealedLog, idempotency_token
 from signing.checkpoint import log_verifier_keys
 from signing.errors import (
@@ -132,6 +137,10 @@ WRITER_LOCK_ID = 0x6B70696C  # pg_advisory_lock key of the ledger's writer ("kpi
 CACHE_SIZE = 50_000  # aggregates kept in memory between batches
 RESCAN_LIMIT = 20_000  # more foreign entries than this since our last batch: drop the cache
 CANNOT_DERIVE = "ledger.cannot_derive"
+WRITER_LOCK_SECONDS = 60  # a writer waits at most this long for another process's batch
+RETRY_PAUSE = 0.2  # seconds before a batch that met a lost connection is tried again
+
+logger = logging.getLogger("kpi_ledger.service")
 
 
 @dataclass(frozen=True)
@@ -255,6 +264,8 @@ class LedgerService(Application[UUID]):
         self.window = window if window is not None else TimeWindow()
         self._cache: OrderedDict[UUID, SignedAggregate | None] = OrderedDict()  # None: absent
         self._cache_size = cache_size
+        self._last_sealed: SealedBatch | None = None  # this process's last committed batch
+        recorder.sealer.on_commit.append(self._sealed_batch)
         self._acts: OrderedDict[int, LoggedAct] = OrderedDict()
         self.unit_chains: dict[str, list[str]] = {}  # unit -> itself and its ancestors (saved)
         self.handlers: dict[str, Handler] = standard_handlers()
@@ -419,18 +430,59 @@ class LedgerService(Application[UUID]):
         """Record a batch in one transaction; each fact is accepted or refused on its own.
         ``screen`` (the HTTP API's: is the fact signed by the caller, does it belong to the
         endpoint) sees each parsed fact first and may raise a ``Refusal``; one for all the
-        envelopes, or one per envelope (requests of several callers written together)."""
+        envelopes, or one per envelope (requests of several callers written together).
+
+        A batch that cannot be written raises ``WriteFailed``, which says whether anything
+        was recorded (``recorded=False``: nothing, for certain; None: unknown). A database
+        connection lost before anything was stored is tried once more."""
         if len(envelopes) > MAX_BATCH:
             raise ValueError(f"at most {MAX_BATCH} envelopes per batch")
+        try:
+            return self._submit_once(envelopes, screen)
+        except WriteFailed as exc:
+            if exc.recorded is not False or not _connection_lost(exc):
+                raise
+            logger.warning("write failed, nothing recorded; trying once more: %s", exc)
+        time.sleep(RETRY_PAUSE)
+        self.heal()
+        return self._submit_once(envelopes, screen)
+
+    def heal(self) -> None:
+        """After a lost connection: drop the pool's idle connections that are broken too (a
+        server restart or ``pg_terminate_backend`` ends them all at once, and each would
+        otherwise fail one request before the pool notices)."""
+        pool = getattr(getattr(self.sealed, "datastore", None), "pool", None)
+        check = getattr(pool, "check", None)
+        if check is not None:
+            try:
+                check()
+            except Exception as exc:
+                logger.warning("checking the connection pool failed: %s", exc)
+
+    def _submit_once(
+        self,
+        envelopes: Sequence[bytes | str | Fact | Refusal],
+        screen: Screen | Sequence[Screen | None] | None,
+    ) -> list[Outcome]:
         outcomes: list[Outcome | None] = [None] * len(envelopes)
         with self.exclusive_writer():
-            self._sync()
-            top = self._cursor
-            ring = self.keyring.copy()
-            self.working_keyring = ring
-            batch = _Batch(self.sealed.log_size())
+            batch = _Batch(0)
             try:
+                self._sync()
+                top = self._cursor
+                ring = self.keyring.copy()
+                self.working_keyring = ring
+                batch = _Batch(self.sealed.log_size())
                 self._examine_all(envelopes, batch, ring, outcomes, screen)
+            except Refusal:
+                raise
+            except Exception as exc:  # nothing was written yet
+                self._forget(batch.pending)
+                raise WriteFailed(f"nothing was recorded: {exc}", recorded=False) from exc
+            except BaseException:
+                self._forget(batch.pending)
+                raise
+            try:
                 if batch.events and self._save(batch, outcomes, top):
                     self.keyring = ring
             except BaseException:
@@ -641,18 +693,31 @@ class LedgerService(Application[UUID]):
         """One writer at a time, across threads and (on PostgreSQL) processes.
 
         Keys are checked at the positions the facts will take; holding this from the check
-        to the commit makes those the positions they get.
+        to the commit makes those the positions they get. On PostgreSQL the lock is a session
+        advisory lock on a connection of its own, taken with a lock timeout (a writer stuck
+        elsewhere makes this one fail, with nothing recorded, instead of waiting for ever).
+        Releasing it cannot change what the batch did: if the release fails (the connection
+        was cut after the commit), the connection is closed, and the server releases the lock
+        with its session.
         """
         with self._lock:
             if not isinstance(self.sealed, SealedPostgresRecorder):
                 yield
                 return
-            with self.sealed.datastore.get_connection() as conn:
-                conn.execute("SELECT pg_advisory_lock(%s)", (WRITER_LOCK_ID,))
+            with contextlib.ExitStack() as stack:
+                try:
+                    conn = stack.enter_context(self.sealed.datastore.get_connection())
+                    conn.execute(f"SET lock_timeout = '{WRITER_LOCK_SECONDS}s'")
+                    conn.execute("SELECT pg_advisory_lock(%s)", (WRITER_LOCK_ID,))
+                except Exception as exc:
+                    raise WriteFailed(
+                        f"nothing was recorded: cannot take the writer lock: {exc}",
+                        recorded=False,
+                    ) from exc
                 try:
                     yield
                 finally:
-                    conn.execute("SELECT pg_advisory_unlock(%s)", (WRITER_LOCK_ID,))
+                    _release_writer_lock(conn)
 
     def _forget(self, pending: dict[UUID, SignedAggregate]) -> None:
         for aggregate_id in pending:
@@ -685,8 +750,11 @@ class LedgerService(Application[UUID]):
                 )
             batch.events.clear()
             return False
+        except Exception as exc:
+            self._forget(batch.pending)
+            return self._settle(batch, outcomes, exc)
         ids = [r.notification.id for r in recordings]
-        seqs = self.sealed.seqs_for_notifications(ids)
+        seqs = self._committed_seqs(ids)
         by_nonce: dict[str, Appended] = {}
         for r in recordings:
             event = r.domain_event
@@ -707,6 +775,91 @@ class LedgerService(Application[UUID]):
         if ids and min(ids) == top + 1:  # nobody else wrote between our sync and our commit
             self._cursor = max(ids)
         return True
+
+
+    def _committed_seqs(self, ids: Sequence[int]) -> dict[int, int]:
+        """The positions the batch just committed took: from the sealer's own rows (no
+        query after the commit, which a lost connection could make fail although the batch
+        is stored), else read from the log."""
+        sealed = self._last_sealed
+        if sealed is not None:
+            seqs = {row[1]: row[0] for row in sealed.entry_rows}
+            if all(i in seqs for i in ids):
+                return seqs
+        try:
+            return self.sealed.seqs_for_notifications(ids)
+        except Exception as exc:
+            raise WriteFailed(
+                f"the batch was recorded, but its positions could not be read ({exc}):"
+                " send the same envelopes again to learn them",
+                recorded=None,
+            ) from exc
+
+    def _settle(self, batch: _Batch, outcomes: list[Outcome | None], error: Exception) -> bool:
+        """The save failed with ``error``: find out whether the batch is in the log.
+
+        The batch is one transaction: either all its entries are stored or none. Its nonces
+        are looked up once no write is in flight; all found, the batch is answered with its
+        positions (it was recorded); none found, ``WriteFailed(recorded=False)``; the lookup
+        failing too, ``WriteFailed(recorded=None)``: nobody can say yet."""
+        facts = [f for recorded in batch.accepted.values() for f in recorded]
+        try:
+            found = self.sealed.settled_nonce_seqs([f.nonce for f in facts])
+        except Exception as check:
+            raise WriteFailed(
+                f"the write's outcome is unknown ({error}; the log could not be read to tell:"
+                f" {check}): send the same envelopes again, a recorded one is answered with"
+                " its position",
+                recorded=None,
+            ) from error
+        if not found:
+            raise WriteFailed(f"nothing was recorded: {error}", recorded=False) from error
+        if len(found) < len(facts):
+            raise WriteFailed(
+                f"the write's outcome is unclear ({error}): {len(found)} of {len(facts)} of its"
+                " nonces are in the log; send the same envelopes again",
+                recorded=None,
+            ) from error
+        logger.warning("the connection failed after the commit; the batch is recorded: %s", error)
+        where = {e.fact.nonce: e for e in batch.events}  # type: ignore[attr-defined]
+        appended = {
+            f.nonce: Appended(
+                seq=found[f.nonce],
+                stream=str(where[f.nonce].originator_id),
+                version=where[f.nonce].originator_version,
+                type=f.type,
+                nonce=f.nonce,
+            )
+            for f in facts
+        }
+        for i, recorded in batch.accepted.items():
+            outcomes[i] = replace(
+                appended[recorded[0].nonce],
+                derived=tuple(appended[f.nonce] for f in recorded[1:]),
+            )
+        return True
+
+    def _sealed_batch(self, batch: SealedBatch) -> None:
+        self._last_sealed = batch
+
+
+def _release_writer_lock(conn: Any) -> None:
+    try:
+        conn.execute("SELECT pg_advisory_unlock(%s)", (WRITER_LOCK_ID,))
+    except Exception as exc:
+        logger.warning("could not release the writer lock (%s); closing its connection", exc)
+        with contextlib.suppress(Exception):
+            conn.close()
+
+
+def _connection_lost(exc: BaseException) -> bool:
+    """Whether ``exc`` was caused by the database connection (not by a rule or a bug)."""
+    cause: BaseException | None = exc
+    while cause is not None:
+        if isinstance(cause, OperationalError | InterfaceError | psycopg.OperationalError):
+            return True
+        cause = cause.__cause__
+    return False
 
 
 def _token(fact: Fact) -> str:

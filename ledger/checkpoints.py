@@ -285,9 +285,15 @@ class Checkpointer:
             table=JobTable(database) if database is not None else None,
             on_fatal=on_fatal,
             give_up=give_up,
+            heal=self._heal_pool,
         )
         self.job = job
         return job.start()
+
+    def _heal_pool(self) -> None:
+        pool = getattr(getattr(self.log, "datastore", None), "pool", None)
+        if pool is not None and hasattr(pool, "check"):
+            pool.check()
 
     def stop(self) -> None:
         if self.job is not None:

@@ -5,7 +5,7 @@ and the projection runner (``projections/runners.py``). Each is a ``Job``: a thr
 the job's ``step`` every ``interval`` seconds, and
 
 * **survives transient errors**: a step that raises is tried again with exponential back-off
-  (``interval`` doubling up to ``MAX_BACKOFF`` seconds); the first failure of a run of them is
+  (``interval`` doubling up to ``MAX_BACKOFF``, 5 seconds); the first failure of a run of them is
   logged once with its cause, and so is the recovery;
 * **tells the truth about itself**: ``health()`` is ``starting``, ``ok``, ``retrying`` (since
   when, and the error), ``refusing`` (the job's own verdict that it must not go on — the
@@ -46,7 +46,7 @@ from ledger.config import Database
 
 logger = logging.getLogger("kpi_ledger.jobs")
 
-MAX_BACKOFF = 30.0  # seconds between attempts, at most
+MAX_BACKOFF = 5.0  # seconds between attempts, at most (a database back up is noticed soon)
 GIVE_UP = 600.0  # seconds of failing database steps before a job gives up
 BUG_ATTEMPTS = 5  # failing steps in a row, for errors that are not the database's
 STANDBY_POLL = 1.0  # seconds between a standby's attempts to take the lead
@@ -294,6 +294,8 @@ class Job:
 
     ``open`` (called when the job takes the lead, and again after a failed step) prepares what
     ``step`` uses; ``close`` releases it (after a failed step, on losing the lead, at stop).
+    ``heal`` is called after a database error (drop a pool's broken idle connections: after a
+    server restart every pooled connection is dead, and each would fail one attempt).
     """
 
     def __init__(
@@ -309,6 +311,7 @@ class Job:
         on_fatal: Callable[[Job], object] | None = None,
         give_up: float = GIVE_UP,
         clock: Callable[[], float] = time.time,
+        heal: Callable[[], object] | None = None,
     ) -> None:
         self.name = name
         self._step = step
@@ -320,6 +323,7 @@ class Job:
         self.on_fatal = on_fatal
         self.give_up = give_up
         self.clock = clock
+        self._heal = heal
         self.holder = holder_name()
         now = clock()
         self._health = JobHealth(name, STARTING, now, holder=self.holder)
@@ -424,6 +428,9 @@ class Job:
                 failures += 1
                 self._set(RETRYING, _describe(exc))
                 self._reset()
+                if database and self._heal is not None:
+                    with contextlib.suppress(Exception):
+                        self._heal()
                 if (database and now - failing_since > self.give_up) or (
                     not database and failures >= BUG_ATTEMPTS
                 ):

@@ -21,9 +21,8 @@ from typing import Any
 from uuid import UUID
 
 import psycopg
-from eventsourcing.persistence import InterfaceError, OperationalError, StoredEvent
+from eventsourcing.persistence import StoredEvent
 from eventsourcing.postgres import PostgresApplicationRecorder, PostgresDatastore, PostgresFactory
-from eventsourcing.utils import retry
 from psycopg.sql import SQL, Composed, Identifier
 
 from ledger.sealer import EntryRow, SealedBatch, Sealer
@@ -131,7 +130,10 @@ class SealedPostgresRecorder(PostgresApplicationRecorder, SealedLog):
             )
 
     # -- write path ----------------------------------------------------------------------
-    @retry((InterfaceError, OperationalError), max_attempts=10, wait=0.2)
+    # No automatic retry (the library's method retries on connection errors): a connection
+    # lost at COMMIT leaves the outcome unknown, and trying the batch again would meet its
+    # own nonces and report a replay. The service settles the outcome instead
+    # (``settled_nonce_seqs``) and tries again only what it knows was not stored.
     def insert_events(
         self, stored_events: Sequence[StoredEvent], **kwargs: Any
     ) -> Sequence[int] | None:
@@ -139,16 +141,19 @@ class SealedPostgresRecorder(PostgresApplicationRecorder, SealedLog):
         batch: SealedBatch | None = None
         error: Exception | None = None
         with self.datastore.get_connection() as conn, conn.transaction():
-            with conn.pipeline() as pipeline:
-                with conn.cursor() as curs:
-                    self._insert_events(curs, stored_events, **kwargs)
-                if stored_events:
-                    try:
+            # An error leaves the pipeline block as an exception (a pipeline left quietly
+            # after a failed statement raises its own "pipeline aborted" on exit, hiding the
+            # cause) and is re-raised inside the transaction, which then rolls back.
+            try:
+                with conn.pipeline() as pipeline:
+                    with conn.cursor() as curs:
+                        self._insert_events(curs, stored_events, **kwargs)
+                    if stored_events:
                         notification_ids, batch = self._insert_and_seal(
                             conn, pipeline, stored_events, **kwargs
                         )
-                    except Exception as exc:  # re-raised below, inside the transaction
-                        error = exc
+            except Exception as exc:
+                error = exc
             if error is not None:
                 raise error
         if batch is not None:
@@ -193,27 +198,29 @@ class SealedPostgresRecorder(PostgresApplicationRecorder, SealedLog):
                 head, lambda size: self._load_frontier(curs, size), stored_events, notification_ids
             )
             entries = batch.entry_rows
-            curs.execute(
-                self._sql_insert_entries,
-                (
-                    [r[0] for r in entries],
-                    [r[1] for r in entries],
-                    [r[2] for r in entries],
-                    [r[3] for r in entries],
-                    [r[4] for r in entries],
-                    [r[5] for r in entries],
-                ),
-                prepare=True,
-            )
-            if batch.node_rows:
-                nodes = batch.node_rows
+            try:
                 curs.execute(
-                    self._sql_insert_nodes,
-                    ([n[0] for n in nodes], [n[1] for n in nodes], [n[2] for n in nodes]),
+                    self._sql_insert_entries,
+                    (
+                        [r[0] for r in entries],
+                        [r[1] for r in entries],
+                        [r[2] for r in entries],
+                        [r[3] for r in entries],
+                        [r[4] for r in entries],
+                        [r[5] for r in entries],
+                    ),
                     prepare=True,
                 )
-            try:
-                pipeline.sync()  # constraint violations on log_entries surface here
+                if batch.node_rows:
+                    nodes = batch.node_rows
+                    curs.execute(
+                        self._sql_insert_nodes,
+                        ([n[0] for n in nodes], [n[1] for n in nodes], [n[2] for n in nodes]),
+                        prepare=True,
+                    )
+                # Constraint violations on log_entries surface here, or already at the next
+                # statement when the pipeline fetches results early.
+                pipeline.sync()
             except psycopg.errors.UniqueViolation as exc:
                 refusal = self._refusal(exc, entries)
                 if refusal is None:
@@ -322,6 +329,28 @@ class SealedPostgresRecorder(PostgresApplicationRecorder, SealedLog):
             (list(nonces),),
         )
         return {str(r["nonce"]): int(r["seq"]) for r in rows}
+
+    def settled_nonce_seqs(self, nonces: Sequence[str]) -> dict[str, int]:
+        """``nonce_seqs`` once no write is in flight: the events table is locked in SHARE
+        mode first, which waits for a writer's EXCLUSIVE lock, so a transaction whose
+        commit was cut off mid-way has ended, one way or the other, before the log is read.
+        What a writer whose connection failed asks to learn whether its batch was stored."""
+        if not nonces:
+            return {}
+        with self.datastore.get_connection() as conn, conn.transaction(), conn.cursor() as curs:
+            curs.execute("SET LOCAL lock_timeout = '30s'")
+            curs.execute(
+                SQL("LOCK TABLE {schema}.{table} IN SHARE MODE").format(
+                    schema=self._schema, table=Identifier(self.events_table_name)
+                )
+            )
+            curs.execute(
+                SQL(
+                    "SELECT nonce, seq FROM {schema}.log_entries WHERE nonce = ANY(%s::text[])"
+                ).format(schema=self._schema),
+                (list(nonces),),
+            )
+            return {str(r["nonce"]): int(r["seq"]) for r in curs.fetchall()}
 
     def _sql_idempotency_seqs(self, tokens: Sequence[str]) -> dict[str, int]:
         rows = self._query(

@@ -17,15 +17,20 @@ from uuid import UUID
 from eventsourcing.persistence import IntegrityError, StoredEvent
 
 from ledger.sealer import Sealer
+from signing.checkpoint import Checkpoint
 from signing.entry import Entry, decode_entry, encode_entry
+from signing.errors import NoteError, ProofError
 from signing.merkle import (
     EMPTY_ROOT,
     CompactRange,
     consistency_proof,
     hash_range,
     inclusion_proof,
+    leaf_hash,
     perfect_subtrees,
+    verify_inclusion,
 )
+from signing.note import split
 
 READ_BATCH = 2000
 
@@ -202,6 +207,33 @@ class SealedLog:
     def consistency_proof(self, size1: int, size2: int) -> list[bytes]:
         return consistency_proof(size1, size2, self.read_nodes)
 
+    def receipt_proof(
+        self, seq: int, checkpoint: StoredCheckpoint, proof: Sequence[bytes] | None = None
+    ) -> list[bytes]:
+        """The inclusion proof of entry ``seq`` under ``checkpoint`` (or ``proof``, one the
+        caller already has), checked before anyone is handed it: the entry's bytes as they are
+        now, hashed, must lead to the checkpoint's signed root. A log changed behind the
+        ledger's back (a same-size rewrite, an entry edited) raises ``ProofError`` here
+        instead of producing a receipt that fails its holder's check."""
+        row = next(iter(self.read_rows(seq, seq + 1)), None)
+        if row is None or row.entry is None:
+            raise ProofError(f"entry {seq} is missing from the log (its event row is gone)")
+        hashes = list(proof) if proof is not None else self.inclusion_proof(seq, checkpoint.size)
+        try:  # the root the note says, not the column beside it
+            signed = Checkpoint.parse(split(checkpoint.note)[0])
+        except NoteError as exc:
+            raise ProofError(f"the stored checkpoint of size {checkpoint.size}: {exc}") from None
+        if signed.size != checkpoint.size:
+            raise ProofError(f"the stored checkpoint of size {checkpoint.size} signs another size")
+        try:
+            verify_inclusion(leaf_hash(row.entry), seq, signed.size, hashes, signed.root)
+        except ProofError as exc:
+            raise ProofError(
+                f"entry {seq} as the log holds it now is not the entry the checkpoint of size"
+                f" {checkpoint.size} signed ({exc}): the log was altered"
+            ) from None
+        return hashes
+
     def checkpoints(
         self, *, newest_first: bool = False, limit: int | None = None
     ) -> list[StoredCheckpoint]:
@@ -229,6 +261,11 @@ class SealedLog:
     def nonce_seqs(self, nonces: Sequence[str]) -> dict[str, int]:
         """The positions of the entries that already used any of ``nonces`` (one query)."""
         return self._sql_nonce_seqs(nonces) if nonces else {}
+
+    def settled_nonce_seqs(self, nonces: Sequence[str]) -> dict[str, int]:
+        """``nonce_seqs`` once no write is in flight (PostgreSQL waits for the writer's table
+        lock; SQLite's writer is in this process, and its failed commit has rolled back)."""
+        return self.nonce_seqs(nonces)
 
     def idempotency_seqs(self, tokens: Sequence[str]) -> dict[str, int]:
         """The positions of the entries that carry any of ``tokens`` (``idempotency_token``

@@ -14,6 +14,7 @@ from eventsourcing.persistence import OperationalError
 
 from ledger.checkpoints import Checkpointer, InconsistentLogError, SealRefused
 from signing.checkpoint import verify_checkpoint
+from signing.errors import ProofError
 from signing.merkle import verify_consistency
 
 
@@ -214,6 +215,14 @@ def test_a_same_size_rewrite_is_refused(ledger: Ledger) -> None:
     assert cp.due()
     with pytest.raises(InconsistentLogError, match="root"):
         cp.checkpoint()
+    # and no receipt is handed out that its holder's check would fail
+    latest = ledger.service.sealed.latest_checkpoint()
+    assert latest is not None and latest.size == 8
+    # entry 5 was replaced; entry 2 is intact, but its proof climbs through the rewritten
+    # subtree: neither reaches the signed root, and neither gets a receipt
+    for seq in (5, 2):
+        with pytest.raises(ProofError, match=f"entry {seq} as the log holds it now"):
+            ledger.service.sealed.receipt_proof(seq, latest)
 
 
 @dataclass(frozen=True)
