@@ -9,6 +9,7 @@ from __future__ import annotations
 import contextlib
 import datetime as dt
 import hashlib
+import io
 import json
 import os
 import platform
@@ -17,6 +18,7 @@ import socket
 import statistics
 import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
@@ -270,9 +272,21 @@ def attestations(keys: Sequence[SigningKey], count: int) -> list[bytes]:
 
 
 def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
+    """A loopback port that nothing uses, and that no other process will be handed for the
+    next minute: it is left in TIME_WAIT (a connection accepted on it, closed from the
+    accepting side first), so the kernel gives it to no ``bind`` to port 0 (another test's
+    ``free_port``) and to no outgoing connection, while a server that sets ``SO_REUSEADDR``
+    (uvicorn, ``kpi-ledger serve --workers N``) still binds it. (Released at once, as it was,
+    it could be handed to a concurrent test during the seconds our server takes to start.)"""
+    with socket.socket() as listener:
+        listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        listener.bind(("127.0.0.1", 0))
+        listener.listen(1)
+        port = int(listener.getsockname()[1])
+        with socket.create_connection(("127.0.0.1", port)):
+            accepted, _ = listener.accept()
+            accepted.close()  # the accepting side closes first: its end is the one in TIME_WAIT
+    return port
 
 
 @contextlib.contextmanager
@@ -282,40 +296,154 @@ def serving(
     *,
     env: dict[str, str] | None = None,
     start_seconds: float = 60.0,
+    port: int | None = None,
+    announce: str | None = None,
 ) -> Iterator[tuple[str, subprocess.Popen[str]]]:
-    """Run a server command (``--port`` is added) in a child process from the repository's
-    root, wait until ``GET ready`` answers below 500, and yield its base URL and the
-    process. On leaving, it is stopped with SIGTERM and waited for: the caller may check
-    ``process.returncode`` afterwards (the benches and the end-to-end test share this)."""
+    """Run a server command (``--port`` is added: ``port``, or a ``free_port()``) in a child
+    process from the repository's root; yield its base URL and the process once it is ready.
+    On leaving, it is stopped with SIGTERM and waited for: the caller may check
+    ``process.returncode`` afterwards, and read what it wrote on its stderr from
+    ``process.stderr`` (kept in a file while it runs, so that it never blocks on a full pipe;
+    written to this process's stderr too if the block raised). The benches and the end-to-end
+    tests share this.
+
+    Ready means: ``announce``, if given, is in the child's stderr (``kpi-ledger serve
+    --workers N`` writes ``api.workers.READY_LINE`` once every worker serves); ``GET ready``
+    answers below 500; the child still runs; and every socket listening on the port is the
+    child's or its descendants' (Linux: ``/proc``; elsewhere that check is skipped). A port
+    shared with a foreign server is an error.
+
+    Why: the end-to-end test failed once with ``ConnectError: [Errno 111] Connection
+    refused`` on its first write, after this probe had been answered, because "something
+    answers" was taken for "the server is ready". The cause seen (its stderr caught once): of
+    the two workers of ``serve --workers 2``, starting together on a ledger without a token
+    table, one failed creating it (PostgreSQL's ``CREATE TABLE IF NOT EXISTS`` races; the
+    supervisor now creates it first, ``api.workers._create_tables``) and the service stopped,
+    while the other had already answered the probe. A second way to the same symptom:
+    ``free_port`` released its port at once, so while a service was starting the kernel could
+    hand the port to a test running at the same time (another xdist worker, another person's
+    run: the same user); ``serve --workers N`` checked the port with ``SO_REUSEPORT`` set,
+    which the kernel lets share a port with a listening socket of the same user, so the second
+    service joined the first one's socket group; the other service could answer the probe,
+    then stop before ours listened. Now a service with workers announces readiness only when
+    every worker serves, the port is kept from other processes (``free_port``), a service
+    refuses a port anything listens on (``api.workers._check_free``), and an answer from a
+    foreign listener is not readiness."""
     import httpx2 as httpx
 
-    port = free_port()
-    child = subprocess.Popen(
-        [*args, "--port", str(port)],
-        env={**os.environ, **(env or {}), "PYTHONPATH": str(ROOT)},
-        cwd=ROOT,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
-    base = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + start_seconds
-        while True:
+    port = free_port() if port is None else port
+    with tempfile.TemporaryDirectory(prefix="kpi-serving-") as folder:
+        log_path = Path(folder) / "stderr"
+        with log_path.open("a", encoding="utf-8") as log:
+            child = subprocess.Popen(
+                [*args, "--port", str(port)],
+                env={**os.environ, **(env or {}), "PYTHONPATH": str(ROOT)},
+                cwd=ROOT,
+                stdin=subprocess.DEVNULL,
+                stdout=subprocess.DEVNULL,
+                stderr=log,
+                text=True,
+            )
+        base = f"http://127.0.0.1:{port}"
+        failed = True
+        try:
+            deadline = time.monotonic() + start_seconds
+            while True:
+                if child.poll() is not None or time.monotonic() > deadline:
+                    raise RuntimeError(f"the server did not start: {log_path.read_text()}")
+                if announce is None or announce in log_path.read_text():
+                    try:
+                        answered = httpx.get(base + ready, timeout=1).status_code < 500
+                    except httpx.TransportError:
+                        answered = False
+                    if answered:
+                        foreign = _foreign_listeners(port, child.pid)
+                        if foreign:
+                            raise RuntimeError(
+                                f"port {port} is served by another process too (listening"
+                                f" sockets {sorted(foreign)} are not the server's)"
+                            )
+                        if child.poll() is None:
+                            break
+                time.sleep(0.2)
+            yield base, child
+            failed = False
+        finally:
+            if child.poll() is None:
+                child.terminate()
             try:
-                if httpx.get(base + ready, timeout=1).status_code < 500:
-                    break
-            except httpx.TransportError:
-                pass
-            if child.poll() is not None or time.monotonic() > deadline:
-                raise RuntimeError(
-                    f"the server did not start: {child.stderr.read() if child.stderr else ''}"
-                )
-            time.sleep(0.2)
-        yield base, child
-    finally:
-        child.terminate()
-        child.wait(timeout=40)
+                child.wait(timeout=40)
+            except subprocess.TimeoutExpired:
+                failed = True
+                child.kill()
+                child.wait()
+                raise
+            finally:
+                text = log_path.read_text()
+                child.stderr = io.StringIO(text)
+                if failed and text:
+                    sys.stderr.write(f"--- the server's stderr ---\n{text}")
+
+
+def _foreign_listeners(port: int, root: int) -> set[int]:
+    """The inodes of the TCP sockets listening on ``port`` (where a connection to 127.0.0.1
+    reaches them) that neither ``root`` nor any of its descendants holds. Empty where there
+    is no ``/proc/net/tcp``."""
+    listening: set[int] = set()
+    for table, family in (("/proc/net/tcp", socket.AF_INET), ("/proc/net/tcp6", socket.AF_INET6)):
+        try:
+            lines = Path(table).read_text().splitlines()[1:]
+        except OSError:
+            continue
+        for line in lines:
+            fields = line.split()
+            address, _, hex_port = fields[1].partition(":")
+            if fields[3] == "0A" and int(hex_port, 16) == port:  # 0A: LISTEN
+                # the kernel writes each 32-bit word of the address in host (little) order
+                words = bytes.fromhex(address)
+                raw = b"".join(words[i : i + 4][::-1] for i in range(0, len(words), 4))
+                if socket.inet_ntop(family, raw) in LOOPBACK_LISTENERS:
+                    listening.add(int(fields[9]))
+    return listening - _socket_inodes(_process_tree(root)) if listening else set()
+
+
+LOOPBACK_LISTENERS = {"127.0.0.1", "0.0.0.0", "::", "::ffff:127.0.0.1"}
+
+
+def _process_tree(root: int) -> set[int]:
+    """``root`` and its descendants (their parents read from ``/proc/PID/stat``)."""
+    parents: dict[int, int] = {}
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                stat = Path(f"/proc/{entry}/stat").read_text()
+            except OSError:
+                continue  # gone meanwhile
+            parents[int(entry)] = int(stat.rpartition(")")[2].split()[1])
+    tree = {root}
+    grew = True
+    while grew:
+        more = {pid for pid, parent in parents.items() if parent in tree} - tree
+        tree |= more
+        grew = bool(more)
+    return tree
+
+
+def _socket_inodes(pids: set[int]) -> set[int]:
+    inodes: set[int] = set()
+    for pid in pids:
+        try:
+            fds = os.listdir(f"/proc/{pid}/fd")
+        except OSError:
+            continue
+        for fd in fds:
+            try:
+                target = os.readlink(f"/proc/{pid}/fd/{fd}")
+            except OSError:
+                continue
+            if target.startswith("socket:["):
+                inodes.add(int(target[len("socket:[") : -1]))
+    return inodes
 
 
 # -- a ledger with keys ---------------------------------------------------------------------

@@ -15,6 +15,7 @@ inspector verifies offline.
 from __future__ import annotations
 
 import signal
+import subprocess
 import sys
 import tarfile
 import time
@@ -28,6 +29,7 @@ import pytest
 
 from api.principals import Principals
 from api.routes.facts import family_of
+from api.workers import READY_LINE
 from bench.common import serving as bench_serving
 from domain.errors import Refusal
 from domain.service import Appended
@@ -46,15 +48,31 @@ pytestmark = pytest.mark.postgres
 
 @contextmanager
 def serving(db_url: str, home: Path, *, workers: int = 1) -> Iterator[str]:
-    """``kpi-ledger serve`` in a child process; yields its base URL. On leaving, the service
-    is stopped with SIGTERM and must stop cleanly."""
-    args = [sys.executable, "-m", "api.cli", "serve", "--db", db_url, "--home", str(home)]
-    args += ["--checkpoint-seconds", "1", "--log-level", "warning", "--workers", str(workers)]
-    with bench_serving(args, env={"KPI_LEDGER_MAX_BACKDATE": "off"}) as (base, child):
+    """``kpi-ledger serve`` in a child process; yields its base URL once it serves (with
+    several workers: once every one of them serves, as the supervisor announces). On leaving,
+    the service is stopped with SIGTERM and must stop cleanly."""
+    with serving_process(db_url, home, workers=workers) as (base, child):
         yield base
     # uvicorn re-raises the SIGTERM it handled once it has shut down; the supervisor of
     # several workers exits 0 after stopping them
     assert child.returncode in (0, -signal.SIGTERM), child.stderr.read() if child.stderr else ""
+
+
+@contextmanager
+def serving_process(
+    db_url: str, home: Path, *, workers: int = 1, port: int | None = None
+) -> Iterator[tuple[str, subprocess.Popen[str]]]:
+    """``kpi-ledger serve`` in a child process, on ``port`` or a free one: its base URL and
+    the process (``bench.common.serving``: on leaving, SIGTERM unless it has stopped)."""
+    args = [sys.executable, "-m", "api.cli", "serve", "--db", db_url, "--home", str(home)]
+    args += ["--checkpoint-seconds", "1", "--log-level", "warning", "--workers", str(workers)]
+    with bench_serving(
+        args,
+        env={"KPI_LEDGER_MAX_BACKDATE": "off"},
+        port=port,
+        announce=READY_LINE if workers > 1 else None,
+    ) as served:
+        yield served
 
 
 class HttpWorld(World):
