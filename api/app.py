@@ -29,6 +29,7 @@ from api.feed import FeedHub, subscribers_bound
 from api.routes import audit, facts, health, scores, views
 from api.runtime import Runtime, Settings
 from domain.errors import Refusal
+from signing.errors import ProofError
 
 VERSION = "1.0"
 GC_YOUNG = 50_000  # allocations between young collections (CPython's default: 700)
@@ -193,6 +194,7 @@ def create_app(
     handlers: list[tuple[Any, Callable[..., Any]]] = [
         (problems.Problem, problems.problem_handler),
         (Refusal, problems.refusal_handler),
+        (ProofError, problems.damage_handler),
         (RequestValidationError, problems.validation_handler),
         (StarletteHTTPException, problems.http_handler),
         (Exception, problems.crash_handler),

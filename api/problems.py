@@ -134,6 +134,17 @@ def problem_handler(request: Request, exc: Exception) -> JSONResponse:
     return exc.response(request.url.path)
 
 
+def damage_handler(request: Request, exc: Exception) -> JSONResponse:
+    """A proof the stored tree cannot give (a node or leaf missing, a root that disagrees):
+    the log is damaged. Said as such, not as a crash; ``kpi-ledger verify`` names the rest."""
+    return Problem(
+        409,
+        "The log is damaged",
+        f"{exc}; an inspector's 'kpi-ledger verify' names every damaged position",
+        rule="log.damaged",
+    ).response(request.url.path)
+
+
 def refusal_handler(request: Request, exc: Exception) -> JSONResponse:
     assert isinstance(exc, Refusal)
     return refusal_problem(exc).response(request.url.path)

@@ -45,6 +45,7 @@ from api.feed import Damage, FeedFull, FeedHub, FeedResponse, read_shown
 from api.problems import Problem
 from ledger.export import export_bundle
 from ledger.proof_cache import NotCached
+from signing.errors import ProofError
 from signing.facts import read_fact
 from signing.receipt import TlogProof
 
@@ -171,7 +172,11 @@ async def consistency(
     response_class=PlainTextResponse,
     operation_id="get_receipt",
     summary="The entry's receipt (c2sp.org/tlog-proof@v1) under the latest checkpoint",
-    responses={200: {"content": {"text/plain": {}}}, 404: {"description": "not sealed yet"}},
+    responses={
+        200: {"content": {"text/plain": {}}},
+        404: {"description": "not sealed yet"},
+        409: {"description": "the entry no longer matches the checkpoint: the log was altered"},
+    },
 )
 def receipt(rt: RuntimeDep, _: PrincipalDep, seq: Position) -> PlainTextResponse:
     log = rt.service.sealed
@@ -182,8 +187,12 @@ def receipt(rt: RuntimeDep, _: PrincipalDep, seq: Position) -> PlainTextResponse
         raise Problem(
             404, "Not found", f"entry {seq} {what}; try again shortly", rule="log.not_sealed"
         )
-    _root, proof = rt.proofs.inclusion(seq, latest.size)
-    return PlainTextResponse(TlogProof(seq, tuple(proof), latest.note).format())
+    try:  # never hand out a receipt that its holder's check would fail
+        _root, proof = rt.proofs.inclusion(seq, latest.size)
+        checked = log.receipt_proof(seq, latest, proof)
+    except ProofError as exc:
+        raise Problem(409, "The log is damaged", str(exc), rule="log.damaged") from None
+    return PlainTextResponse(TlogProof(seq, tuple(checked), latest.note).format())
 
 
 @router.get(

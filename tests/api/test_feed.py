@@ -366,6 +366,7 @@ def test_damaged_rows_are_shown_in_place(ledger: Ledger, tmp_path: Path) -> None
     log = ledger.service.sealed
     before = {r.seq: r.entry for r in log.read_rows()}
     size = len(before)
+    ledger.checkpointer().checkpoint()  # sealed before the damage
     _damage(ledger, changed=4, no_event=6, no_position=8)
     damaged = {4: "changed", 6: "deleted", 8: "deleted"}
     app = create_app(
@@ -395,6 +396,14 @@ def test_damaged_rows_are_shown_in_place(ledger: Ledger, tmp_path: Path) -> None
             assert one.status_code == 409 and one.json()["rule"] == "log.damaged", one.text
             assert one.json()["damaged"]["problem"] == problem
         assert client.get(f"/v1/entries/{size}", headers=auth).status_code == 404
+        # no receipt that its holder's check would fail: the damaged entries get none
+        # (nor for 9, whose proof needs the leaf of the position deleted beside it)
+        for seq in (4, 6, 9):
+            refused = client.get(f"/v1/receipts/{seq}", headers=auth)
+            assert refused.status_code == 409 and refused.json()["rule"] == "log.damaged"
+        assert client.get("/v1/receipts/2", headers=auth).status_code == 200
+        proof = client.get("/v1/proofs/inclusion", headers=auth, params={"index": 9, "size": 11})
+        assert proof.status_code == 409 and proof.json()["rule"] == "log.damaged", proof.text
         feed = client.get("/v1/feed", headers=auth, params={"from": 2, "limit": size - 2})
         events, rest = parse_events(feed.content)
         assert rest == b""
