@@ -20,6 +20,7 @@ from typing import Any
 
 from fastapi import FastAPI
 from fastapi.exceptions import RequestValidationError
+from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.requests import ClientDisconnect
 from starlette.types import ASGIApp, Receive, Scope, Send
@@ -29,6 +30,7 @@ from api.feed import FeedHub, subscribers_bound
 from api.routes import audit, facts, health, scores, views
 from api.runtime import Runtime, Settings
 from domain.errors import Refusal
+from ledger.jobs import is_database_error
 from signing.errors import ProofError
 
 VERSION = "1.0"
@@ -126,18 +128,36 @@ class Failures:
                 started = True
             await send(message)
 
-        try:
-            await self.app(scope, receive, watched)
-        except ClientDisconnect:
-            return  # no one to answer
-        except Exception as exc:
-            if started:
-                raise
-            method = str(scope.get("method", "GET"))
-            path = str(scope.get("path", ""))
-            log.error("unexpected error answering %s %s", method, path, exc_info=exc)
-            response = problems.failure_problem(method, exc).response(path)
-            await response(scope, receive, send)
+        method = str(scope.get("method", "GET"))
+        for attempt in (1, 2):
+            try:
+                await self.app(scope, receive, watched)
+                return
+            except ClientDisconnect:
+                return  # no one to answer
+            except Exception as exc:
+                if started:
+                    raise
+                if attempt == 1 and method in READS and is_database_error(exc):
+                    # A read met a dead pooled connection (a database restart ends them all
+                    # at once): drop the broken ones and answer it again, once.
+                    await _heal(scope)
+                    continue
+                path = str(scope.get("path", ""))
+                log.error("unexpected error answering %s %s", method, path, exc_info=exc)
+                response = problems.failure_problem(method, exc).response(path)
+                await response(scope, receive, send)
+                return
+
+
+READS = ("GET", "HEAD")
+
+
+async def _heal(scope: Scope) -> None:
+    app = scope.get("app")
+    runtime = getattr(getattr(app, "state", None), "runtime", None)
+    if isinstance(runtime, Runtime):
+        await run_in_threadpool(runtime.heal)
 
 
 def _quiet_collector() -> None:

@@ -672,15 +672,21 @@ def cmd_serve(args: argparse.Namespace) -> int:
             " writer, so one process serves it"
         )
     sys.stderr.write(
-        f"kpi-ledger: serving {database.display} on http://{args.host}:{args.port}/v1"
+        f"kpi-ledger: starting the service for {database.display} on http://{args.host}:{args.port}/v1"
         f" (OpenAPI: /v1/openapi.json, /v1/docs)"
         + (f" with {args.workers} workers" if args.workers > 1 else "")
         + "\n"
     )
     if args.workers == 1:
-        from api.runtime import FATAL
+        from api.runtime import FATAL, STOP_GRACE
 
-        uvicorn.run(create_app(settings), host=args.host, port=args.port, log_level=args.log_level)
+        uvicorn.run(
+            create_app(settings),
+            host=args.host,
+            port=args.port,
+            log_level=args.log_level,
+            timeout_graceful_shutdown=STOP_GRACE,
+        )
         if FATAL:  # a background job gave up: the service stopped itself
             sys.stderr.write(f"kpi-ledger: stopped: {'; '.join(FATAL)}\n")
             return 1

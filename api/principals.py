@@ -29,6 +29,8 @@ from typing import Any
 
 from eventsourcing.postgres import PostgresDatastore
 
+from ledger.postgres import SCHEMA_LOCK_ID
+
 TOKEN_PREFIX = "kpi_"
 MAX_REMEMBERED = 10_000  # tokens remembered at once (expired ones are dropped when full)
 NAME_PATTERN = re.compile(r"[a-z0-9][a-z0-9._-]{0,63}")
@@ -66,6 +68,8 @@ class Principals:
         schema = getattr(datastore, "schema", "") if self.postgres else ""
         self.table = f'"{schema}".kpi_api_principals' if schema else "kpi_api_principals"
         with self._cursor() as c:
+            if self.postgres:  # concurrent CREATE TABLE IF NOT EXISTS races: one at a time
+                c.execute("SELECT pg_advisory_xact_lock(%s)", (SCHEMA_LOCK_ID,))
             c.execute(
                 f"CREATE TABLE IF NOT EXISTS {self.table} ("
                 " name TEXT PRIMARY KEY, token_hash TEXT NOT NULL UNIQUE,"

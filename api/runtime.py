@@ -48,6 +48,7 @@ from projections.store import _ViewSQL
 MAX_BODY = 4 * 1024 * 1024  # a batch of 1,000 envelopes is about 1.5 MB
 MAX_BATCH = 1000
 TOKEN_SECONDS = 2.0  # a revoked token keeps working in a running service for at most this
+STOP_GRACE = 10  # seconds uvicorn waits for open requests (a feed never ends) at shutdown
 JOBS = ("checkpointer", "projections")
 OFF, NO_LEADER = "off", "no leader"
 FATAL: list[str] = []  # why a job gave up (read by ``kpi-ledger serve`` for its exit status)
@@ -146,6 +147,17 @@ class Runtime:
         close_view(self.view)
         if self.owns_service:
             self.service.close()
+
+    def heal(self) -> None:
+        """After a lost database connection: drop the broken idle connections of the ledger's
+        pool and of the views' (``LedgerService.heal``)."""
+        self.service.heal()
+        pool = getattr(getattr(self.view, "datastore", None), "pool", None)
+        if pool is not None and hasattr(pool, "check"):
+            try:
+                pool.check()
+            except Exception as exc:
+                logger.warning("checking the views' connection pool failed: %s", exc)
 
     def jobs(self) -> dict[str, JobHealth]:
         """Each background job's health, as true for this process as it can be told: a job

@@ -56,7 +56,7 @@ from types import FrameType
 import uvicorn
 
 from api.principals import Principals
-from api.runtime import Background, Settings
+from api.runtime import STOP_GRACE, Background, Settings
 from ledger.config import Database
 from projections.runners import close_view, open_view
 from projections.store import PostgresEvaluationView
@@ -271,7 +271,11 @@ def _worker(
     _die_with_supervisor(supervisor_pid)
     from api.app import create_app
 
-    config = uvicorn.Config(create_app(Settings.from_json(settings_json)), log_level=log_level)
+    config = uvicorn.Config(
+        create_app(Settings.from_json(settings_json)),
+        log_level=log_level,
+        timeout_graceful_shutdown=STOP_GRACE,
+    )
     server = _WorkerServer(config, supervisor)
     threading.Thread(target=server.watch, name="supervisor-watch", daemon=True).start()
     server.run(sockets=[sock])

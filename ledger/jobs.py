@@ -43,6 +43,7 @@ from dataclasses import dataclass, replace
 from typing import Any
 
 from ledger.config import Database
+from ledger.postgres import SCHEMA_LOCK_ID
 
 logger = logging.getLogger("kpi_ledger.jobs")
 
@@ -246,7 +247,9 @@ class JobTable:
         else:
             with connect(self.database) as pg:
                 if not self._created:
-                    pg.execute(_CREATE)
+                    with pg.transaction():  # concurrent CREATE ... IF NOT EXISTS race
+                        pg.execute("SELECT pg_advisory_xact_lock(%s)", (SCHEMA_LOCK_ID,))
+                        pg.execute(_CREATE)
                 cursor = pg.execute(statement.format(p="%s"), params)
                 rows = cursor.fetchall() if cursor.description is not None else []
         self._created = True

@@ -26,6 +26,7 @@ from eventsourcing.persistence import Tracking
 from eventsourcing.postgres import PostgresDatastore, PostgresTrackingRecorder
 from eventsourcing.sqlite import SQLiteDatastore, SQLiteTrackingRecorder
 
+from ledger.postgres import SCHEMA_LOCK_ID
 from projections.facts import Fact, decode
 
 APP_NAME = "KpiLedger"  # the application whose notifications the views track
@@ -458,6 +459,12 @@ class PostgresEvaluationView(PostgresTrackingRecorder, _ViewSQL):
 
         for statement in _TABLES:
             self.sql_create_statements.append(SQL(statement.replace("{s}", self.schema_prefix)))  # type: ignore[arg-type]
+
+    def _create_table(self, curs: Any) -> None:
+        # Processes starting together (two services on one database, workers) would race in
+        # CREATE TABLE IF NOT EXISTS, which is not safe against a concurrent one: one at a time.
+        curs.execute("SELECT pg_advisory_xact_lock(%s)", (SCHEMA_LOCK_ID,))
+        super()._create_table(curs)
 
     @contextmanager
     def _cursor(self, *, commit: bool) -> Iterator[Any]:

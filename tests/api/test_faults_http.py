@@ -230,6 +230,34 @@ def test_a_failed_read_is_a_500_and_the_connection_stays(
     assert len([r for r in caplog.records if r.exc_info is not None]) == 1
 
 
+def test_a_read_that_met_a_dead_connection_is_answered_again_once(
+    service: Service, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """After a database restart every pooled connection is dead: the first read to meet one
+    heals the pools and is answered, not failed; a read failing again is a 500."""
+    from eventsourcing.persistence import OperationalError
+
+    real = service.rt.service.sealed.latest_checkpoint
+    healed: list[int] = []
+    failures = [1]
+
+    def flaky() -> Any:
+        if failures:
+            failures.pop()
+            raise OperationalError("server closed the connection unexpectedly")
+        return real()
+
+    monkeypatch.setattr(service.rt.service.sealed, "latest_checkpoint", flaky)
+    monkeypatch.setattr(service.rt, "heal", lambda: healed.append(1))
+    with service.connect() as conn:
+        first = conn.request("GET", "/v1/checkpoint", service.auth("lan"))
+        _problem(first, 404, "log.no_checkpoint")  # answered: there is no checkpoint yet
+        assert healed == [1]
+        failures.extend([1, 1])  # fails again after the heal: the truth, a 500
+        _problem(conn.request("GET", "/v1/checkpoint", service.auth("lan")), 500, "server.error")
+        assert healed == [1, 1]
+
+
 # -- the organisation, when the database fails -------------------------------------------------
 
 

@@ -18,7 +18,7 @@ from typing import Any
 
 import psycopg
 import pytest
-from conftest import Ledger
+from conftest import Ledger, make_ledger
 from eventsourcing.persistence import OperationalError
 
 from domain.errors import WriteFailed
@@ -118,8 +118,6 @@ def test_the_writer_lock_connection_cut_after_the_commit(pg_url: str, tmp_path: 
     """The batch commits on one pooled connection; the advisory lock is held by another.
     Cutting the lock's connection between the commit and the unlock cannot make the answer
     a failure: the lock dies with its session, and the batch is answered with its positions."""
-    from conftest import make_ledger
-
     ledger = make_ledger(pg_url, tmp_path / "home")
     try:
         size = ledger.service.sealed.log_size()
