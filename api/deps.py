@@ -20,6 +20,7 @@ from starlette.concurrency import run_in_threadpool
 from api.access import Caller
 from api.problems import Problem
 from api.runtime import Runtime
+from ledger.jobs import is_database_error
 
 _bearer = HTTPBearer(auto_error=False, description="a token from `kpi-ledger principal add`")
 
@@ -44,7 +45,18 @@ async def principal(
             headers=challenge,
         )
     token = credentials.credentials
-    name = rt.principals.remembered(token) or await run_in_threadpool(rt.principals.who, token)
+    try:
+        name = rt.principals.remembered(token) or await run_in_threadpool(_who, rt, token)
+    except Exception as exc:
+        if not is_database_error(exc):
+            raise
+        raise Problem(  # before anything was read or written: say so, and when to come back
+            503,
+            "Service unavailable",
+            "the database cannot be reached to check the token; nothing was done: retry",
+            rule="server.unavailable",
+            headers={"Retry-After": "2"},
+        ) from exc
     if name is None:
         raise Problem(
             401,
@@ -54,6 +66,18 @@ async def principal(
             headers=challenge,
         )
     return name
+
+
+def _who(rt: Runtime, token: str) -> str | None:
+    """The token's principal from the table; a dead pooled connection (a database restart
+    ends them all) heals the pools and is tried once more."""
+    try:
+        return rt.principals.who(token)
+    except Exception as exc:
+        if not is_database_error(exc):
+            raise
+    rt.heal()
+    return rt.principals.who(token)
 
 
 def caller(

@@ -48,9 +48,10 @@ from projections.store import _ViewSQL
 MAX_BODY = 4 * 1024 * 1024  # a batch of 1,000 envelopes is about 1.5 MB
 MAX_BATCH = 1000
 TOKEN_SECONDS = 2.0  # a revoked token keeps working in a running service for at most this
+READY_SECONDS = 2.0  # how long /v1/ready waits for a database connection
 STOP_GRACE = 10  # seconds uvicorn waits for open requests (a feed never ends) at shutdown
 JOBS = ("checkpointer", "projections")
-OFF, NO_LEADER = "off", "no leader"
+OFF, NO_LEADER, UNKNOWN = "off", "no leader", "unknown"
 FATAL: list[str] = []  # why a job gave up (read by ``kpi-ledger serve`` for its exit status)
 
 logger = logging.getLogger("kpi_ledger.runtime")
@@ -66,6 +67,7 @@ class Settings:
     token_seconds: float = TOKEN_SECONDS  # how long a token's principal is remembered
     quiet_gc: bool = False  # freeze the heap once started (a serving process: api/app.py)
     exit_on_fatal: bool = False  # a job that gives up stops the process (kpi-ledger serve)
+    jobs_elsewhere: bool = False  # a worker: the jobs run in its supervisor (api/workers.py)
 
     def to_json(self) -> str:
         """What a worker process needs to open the same runtime (``from_json``): every
@@ -148,6 +150,21 @@ class Runtime:
         if self.owns_service:
             self.service.close()
 
+    def database_answers(self, timeout: float = READY_SECONDS) -> str:
+        """``ok``, or why the database cannot be used now: a pooled connection must answer
+        ``SELECT 1`` within ``timeout`` seconds (a readiness probe must answer quickly; a
+        request would wait for the pool's longer timeout)."""
+        pool = getattr(getattr(self.service.sealed, "datastore", None), "pool", None)
+        try:
+            if pool is not None and hasattr(pool, "connection"):
+                with pool.connection(timeout=timeout) as conn:
+                    conn.execute("SELECT 1")
+            else:
+                self.service.sealed.log_size()
+        except Exception as exc:
+            return f"cannot be read: {type(exc).__name__}: {exc}".strip()
+        return "ok"
+
     def heal(self) -> None:
         """After a lost database connection: drop the broken idle connections of the ledger's
         pool and of the views' (``LedgerService.heal``)."""
@@ -174,19 +191,19 @@ class Runtime:
 def job_health(settings: Settings, local: dict[str, Job | None]) -> dict[str, JobHealth]:
     now = time.time()
     shared: dict[str, JobHealth] | None = None
+    unreadable: str | None = None
     out: dict[str, JobHealth] = {}
     for name in JOBS:
         job = local.get(name)
         if job is not None and job.health().state != STANDBY:
             out[name] = job.health()
             continue
-        if shared is None:
+        if shared is None and unreadable is None:
             try:
                 shared = JobTable(settings.database).read()
             except Exception as exc:
-                logger.debug("cannot read kpi_jobs: %s", exc)
-                shared = {}
-        row = shared.get(name)
+                unreadable = f"{type(exc).__name__}: {exc}".strip()
+        row = (shared or {}).get(name)
         if row is not None and row.heartbeat is not None and now - row.heartbeat <= STALE:
             out[name] = row
         elif row is not None:
@@ -200,13 +217,16 @@ def job_health(settings: Settings, local: dict[str, Job | None]) -> dict[str, Jo
                 row.last_ok,
                 here=False,
             )
+        elif unreadable is not None:  # who leads it cannot be read: say so, not a guess
+            detail = f"the database cannot be read: {unreadable}"
+            out[name] = JobHealth(name, UNKNOWN, now, detail, here=False)
         elif job is not None:
             out[name] = job.health()  # in standby, and nobody has reported yet
+        elif settings.jobs_elsewhere:  # a worker: its supervisor runs them
+            detail = "no process has reported running it yet"
+            out[name] = JobHealth(name, NO_LEADER, now, detail, here=False)
         else:
-            configured = name == "projections" or (
-                settings.home.exists() and settings.checkpoint_seconds > 0
-            )
-            out[name] = JobHealth(name, NO_LEADER if configured else OFF, now, here=False)
+            out[name] = JobHealth(name, OFF, now, here=False)
     return out
 
 

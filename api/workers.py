@@ -177,7 +177,7 @@ def _worker_stopped() -> int:
 
 
 def _worker_settings(settings: Settings) -> Settings:
-    return replace(settings, projections=False, checkpoint_seconds=0)
+    return replace(settings, projections=False, checkpoint_seconds=0, jobs_elsewhere=True)
 
 
 def _family(host: str, port: int) -> socket.AddressFamily:

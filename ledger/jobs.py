@@ -53,6 +53,7 @@ BUG_ATTEMPTS = 5  # failing steps in a row, for errors that are not the database
 STANDBY_POLL = 1.0  # seconds between a standby's attempts to take the lead
 HEARTBEAT = 2.0  # seconds between the leader's writes of its row in kpi_jobs
 STALE = 10.0  # a row whose heartbeat is older than this has no live leader
+BUSY = 15.0  # a step running longer than this is shown as such
 
 STARTING, OK, RETRYING, REFUSING, STANDBY, FAILED, STOPPED = (
     "starting",
@@ -94,11 +95,16 @@ class JobHealth:
     heartbeat: float | None = None
     last_ok: float | None = None
     here: bool = True  # reported by this process (else read from kpi_jobs)
+    busy_since: float | None = None  # a step has been running since then (past BUSY seconds)
 
     def summary(self) -> str:
         """``ok``, ``retrying since T (error)``, ``refusing since T (why)``, ..."""
         if self.state in (OK, STOPPED, "off"):
             return self.state
+        if self.state == "unknown":
+            return f"unknown ({self.detail})" if self.detail else "unknown"
+        if self.busy_since is not None and self.state == OK:
+            return f"ok, busy since {iso(self.busy_since)} (a step still running)"
         text = f"{self.state} since {iso(self.since)}"
         return f"{text} ({self.detail})" if self.detail else text
 
@@ -110,6 +116,7 @@ class JobHealth:
             "holder": self.holder,
             "heartbeat": iso(self.heartbeat),
             "last_success": iso(self.last_ok),
+            "busy_since": iso(self.busy_since),
             "summary": self.summary(),
         }
 
@@ -204,7 +211,7 @@ def connect(database: Database) -> Any:
         user=e["POSTGRES_USER"],
         password=e.get("POSTGRES_PASSWORD") or None,
         autocommit=True,
-        connect_timeout=int(e.get("POSTGRES_CONNECT_TIMEOUT") or 10),
+        connect_timeout=min(int(e.get("POSTGRES_CONNECT_TIMEOUT") or 10), 3),
         options=f"-c search_path={e.get('POSTGRES_SCHEMA') or 'public'}",
     )
 
@@ -216,15 +223,19 @@ def connect(database: Database) -> Any:
 _CREATE = (
     "CREATE TABLE IF NOT EXISTS kpi_jobs (job TEXT PRIMARY KEY, holder TEXT NOT NULL,"
     " state TEXT NOT NULL, since DOUBLE PRECISION NOT NULL, detail TEXT,"
-    " heartbeat DOUBLE PRECISION NOT NULL, last_ok DOUBLE PRECISION)"
+    " heartbeat DOUBLE PRECISION NOT NULL, last_ok DOUBLE PRECISION,"
+    " busy_since DOUBLE PRECISION)"
 )
 _UPSERT = (
-    "INSERT INTO kpi_jobs (job, holder, state, since, detail, heartbeat, last_ok)"
-    " VALUES ({p}, {p}, {p}, {p}, {p}, {p}, {p}) ON CONFLICT (job) DO UPDATE SET"
+    "INSERT INTO kpi_jobs (job, holder, state, since, detail, heartbeat, last_ok, busy_since)"
+    " VALUES ({p}, {p}, {p}, {p}, {p}, {p}, {p}, {p}) ON CONFLICT (job) DO UPDATE SET"
     " holder = excluded.holder, state = excluded.state, since = excluded.since,"
-    " detail = excluded.detail, heartbeat = excluded.heartbeat, last_ok = excluded.last_ok"
+    " detail = excluded.detail, heartbeat = excluded.heartbeat, last_ok = excluded.last_ok,"
+    " busy_since = excluded.busy_since"
 )
-_SELECT = "SELECT job, holder, state, since, detail, heartbeat, last_ok FROM kpi_jobs"
+_SELECT = (
+    "SELECT job, holder, state, since, detail, heartbeat, last_ok, busy_since FROM kpi_jobs"
+)
 
 
 class JobTable:
@@ -266,6 +277,7 @@ class JobTable:
                 health.detail,
                 time.time(),
                 health.last_ok,
+                health.busy_since,
             ),
         )
 
@@ -281,6 +293,7 @@ class JobTable:
                 float(r[5]),
                 float(r[6]) if r[6] is not None else None,
                 here=False,
+                busy_since=float(r[7]) if r[7] is not None else None,
             )
             for r in rows
         }
@@ -334,7 +347,7 @@ class Job:
         self._stop = threading.Event()
         self._wake = threading.Event()
         self._opened = False
-        self._published = 0.0
+        self._step_started: float | None = None
         self.steps = 0  # successful steps so far
         self.error: BaseException | None = None  # the last failure
         self._thread = threading.Thread(target=self._run, name=f"job-{name}", daemon=True)
@@ -342,6 +355,8 @@ class Job:
     # -- running -------------------------------------------------------------------------
     def start(self) -> Job:
         self._thread.start()
+        if self.table is not None:
+            threading.Thread(target=self._beat, name=f"job-{self.name}-beat", daemon=True).start()
         return self
 
     def wake(self) -> None:
@@ -368,8 +383,15 @@ class Job:
         return self.lock is None or self.lock.held
 
     def health(self) -> JobHealth:
+        """The job's state; a step running for longer than ``BUSY`` seconds (a long catch-up,
+        or a database that does not answer) shows in ``busy_since``, so that an ``ok`` from
+        the last step is not read as "working now"."""
         with self._health_lock:
-            return self._health
+            health = self._health
+        started = self._step_started
+        if started is not None and self.clock() - started > BUSY:
+            return replace(health, busy_since=started)
+        return health
 
     def _set(self, state: str, detail: str | None, *, ok: bool = False) -> None:
         now = self.clock()
@@ -385,13 +407,23 @@ class Job:
                 heartbeat=now,
             )
             self._health = new
-        due = changed or now - self._published > HEARTBEAT
-        if self.table is not None and self.leading and due:
-            try:
-                self.table.publish(new)
-                self._published = now
-            except Exception as exc:  # the table is a report: the job goes on without it
-                logger.debug("job %s: cannot publish its state: %s", self.name, exc)
+        if changed:
+            self._publish()
+
+    def _publish(self) -> None:
+        """Write this job's state to ``kpi_jobs`` if it leads (a report: never fatal)."""
+        if self.table is None or not self.leading:
+            return
+        try:
+            self.table.publish(self.health())
+        except Exception as exc:  # the table is a report: the job goes on without it
+            logger.debug("job %s: cannot publish its state: %s", self.name, exc)
+
+    def _beat(self) -> None:
+        """The heartbeat, in a thread of its own: a step that runs long (a catch-up of a big
+        log) must not make the other processes think the leader is gone."""
+        while not self._stop.wait(HEARTBEAT):
+            self._publish()
 
     def _run(self) -> None:
         failing_since: float | None = None
@@ -408,7 +440,11 @@ class Job:
                     self._opened = True
                 if self.lock is not None:
                     self.lock.check()
-                self._step()
+                self._step_started = self.clock()
+                try:
+                    self._step()
+                finally:
+                    self._step_started = None
             except Refusing as exc:
                 self._refusing(str(exc))
                 self._pause(self.interval)

@@ -15,7 +15,7 @@ from fastapi import APIRouter, Response
 from pydantic import BaseModel, Field
 
 from api.deps import PrincipalDep, RuntimeDep
-from api.runtime import NO_LEADER, Runtime
+from api.runtime import NO_LEADER, UNKNOWN, Runtime
 from ledger.jobs import FAILED, OK, JobHealth
 from projections.store import APP_NAME
 
@@ -95,14 +95,10 @@ def ready(rt: RuntimeDep, response: Response) -> Readiness:
     another process on the same database) that has not given up. A checkpointer that is
     *refusing* (an integrity alarm) leaves the service ready — reads and writes are still
     true — and shows in ``/v1/status``."""
-    try:
-        rt.service.sealed.log_size()
-        database = "ok"
-    except Exception as exc:
-        database = f"cannot be read: {type(exc).__name__}: {exc}".strip()
-    jobs = rt.jobs() if database == "ok" else {}
+    database = rt.database_answers()
+    jobs = rt.jobs()  # this process's own jobs answer from memory even without the database
     words = {name: job.summary() for name, job in jobs.items()}
-    live = all(job.state not in (FAILED, NO_LEADER) for job in jobs.values())
+    live = all(job.state not in (FAILED, NO_LEADER, UNKNOWN) for job in jobs.values())
     answer = Readiness(ready=database == "ok" and live, database=database, jobs=words)
     if not answer.ready:
         response.status_code = 503

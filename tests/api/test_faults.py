@@ -181,8 +181,8 @@ def test_writes_and_views_under_terminated_backends(pg_url: str, tmp_path: Path)
             if status in (200, 201):
                 continue
             assert status in (0, 500, 503), (status, body)
-            if status == 503:
-                assert body["rule"] == "server.not_recorded", body
+            if status == 503:  # nothing recorded, or nothing even tried (the token check)
+                assert body["rule"] in ("server.not_recorded", "server.unavailable"), body
             elif status == 500:
                 assert body["rule"] == "server.outcome_unknown", body
             again = _post(client, base, token, envelopes[i])
@@ -340,3 +340,56 @@ def _assert_consistent(pg_url: str, home: Path, notes: list[str]) -> None:
             verify_consistency(one.size, two.size, proof, one.root, two.root)
     finally:
         service.close()
+
+
+def test_ready_and_status_say_what_is_true_through_a_database_outage(
+    pg_url: str, tmp_path: Path
+) -> None:
+    """The database refuses every connection for a while (``ALLOW_CONNECTIONS false`` and its
+    sessions ended): the service stays alive, is not ready and says why, its jobs say they
+    are retrying, a write is answered ``not_recorded``; once the database is back, all is well
+    again without a restart."""
+    home = tmp_path / "home"
+    key, token = _ledger(pg_url, home)
+    dbname = pg_url.rsplit("/", 1)[1].split("?")[0]
+    admin_url = pg_url.rsplit("/", 1)[0] + "/postgres"
+    envelope = _attestations(key, 1, start=900)[0]
+
+    def allow(yes: bool) -> None:
+        with psycopg.connect(admin_url, autocommit=True) as conn:
+            conn.execute(f'ALTER DATABASE "{dbname}" ALLOW_CONNECTIONS {str(yes).lower()}')
+            if not yes:
+                conn.execute(
+                    "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = %s",
+                    (dbname,),
+                )
+
+    with serving_process(pg_url, home) as (base, _child), httpx.Client() as client:
+        assert _eventually(lambda: client.get(f"{base}/v1/ready").status_code == 200)
+        try:
+            allow(False)
+
+            def outage_seen() -> bool:
+                answer = client.get(f"{base}/v1/ready")
+                jobs = answer.json()["jobs"]
+                return (
+                    answer.status_code == 503
+                    and answer.json()["database"].startswith("cannot be read")
+                    and all(j.startswith("retrying since ") for j in jobs.values())
+                )
+
+            assert _eventually(outage_seen), client.get(f"{base}/v1/ready").text
+            assert client.get(f"{base}/v1/health").status_code == 200  # alive all the same
+            time.sleep(2.5)  # past the token's memory: the token itself cannot be looked up
+            status, body = _post(client, base, token, envelope)
+            assert status == 503 and body["rule"] in ("server.not_recorded", "server.unavailable")
+        finally:
+            allow(True)
+        assert _eventually(
+            lambda: client.get(f"{base}/v1/ready").status_code == 200
+            and _status(client, base, token)["checkpointer"] == "ok"
+            and _status(client, base, token)["jobs"]["projections"]["state"] == "ok"
+        ), client.get(f"{base}/v1/ready").text
+        status, body = _post(client, base, token, envelope)
+        assert status == 201, body  # nothing was recorded before: recorded now, once
+    assert list(_log(pg_url).values()).count(envelope) == 1
