@@ -138,7 +138,7 @@ class Failures:
             except Exception as exc:
                 if started:
                     raise
-                if attempt == 1 and method in READS and is_database_error(exc):
+                if attempt == 1 and method in problems.READ_METHODS and is_database_error(exc):
                     # A read met a dead pooled connection (a database restart ends them all
                     # at once): drop the broken ones and answer it again, once.
                     await _heal(scope)
@@ -149,8 +149,6 @@ class Failures:
                 await response(scope, receive, send)
                 return
 
-
-READS = ("GET", "HEAD")
 
 
 async def _heal(scope: Scope) -> None:

@@ -98,7 +98,10 @@ def _submit_one(args: argparse.Namespace, envelope: bytes) -> Appended:
 def _checkpointer(
     service: LedgerService, home: LedgerHome, every: int | None = None
 ) -> Checkpointer:
-    return Checkpointer(service.sealed, home.ledger_key(), home.state_path, every_entries=every)
+    """The service's checkpointer: it seals only what the intake would accept."""
+    from domain.admission import sealing_checkpointer
+
+    return sealing_checkpointer(service.sealed, home, every_entries=every)
 
 
 def _read_lines(source: str) -> Iterator[tuple[int, str]]:
@@ -288,7 +291,7 @@ def cmd_checkpoint(args: argparse.Namespace) -> int:
         if args.every_seconds:
             import time
 
-            from ledger.jobs import FAILED, REFUSING
+            from ledger.jobs import FAILED, REFUSING, RETRYING, STANDBY
 
             job = checkpointer.run_every(args.every_seconds, database=service.database)
             sys.stderr.write(
@@ -296,7 +299,12 @@ def cmd_checkpoint(args: argparse.Namespace) -> int:
                 " errors are retried, a refusal stops it\n"
             )
             try:
+                said = ""
                 while job.alive and job.health().state not in (REFUSING, FAILED):
+                    state = job.health().state
+                    if state in (STANDBY, RETRYING) and state != said:
+                        sys.stderr.write(f"checkpointer: {job.health().summary()}\n")
+                    said = state
                     time.sleep(0.2)
             except KeyboardInterrupt:
                 job.stop()

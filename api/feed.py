@@ -221,14 +221,55 @@ class FeedHub:
         self._checks: dict[str, tuple[float, asyncio.Future[str | None]]] = {}
         self._loop: asyncio.AbstractEventLoop | None = None
         self._task: asyncio.Task[None] | None = None
+        self._stopping = False
+        self.restarts = 0  # times the source failed and was started again
+        self.failed_at: float | None = None  # when it last failed (time.time())
+        self.last_error: str | None = None
 
     # -- life ------------------------------------------------------------------------------
     async def start(self) -> None:
         self._loop = asyncio.get_running_loop()
-        self._task = self._loop.create_task(self._run(), name="feed-source")
+        self._launch()
         self.log.sealer.on_commit.append(self._committed)
 
+    def _launch(self) -> None:
+        assert self._loop is not None
+        self._task = self._loop.create_task(self._run(), name="feed-source")
+        self._task.add_done_callback(self._ended)
+
+    def _ended(self, task: asyncio.Task[None]) -> None:
+        """The source never stops silently: a source that failed (a bug: reading errors are
+        handled in the loop) is logged, its subscribers are told, and it is started again a
+        second later; ``health()`` says so."""
+        if self._stopping or task.cancelled():
+            return
+        error = task.exception()
+        self.restarts += 1
+        self.failed_at = time.time()
+        self.last_error = f"{type(error).__name__}: {error}" if error else "it returned"
+        log.error(
+            "the feed's source stopped (%s); starting it again", self.last_error, exc_info=error
+        )
+        for subscription in list(self.live):
+            subscription.end(closed_event("failed", "the feed's source failed: reconnect"))
+        self.live.clear()
+        self.head = None
+        if self._loop is not None and not self._loop.is_closed():
+            self._loop.call_later(1.0, self._relaunch)
+
+    def _relaunch(self) -> None:
+        if not self._stopping:
+            self._launch()
+
+    def health(self) -> str:
+        """``ok``, or how often the source had to be started again and why."""
+        if not self.restarts:
+            return "ok"
+        at = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(self.failed_at or 0))
+        return f"ok, restarted {self.restarts} times, last at {at} ({self.last_error})"
+
     async def stop(self) -> None:
+        self._stopping = True
         with contextlib.suppress(ValueError):
             self.log.sealer.on_commit.remove(self._committed)
         if self._task is not None:

@@ -29,12 +29,12 @@ from typing import Any
 from api.access import Organisation
 from api.principals import Principals
 from api.writer import GroupWriter
-from domain.admission import Admission
+from domain.admission import sealing_checkpointer
 from domain.service import LedgerService, TimeWindow
 from ledger.checkpoints import Checkpointer
 from ledger.config import Database, parse_database
 from ledger.home import LedgerHome
-from ledger.jobs import FAILED, STALE, STANDBY, Job, JobHealth, JobTable
+from ledger.jobs import FAILED, STALE, STANDBY, Job, JobHealth, JobTable, heal_pool
 from ledger.proof_cache import ProofCache
 from projections.runners import (
     CatchUpRunner,
@@ -169,12 +169,7 @@ class Runtime:
         """After a lost database connection: drop the broken idle connections of the ledger's
         pool and of the views' (``LedgerService.heal``)."""
         self.service.heal()
-        pool = getattr(getattr(self.view, "datastore", None), "pool", None)
-        if pool is not None and hasattr(pool, "check"):
-            try:
-                pool.check()
-            except Exception as exc:
-                logger.warning("checking the views' connection pool failed: %s", exc)
+        heal_pool(getattr(self.view, "datastore", None))
 
     def jobs(self) -> dict[str, JobHealth]:
         """Each background job's health, as true for this process as it can be told: a job
@@ -250,11 +245,7 @@ def _start_checkpointer(settings: Settings, service: LedgerService) -> Checkpoin
     home = settings.home
     if not home.exists() or settings.checkpoint_seconds <= 0:
         return None
-    facts_key = home.facts_key()
-    admission = Admission(service.sealed, facts_key.name if facts_key is not None else None)
-    checkpointer = Checkpointer(
-        service.sealed, home.ledger_key(), home.state_path, admit=admission.first_refusal
-    )
+    checkpointer = sealing_checkpointer(service.sealed, home)
     checkpointer.run_every(
         settings.checkpoint_seconds, database=settings.database, on_fatal=_on_fatal(settings)
     )

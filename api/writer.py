@@ -88,7 +88,7 @@ class GroupWriter:
         screens = [r.screen for r in group for _ in r.envelopes]
         try:
             outcomes = self.service.submit_many(envelopes, screen=screens)
-        except BaseException as exc:  # nothing of the group was recorded
+        except BaseException as exc:  # WriteFailed says what was recorded; the group shares it
             for request in group:
                 request.done.set_exception(exc)
             return

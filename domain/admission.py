@@ -82,7 +82,8 @@ from domain.service import (
     standard_handlers,
 )
 from domain.signed import SignedAggregate
-from ledger.home import LEDGER_PRINCIPAL
+from ledger.checkpoints import Checkpointer
+from ledger.home import LEDGER_PRINCIPAL, LedgerHome
 from ledger.mapper import EnvelopeMapper
 from ledger.store import LogRow, SealedLog, idempotency_token
 from signing.canonical import prepare
@@ -603,3 +604,20 @@ def _chunks(rows: Iterable[LogRow], size: int) -> Iterator[list[LogRow]]:
             chunk = []
     if chunk:
         yield chunk
+
+
+def sealing_checkpointer(
+    log: SealedLog, home: LedgerHome, *, every_entries: int | None = None
+) -> Checkpointer:
+    """The checkpointer of every command and of the service: it signs with the home's key
+    and seals only what the intake would have accepted (this module's rule replay over every
+    entry after the last checkpoint, ``Checkpointer.admit``)."""
+    facts_key = home.facts_key()
+    admission = Admission(log, facts_key.name if facts_key is not None else None)
+    return Checkpointer(
+        log,
+        home.ledger_key(),
+        home.state_path,
+        every_entries=every_entries,
+        admit=admission.first_refusal,
+    )

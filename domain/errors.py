@@ -117,7 +117,9 @@ class WriteFailed(Exception):
     ``recorded`` is False when nothing of the batch reached the log (the failure came before
     the transaction, or the service checked afterwards that none of its envelopes is in the
     log); None when the service cannot tell (the commit's outcome is unknown: the client
-    retries with the same envelopes, and a duplicate is answered with its first position).
+    retries with the same envelopes, and a duplicate is answered with its first position);
+    True when the batch is stored but its answer could not be made (its positions could not
+    be read): the same retry tells the client where it landed.
     """
 
     def __init__(self, detail: str, *, recorded: bool | None) -> None:

@@ -44,9 +44,8 @@ from dataclasses import dataclass, field, replace
 from typing import Any, ClassVar
 from uuid import UUID
 
-import psycopg
 from eventsourcing.application import AggregateNotFoundError, Application
-from eventsourcing.persistence import IntegrityError, InterfaceError, OperationalError
+from eventsourcing.persistence import IntegrityError
 from eventsourcing.utils import get_topic
 
 from domain import (
@@ -82,9 +81,10 @@ from domain.schemas import FactData, validate
 from domain.signed import SignedAggregate
 from ledger.config import Database
 from ledger.home import LedgerHome
+from ledger.jobs import KEEPALIVE_SETTINGS, heal_pool, is_database_error, is_lock_timeout
 from ledger.postgres import SealedPostgresRecorder
 from ledger.sealer import SealedBatch
-from ledger.store import ReplayedEnvelopeError, SealedLog, idempotency_token
+from ledger.store import HeadMoved, ReplayedEnvelopeError, SealedLog, idempotency_token
 from signing.checkpoint import log_verifier_keys
 from signing.errors import (
     CanonicalFormError,
@@ -440,7 +440,9 @@ class LedgerService(Application[UUID]):
         try:
             return self._submit_once(envelopes, screen)
         except WriteFailed as exc:
-            if exc.recorded is not False or not _connection_lost(exc):
+            if exc.recorded is not False or not (
+                _connection_lost(exc) or isinstance(exc.__cause__, HeadMoved)
+            ):
                 raise
             logger.warning("write failed, nothing recorded; trying once more: %s", exc)
         time.sleep(RETRY_PAUSE)
@@ -451,13 +453,7 @@ class LedgerService(Application[UUID]):
         """After a lost connection: drop the pool's idle connections that are broken too (a
         server restart or ``pg_terminate_backend`` ends them all at once, and each would
         otherwise fail one request before the pool notices)."""
-        pool = getattr(getattr(self.sealed, "datastore", None), "pool", None)
-        check = getattr(pool, "check", None)
-        if check is not None:
-            try:
-                check()
-            except Exception as exc:
-                logger.warning("checking the connection pool failed: %s", exc)
+        heal_pool(getattr(self.sealed, "datastore", None))
 
     def _submit_once(
         self,
@@ -707,8 +703,14 @@ class LedgerService(Application[UUID]):
             with contextlib.ExitStack() as stack:
                 try:
                     conn = stack.enter_context(self.sealed.datastore.get_connection())
-                    conn.execute(f"SET lock_timeout = '{WRITER_LOCK_SECONDS}s'")
-                    conn.execute("SELECT pg_advisory_lock(%s)", (WRITER_LOCK_ID,))
+                    # A host that vanishes without closing its connection keeps this lock
+                    # until the server notices: make the server probe the session (about
+                    # 25 s), as the jobs' lock connections do (ledger/jobs.py).
+                    for setting in KEEPALIVE_SETTINGS:
+                        conn.execute(f"SET {setting}")
+                    with conn.transaction():  # the lock outlives it; the timeout does not
+                        conn.execute(f"SET LOCAL lock_timeout = '{WRITER_LOCK_SECONDS}s'")
+                        conn.execute("SELECT pg_advisory_lock(%s)", (WRITER_LOCK_ID,))
                 except Exception as exc:
                     raise WriteFailed(
                         f"nothing was recorded: cannot take the writer lock: {exc}",
@@ -726,8 +728,12 @@ class LedgerService(Application[UUID]):
     def _save(self, batch: _Batch, outcomes: list[Outcome | None], top: int) -> bool:
         """Save the batch in one transaction; False (and refusals) if a concurrent writer
         got in the way."""
+        self.sealed.expected_head = batch.head
         try:
             recordings = self.save(*batch.events)
+        except HeadMoved as exc:  # checked inside the transaction, before anything was stored
+            self._forget(batch.pending)
+            raise WriteFailed(f"nothing was recorded: {exc}", recorded=False) from exc
         except (ReplayedEnvelopeError, IntegrityError) as exc:
             self._forget(batch.pending)
             replay = isinstance(exc, ReplayedEnvelopeError)
@@ -753,6 +759,8 @@ class LedgerService(Application[UUID]):
         except Exception as exc:
             self._forget(batch.pending)
             return self._settle(batch, outcomes, exc)
+        finally:
+            self.sealed.expected_head = None
         ids = [r.notification.id for r in recordings]
         seqs = self._committed_seqs(ids)
         by_nonce: dict[str, Appended] = {}
@@ -792,7 +800,7 @@ class LedgerService(Application[UUID]):
             raise WriteFailed(
                 f"the batch was recorded, but its positions could not be read ({exc}):"
                 " send the same envelopes again to learn them",
-                recorded=None,
+                recorded=True,
             ) from exc
 
     def _settle(self, batch: _Batch, outcomes: list[Outcome | None], error: Exception) -> bool:
@@ -853,13 +861,9 @@ def _release_writer_lock(conn: Any) -> None:
 
 
 def _connection_lost(exc: BaseException) -> bool:
-    """Whether ``exc`` was caused by the database connection (not by a rule or a bug)."""
-    cause: BaseException | None = exc
-    while cause is not None:
-        if isinstance(cause, OperationalError | InterfaceError | psycopg.OperationalError):
-            return True
-        cause = cause.__cause__
-    return False
+    """Whether ``exc`` came from the database connection (worth one more try at once), not
+    from a rule, a bug, or a lock another writer holds (which would only wait as long again)."""
+    return is_database_error(exc) and not is_lock_timeout(exc)
 
 
 def _token(fact: Fact) -> str:

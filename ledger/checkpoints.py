@@ -32,7 +32,7 @@ from pathlib import Path
 from typing import Protocol
 
 from ledger.config import Database
-from ledger.jobs import GIVE_UP, Job, JobTable, LeaderLock, Refusing
+from ledger.jobs import GIVE_UP, Job, JobTable, LeaderLock, Refusing, heal_pool
 from ledger.store import SealedLog, StoredCheckpoint
 from signing.checkpoint import (
     Checkpoint,
@@ -291,9 +291,7 @@ class Checkpointer:
         return job.start()
 
     def _heal_pool(self) -> None:
-        pool = getattr(getattr(self.log, "datastore", None), "pool", None)
-        if pool is not None and hasattr(pool, "check"):
-            pool.check()
+        heal_pool(getattr(self.log, "datastore", None))
 
     def stop(self) -> None:
         if self.job is not None:

@@ -193,6 +193,7 @@ class SealedPostgresRecorder(PostgresApplicationRecorder, SealedLog):
             row = head_curs.fetchone()
             assert row is not None
             head = int(row["head"])
+            self.check_head(head)
         with conn.cursor() as curs:
             batch = self.sealer.seal(
                 head, lambda size: self._load_frontier(curs, size), stored_events, notification_ids

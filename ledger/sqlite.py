@@ -89,6 +89,7 @@ class SealedSQLiteRecorder(SQLiteApplicationRecorder, SealedLog):
         assert ids is not None
         c.execute("SELECT COALESCE(MAX(seq) + 1, 0) FROM log_entries")
         head = int(c.fetchone()[0])
+        self.check_head(head)
         batch = self.sealer.seal(head, self._frontier_in(c), stored_events, ids)
         try:
             c.executemany(

@@ -43,6 +43,19 @@ class ReplayedEnvelopeError(IntegrityError):
         self.nonce = nonce
 
 
+class HeadMoved(Exception):
+    """The log's head at the commit is not the one the batch was checked against: another
+    writer appended in between (this one had lost its writer lock). Nothing was stored."""
+
+    def __init__(self, expected: int, found: int) -> None:
+        super().__init__(
+            f"the batch was checked for positions from {expected} but the log's head is"
+            f" {found}: another writer appended in between"
+        )
+        self.expected = expected
+        self.found = found
+
+
 class DuplicateIdempotencyKeyError(ReplayedEnvelopeError):
     """An entry with the same idempotency token (same actor, same idempotency key) is already in
     the log, or earlier in the same batch: a concurrent writer got there first.
@@ -110,6 +123,14 @@ class SealedLog:
     """Read access to the sealed log (mixed into the recorders)."""
 
     sealer: Sealer  # the recorder's: builds each batch's log rows and Merkle nodes
+    # The head the next insert's batch was checked against (set by the writer for the
+    # duration of its save): sealing at another head raises HeadMoved, inside the transaction.
+    expected_head: int | None = None
+
+    def check_head(self, head: int) -> None:
+        expected = self.expected_head
+        if expected is not None and head != expected:
+            raise HeadMoved(expected, head)
 
     # -- backend hooks -------------------------------------------------------------------
     def _sql_log_size(self) -> int:

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from fastapi import APIRouter, Response
+from fastapi import APIRouter, Request, Response
 from pydantic import BaseModel, Field
 
 from api.deps import PrincipalDep, RuntimeDep
@@ -44,13 +44,18 @@ def _views(rt: Runtime, size: int, job: JobHealth) -> dict[str, Any]:
     return {"seq": seq, "current": scored and healthy, "state": state}
 
 
+def _feed_health(request: Request) -> str:
+    hub = getattr(request.app.state, "feed", None)
+    return hub.health() if hub is not None else "off"
+
+
 @router.get(
     "/status",
     operation_id="get_status",
     summary="The log's size, the latest checkpoint's, what the read models reflect, and the"
     " state of each background job",
 )
-def status(rt: RuntimeDep, _: PrincipalDep) -> dict[str, Any]:
+def status(request: Request, rt: RuntimeDep, _: PrincipalDep) -> dict[str, Any]:
     """``views``: the last log position the read models reflect (scores, views), whether
     they are up to date and healthy (``current``: false while periods folded there wait to be
     scored, or while the projection runner is failing), and ``state`` in words (``current``,
@@ -69,6 +74,7 @@ def status(rt: RuntimeDep, _: PrincipalDep) -> dict[str, Any]:
         "checkpoint_size": latest.size if latest is not None else 0,
         "checkpointer": jobs["checkpointer"].summary(),
         "views": _views(rt, size, jobs["projections"]),
+        "feed": _feed_health(request),
         "jobs": {name: job.as_dict() for name, job in jobs.items()},
     }
 

@@ -222,18 +222,25 @@ def test_the_runner_folds_a_history_through_cut_connections_and_equals_a_rebuild
     principals_token = _token_for(pg_url, "binh.vo")
     with serving_process(pg_url, home) as (base, _child), httpx.Client() as client:
         seen: set[str] = set()
+        auth = {"Authorization": f"Bearer {principals_token}"}
         with Killer(pg_url, every=0.4, rounds=12):
             deadline = time.monotonic() + 6
             while time.monotonic() < deadline:
-                with suppress(httpx.TransportError, AssertionError):
-                    seen.add(_status(client, base, principals_token)["views"]["state"])
+                with suppress(httpx.TransportError):
+                    answer = client.get(f"{base}/v1/status", headers=auth)
+                    if answer.status_code == 200:
+                        seen.add(answer.json()["views"]["state"])
+                    else:  # a failure is said as one, never dressed as a state
+                        assert answer.status_code in (500, 503), answer.text
+                        assert answer.json()["rule"] in ("server.error", "server.unavailable")
                 time.sleep(0.1)
+        words = ("current", "scoring", "behind ", "retrying since ", "starting since ")
+        assert all(w.startswith(words) for w in seen), seen
         assert _eventually(
             lambda: (s := _status(client, base, principals_token))["views"]["state"] == "current"
             and s["views"]["current"],
             60,
         ), _status(client, base, principals_token)
-        assert any(s != "current" for s in seen), seen  # it was seen behind or retrying
     served = _views(pg_url)
     _cli("rebuild", "evaluations", "--db", pg_url, "--home", str(home))
     assert _views(pg_url) == served
@@ -286,15 +293,13 @@ def test_two_services_share_a_database_and_the_survivor_takes_over(
             return {name: job["holder"] for name, job in jobs.items() if job["state"] == "ok"}
 
         assert _eventually(lambda: len(leaders(base_a)) == 2 and leaders(base_a) == leaders(base_b))
-        holders = leaders(base_a)
-        leading = {h.rsplit(":", 1)[1] for h in holders.values()}
-        assert len(leading) == 1 or len(leading) == 2  # one leader per job, whichever
+        holders = leaders(base_a)  # one leader per job, the same seen from both services
+        assert {h.rsplit(":", 1)[1] for h in holders.values()} <= {str(p) for p in pids.values()}
         # kill -9 the service that leads the checkpointer
         victim_pid = int(holders["checkpointer"].rsplit(":", 1)[1])
         survivor = base_b if victim_pid == pids[base_a] else base_a
         assert victim_pid in pids.values()
         os.kill(victim_pid, signal.SIGKILL)
-        started = time.monotonic()
         survivor_pid = str(pids[survivor])
 
         def survivor_leads() -> bool:
@@ -305,8 +310,6 @@ def test_two_services_share_a_database_and_the_survivor_takes_over(
             )
 
         assert _eventually(survivor_leads, 20), _status(client, survivor, token)
-        took_over = time.monotonic() - started
-        assert took_over < 20
         for envelope in list(envelopes)[:5]:
             status, body = _post(client, survivor, token, envelope)
             assert status == 201, body

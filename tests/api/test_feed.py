@@ -465,3 +465,44 @@ def _damage_one(ledger: Ledger, seq: int) -> None:
         f"UPDATE {ledger.events} SET state = %s WHERE {ledger.event_key()} = %s",
         (b'{"payload":"","payloadType":"x","signatures":[]}', nid),
     )
+
+
+def test_a_failed_source_is_started_again_and_says_so(
+    ledger: Ledger, monkeypatch: Any
+) -> None:
+    """A source that dies of a bug is not left dead: it is logged, its subscribers are told,
+    it is started again a second later, and ``health()`` (``/v1/status``'s ``feed``) says how
+    often and why."""
+    log = ledger.service.sealed
+    real_offer = Subscription.offer
+    broken = [1]
+
+    def offer(self: Subscription, page: Any) -> None:
+        if broken:
+            broken.pop()
+            raise AssertionError("a bug in the source")
+        real_offer(self, page)
+
+    monkeypatch.setattr(Subscription, "offer", offer)
+
+    async def scenario() -> tuple[str, list[Event]]:
+        hub = FeedHub(log, gather=0, poll=0.05)
+        await hub.start()
+        try:
+            head = log.log_size() - 2
+            first = hub.subscribe(head)
+            hub._join(first, end=log.log_size())  # on the source at once
+            deadline = time.monotonic() + 10
+            while hub.restarts == 0 and time.monotonic() < deadline:
+                await asyncio.sleep(0.05)
+            health = hub.health()
+            await asyncio.sleep(1.2)  # started again
+            again = hub.subscribe(head)
+            got = await asyncio.wait_for(_take(again.events(limit=2), again, 2), 10)
+            return health, got
+        finally:
+            await hub.stop()
+
+    health, got = asyncio.run(scenario())
+    assert health.startswith("ok, restarted 1 times") and "a bug in the source" in health
+    assert [e.event for e in got] == ["entry", "entry"]

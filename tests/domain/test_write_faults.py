@@ -142,3 +142,44 @@ def test_the_writer_lock_connection_cut_after_the_commit(pg_url: str, tmp_path: 
         assert _seqs(ledger.service.submit_many(_envelopes(ledger, 1, 5))) == [size + 2]
     finally:
         ledger.service.close()
+
+
+def test_a_batch_is_never_sealed_at_positions_it_was_not_checked_for(ledger: Ledger) -> None:
+    """Between the key checks and the commit another writer appends Lan's key revocation (a
+    second service on the same database; on PostgreSQL after this writer's lock connection
+    was cut, which is how the lock can be lost). Lan's facts were checked at positions before
+    the revocation: sealed after it, they would be signed by a revoked key. The commit finds
+    the head moved and stores nothing; checked again at their real positions, they are
+    refused, and nothing of them is in the log."""
+    from domain.service import LedgerService
+
+    other = LedgerService(ledger.database)
+    service = ledger.service
+    real = service._examine_all
+    interleaved: list[int] = []
+    lan = ledger.users["lan"]
+    revocation = sign_fact(ledger.admin, "key.revoked", {"keyid": lan.keyid, "reason": "lost"})
+
+    def examine_then_someone_else_writes(*args: Any, **kwargs: Any) -> None:
+        real(*args, **kwargs)
+        if interleaved:
+            return
+        if ledger.database.backend == "postgres":
+            with psycopg.connect(ledger.database.url, autocommit=True) as conn:
+                conn.execute(
+                    "SELECT pg_terminate_backend(pid) FROM pg_locks"
+                    " WHERE locktype = 'advisory' AND objid = %s AND granted",
+                    (WRITER_LOCK_ID,),
+                )
+        interleaved.extend(_seqs(other.submit_many([revocation.to_bytes()])))
+
+    service._examine_all = examine_then_someone_else_writes  # type: ignore[method-assign]
+    try:
+        size = service.sealed.log_size()
+        outcomes = service.submit_many(_envelopes(ledger, 2, 0))
+    finally:
+        service._examine_all = real  # type: ignore[method-assign]
+        other.close()
+    assert interleaved == [size]  # the revocation took the position first checked
+    assert [getattr(o, "rule", None) for o in outcomes] == ["key.not_valid"] * 2, outcomes
+    assert service.sealed.log_size() == size + 1
