@@ -100,3 +100,24 @@ def test_the_service_raises_the_alarm_in_its_status(
         assert ready.status_code == 200
         assert ready.json()["jobs"]["checkpointer"].startswith("refusing since ")
     assert any("ALARM" in r.getMessage() and str(seq) in r.getMessage() for r in caplog.records)
+
+
+@pytest.mark.parametrize("attack", ["self-approval", "unknown-key", "wrong-stream"])
+def test_the_command_line_checkpointer_refuses_too(
+    h: History, attack: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """``kpi-ledger checkpoint`` (and so ``--every-seconds`` and ``append --checkpoint-every``,
+    which build the same checkpointer) seals the log up to the forged entry and exits 1."""
+    from api.cli import main
+
+    home = LedgerHome(tmp_path / "home")
+    home.create("kpi.test/sealing", facts_key=h.world.ledger_signer)
+    url = h.world.service.database.url
+    assert main(["checkpoint", "--db", url, "--home", str(home.path)]) == 0
+    seq, rule = ATTACKS[attack](h)
+    h.world.do("binh.insp", "document.attested", {"sha256": "ab" * 32})
+    capsys.readouterr()
+    assert main(["checkpoint", "--db", url, "--home", str(home.path)]) == 1
+    err = capsys.readouterr().err
+    assert f"entry {seq} would be refused by the intake" in err and rule in err, err
+    assert _sealed(h) == seq

@@ -285,3 +285,44 @@ def test_a_lost_signer_state_falls_back_to_the_newest_checkpoint(ledger: Ledger)
     ledger.attest("lan", 1, start=50)  # ...and the signed prefix was rewritten
     with pytest.raises(InconsistentLogError, match="size 8"):
         ledger.checkpointer().checkpoint()
+
+
+def test_the_leader_reports_while_a_long_step_runs(ledger: Ledger) -> None:
+    """Another process reads the leader's row in kpi_jobs: its heartbeat stays fresh while the
+    interval is longer than STALE and while a step runs long, and a leader that took over
+    says so at once, before its (slow) open."""
+    import threading
+
+    from ledger.jobs import STALE, Job, JobTable, LeaderLock
+
+    table = JobTable(ledger.database)
+    release = threading.Event()
+    opened = threading.Event()
+
+    def slow_open() -> None:
+        opened.set()
+        release.wait(20)
+
+    job = Job(
+        "checkpointer",
+        lambda: None,
+        interval=60,
+        lock=LeaderLock(ledger.database, "checkpointer"),
+        table=table,
+        open=slow_open,
+    ).start()
+    try:
+        assert opened.wait(10)
+        row = table.read()["checkpointer"]
+        assert row.state == "starting" and row.detail == "took the lead"
+        time.sleep(4.5)  # two heartbeats, while the open still runs
+        row = table.read()["checkpointer"]
+        assert row.heartbeat is not None and time.time() - row.heartbeat < STALE / 2
+        release.set()
+        assert _eventually(lambda: table.read()["checkpointer"].state == "ok")
+        time.sleep(4.5)  # well inside the 60 s interval: the heartbeat goes on
+        row = table.read()["checkpointer"]
+        assert row.heartbeat is not None and time.time() - row.heartbeat < STALE / 2
+    finally:
+        release.set()
+        job.stop()
