@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import contextlib
 import datetime as dt
+import functools
 import hashlib
 import logging
 import os
@@ -82,6 +83,7 @@ from domain.signed import SignedAggregate
 from ledger.config import Database
 from ledger.home import LedgerHome
 from ledger.jobs import KEEPALIVE_SETTINGS, heal_pool, is_database_error, is_lock_timeout
+from ledger.journal import Journal, Refused
 from ledger.postgres import SealedPostgresRecorder
 from ledger.sealer import SealedBatch
 from ledger.store import HeadMoved, ReplayedEnvelopeError, SealedLog, idempotency_token
@@ -491,7 +493,33 @@ class LedgerService(Application[UUID]):
                 )
         if batch.events and self.after_append is not None:
             self.after_append(batch.position)
+        self._journal_refusals(envelopes, outcomes, batch)
         return [o for o in outcomes if o is not None]
+
+    @functools.cached_property
+    def journal(self) -> Journal:
+        """The refusal journal (``ledger/journal.py``): outside the log, on its database."""
+        return Journal(getattr(self.sealed, "datastore", None))
+
+    def _journal_refusals(
+        self,
+        envelopes: Sequence[bytes | str | Fact | Refusal],
+        outcomes: Sequence[Outcome | None],
+        batch: _Batch,
+    ) -> None:
+        """Journal the facts this batch refused on their own (not the duplicates answered
+        with their first result, nor facts the save refused as a whole). One insert, after
+        the writer lock; a failure is only logged: the refusals stand."""
+        rows = [
+            Refused.of(envelopes[i], o.rule, o.detail, o.actor, o.fact_type)
+            for i, o in enumerate(outcomes)
+            if isinstance(o, Refusal) and i not in batch.accepted and i not in batch.duplicates
+        ]
+        if rows:
+            try:
+                self.journal.record(rows, self.clock())
+            except Exception as exc:  # record() logs its own failures; this is a last guard
+                logger.warning("refusals not journaled: %s", exc)
 
     def _examine_all(
         self,
