@@ -1106,7 +1106,9 @@ def unit_view(
     """Distribution by grade and the quota: who keeps the rationed grade, who is moved to
     ``demote_to``, per group of the quota's ``per`` keys, ordered by its tie-break."""
     final = {r["employee"]: r["grade"] for r in results}
-    checks = []
+    # employee -> (their quota check, their rank among its holders: None if not a holder)
+    standing: dict[str, tuple[int | None, int | None]] = {}
+    checks: list[dict[str, Any]] = []
     q = policy.quota
     if q is not None:
         groups: dict[tuple[str, ...], list[dict[str, Any]]] = {}
@@ -1129,12 +1131,16 @@ def unit_view(
             kept, moved = ranked[:allowed], ranked[allowed:]
             for r in moved:
                 final[r["employee"]] = q.demote_to
+            ranks = {r["employee"]: n for n, r in enumerate(ranked, 1)}
+            for r in members:
+                standing[r["employee"]] = (len(checks), ranks.get(r["employee"]))
             checks.append(
                 {
                     "group": dict(zip(q.per, key, strict=True)),
                     "population": len(population),
                     "allowed": allowed,
                     "holders": len(holders),
+                    "cut_off": kept[-1]["total"] if moved and kept else None,
                     "kept": [r["employee"] for r in kept],
                     "moved_to_" + q.demote_to: [r["employee"] for r in moved],
                     "rule": f"quota: {q.grade} ≤ {q.max_ratio} × {sorted(q.of_grades)}"
@@ -1162,6 +1168,8 @@ def unit_view(
                 "grade": final[r["employee"]],
                 "policy": r["policy"],
                 "catalogue": r["catalogue"],
+                "quota_check": standing.get(r["employee"], (None, None))[0],
+                "rank": standing.get(r["employee"], (None, None))[1],
             }
             for r in results
         ],

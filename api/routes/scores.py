@@ -9,6 +9,12 @@
   difference (``before`` is then, ``after`` is now);
 * ``GET /v1/employees/{employee}/scores``: every period's result and every year's, paged.
 
+Read from the views, a score carries ``published``: the grade as the unit view (after the
+quota) and the close published it, the quota reading, the person's rank and the population,
+and the close snapshot (``projections/published.py``); its trace ends with the same as lines.
+A replayed answer (``as_of``, ``policy``) has no ``published``: the quota is a unit's, see
+``GET /v1/units/{agency}/{period}?policy=``.
+
 Who may read: the employee themself; HR officers, supervisors and reviewers whose role covers
 the unit the employee was posted to on the period's first day (for the history: any unit
 they were ever posted to); administrators and inspectors.
@@ -26,6 +32,7 @@ from api.deps import CallerDep, RuntimeDep
 from api.problems import Problem, out_of_scope
 from domain.policy import PolicyError
 from domain.schemas import PERIOD_PATTERN, period_start
+from projections.published import published, published_lines
 from projections.replay import Replay, ReplayError, parse_as_of
 from projections.score import Result, diff
 
@@ -103,7 +110,24 @@ def score(
         source = "log"
     doc = result.to_doc(trace=trace)
     doc["source"] = source
+    if source == "views":
+        pub = _published(rt, [doc])[0]
+        doc["published"] = pub
+        if trace:
+            doc["trace"] += [line.to_doc() for line in published_lines(pub)]
     return doc
+
+
+def _published(rt: RuntimeDep, docs: list[dict[str, Any]]) -> list[dict[str, Any] | None]:
+    """The published side of each score document (``projections/published.py``): its unit
+    view row and its close, read in two queries."""
+    keys = sorted({f"{d['agency']}/{d['period']}" for d in docs})
+    units, snapshots = rt.view.docs("unit", keys), rt.view.docs("snapshot", keys)
+    out = []
+    for d in docs:
+        key = f"{d['agency']}/{d['period']}"
+        out.append(published(d, units.get(key), snapshots.get(key)))
+    return out
 
 
 @router.get(
@@ -149,9 +173,12 @@ def employee_scores(
     page = periods[:limit]
     docs = rt.view.docs("score", page)
     years = rt.view.find("year", employee=employee)
+    found = [docs[k] for k in page if k in docs]
+    for doc, pub in zip(found, _published(rt, found), strict=True):
+        doc["published"] = pub
     out: dict[str, Any] = {
         "employee": employee,
-        "periods": [docs[k] for k in page if k in docs],
+        "periods": found,
         "years": years,
     }
     if len(periods) > limit:

@@ -4,7 +4,9 @@ they cite), anti-gaming flags, "HR decision due" items.
 Lists are paged by key: ``?limit=`` (at most 200) and ``?after=<the last key seen>``; an
 answer with more to come carries ``next``. A caller sees the items about the people it may
 read (``api/access.py``): its own, those under its units, or everyone for administrators and
-inspectors; a unit view or a snapshot needs a role over that agency (or reading everything).
+inspectors; a unit view or a snapshot needs a role over that agency (or reading everything),
+except that a person with a row in it reads her own row, the distribution and the quota checks
+(counts and cut-off, no one else's name): ``projections/published.py``.
 """
 
 from __future__ import annotations
@@ -18,6 +20,8 @@ from api.access import Caller
 from api.deps import CallerDep, RuntimeDep
 from api.problems import Problem, out_of_scope
 from api.runtime import Runtime
+from ledger.journal import FLAG_KIND as JOURNAL_FLAG
+from projections.published import own_snapshot, own_unit
 from signing.facts import read_fact
 
 router = APIRouter(prefix="/v1", tags=["views"])
@@ -35,9 +39,15 @@ Limit = Annotated[int, Query(ge=1, le=MAX_LIMIT)]
 
 
 def _unit_doc(rt: Runtime, caller: Caller, view: str, agency: str, period: str) -> dict[str, Any]:
-    if not rt.organisation.may_read_unit(caller, agency):
-        raise out_of_scope(caller.principal, f"{agency}'s views")
+    """The whole view for a role over the agency; for a person with a row in it, the view as
+    ``own_unit`` / ``own_snapshot`` give it (counts, no one else's name, her own row)."""
     doc = rt.view.doc(view, f"{agency}/{period}")
+    if not rt.organisation.may_read_unit(caller, agency):
+        own = own_unit if view == "unit" else own_snapshot
+        mine = own(doc, caller.principal) if doc is not None else None
+        if mine is None:
+            raise out_of_scope(caller.principal, f"{agency}'s views")
+        return mine
     if doc is None:
         raise Problem(
             404, "Not found", f"no {view} for {agency} in {period}", rule="view.not_found"
@@ -172,7 +182,11 @@ def flags(
     after: After = None,
     limit: Limit = 50,
 ) -> dict[str, Any]:
-    return _paged(
+    """The projection's flags (rebuilt from the log), paged by key. The first page (no
+    ``after``) starts with the flags of the refusal journal, marked ``"source": "journal"``
+    (``ledger/journal.py``: self-approval attempts, counted when asked, not paged), each
+    naming its refusals instead of log positions."""
+    page = _paged(
         rt,
         caller,
         "flag",
@@ -183,6 +197,15 @@ def flags(
         keep=lambda d: kind is None or d["kind"] == kind,
         employee=employee,
     )
+    if after is None and kind in (None, JOURNAL_FLAG):
+        attempts = rt.service.journal.attempts(actor=employee)
+        journal = [
+            f.as_dict()
+            for f in attempts
+            if rt.organisation.may_read_employee(caller, f.actor, None)
+        ]
+        page["items"] = journal + page["items"]
+    return page
 
 
 @router.get(

@@ -42,6 +42,7 @@ EVERYONE = set(ROLES)
 LANS_READERS = {ADMIN, HR, REVIEWER, SUPERVISOR, INSPECTOR, LAN}
 AGENCY_READERS = {ADMIN, HR, REVIEWER, INSPECTOR}
 LOG_READERS = {ADMIN, INSPECTOR}
+IN_THE_UNIT = {LAN, OTHER}  # each reads her own row of KH-W1's March (api/routes/views.py)
 
 # (path, query, who may read); everyone else gets 403
 READS: list[tuple[str, dict[str, Any], set[str]]] = [
@@ -49,8 +50,8 @@ READS: list[tuple[str, dict[str, Any], set[str]]] = [
     (f"/v1/scores/{LAN}/{MARCH}", {"as_of": "LAST"}, LANS_READERS),
     (f"/v1/scores/{LAN}/{MARCH}/diff", {"as_of": "LAST"}, LANS_READERS),
     (f"/v1/employees/{LAN}/scores", {}, LANS_READERS),
-    (f"/v1/units/KH-W1/{MARCH}", {}, AGENCY_READERS),
-    (f"/v1/snapshots/KH-W1/{MARCH}", {}, AGENCY_READERS),
+    (f"/v1/units/KH-W1/{MARCH}", {}, AGENCY_READERS | IN_THE_UNIT),
+    (f"/v1/snapshots/KH-W1/{MARCH}", {}, AGENCY_READERS | IN_THE_UNIT),
     (f"/v1/appeals/{LAN}/ap-1", {}, LANS_READERS),
     ("/v1/appeals", {}, EVERYONE),
     ("/v1/flags", {}, EVERYONE),
@@ -88,6 +89,7 @@ def world(
         w.do(SUPERVISOR, "work.assigned", assignment(item))
         w.do(LAN, "work.declared", {"item": item, "done_at": "2026-03-01T10:00:00Z"})
     w.do(SUPERVISOR, "work.approved", {"item": "lan-03-01"})
+    w.do(SUPERVISOR, "work.assigned", assignment("mai-03-01", employee=OTHER))
     rejected = w.do(SUPERVISOR, "work.rejected", {"item": "lan-03-02", "reason": "thiếu"})
     w.now = at("2026-04-02")
     w.do(HR, "period.closed", {"agency": "KH-W1", "period": MARCH, "snapshot": "0" * 64})
@@ -123,6 +125,33 @@ def test_reads(world: tuple[TestClient, World, dict[str, str]], who: str) -> Non
     # lists leave out what the caller may not read
     appeals = client.get("/v1/appeals", headers=headers).json()["items"]
     assert [a["key"] for a in appeals] == ([f"{LAN}/ap-1"] if who in LANS_READERS else [])
+
+
+@pytest.mark.parametrize("who", sorted(IN_THE_UNIT))
+def test_a_person_reads_her_own_row_and_no_one_elses_name(
+    world: tuple[TestClient, World, dict[str, str]], who: str
+) -> None:
+    """Lan and Mai each read KH-W1's March unit view and snapshot: the distribution and the
+    quota check as counts, and her own row only; an agency reader sees both rows."""
+    client, _, tokens = world
+    other = ({LAN, OTHER} - {who}).pop()
+    for path in (f"/v1/units/KH-W1/{MARCH}", f"/v1/snapshots/KH-W1/{MARCH}"):
+        full = client.get(path, headers={"Authorization": f"Bearer {tokens[HR]}"}).json()
+        mine = client.get(path, headers={"Authorization": f"Bearer {tokens[who]}"}).json()
+        assert mine["scope"] == "own row" and "scope" not in full
+        rows = mine["results"] if "results" in mine else mine["published"]["results"]
+        every = full["results"] if "results" in full else full["published"]["results"]
+        assert [r["employee"] for r in rows] == [who]
+        assert sorted(r["employee"] for r in every) == sorted([LAN, OTHER])
+        assert other not in str(mine)
+    unit = client.get(
+        f"/v1/units/KH-W1/{MARCH}", headers={"Authorization": f"Bearer {tokens[who]}"}
+    ).json()
+    assert unit["count"] == 2 and sum(unit["distribution"].values()) == 2
+    [check] = unit["quota"]
+    assert (check["population"], check["allowed"], check["holders"]) == (0, 0, 0)
+    assert (check["kept_count"], check["moved_to_good_count"]) == (0, 0)
+    assert "kept" not in check and "moved_to_good" not in check
 
 
 # (path, fact type, data, who may write it); the others get a 403 naming one of REFUSED

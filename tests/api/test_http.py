@@ -346,12 +346,15 @@ def test_units_appeals_and_flags(api: Api) -> None:
     assert cited[filed.json()["seq"]]["type"] == "appeal.filed"
     problem(api.get(f"/v1/appeals/{LAN}/ap-1", "mai.tran"), 403, "auth.out_of_scope")
     problem(api.get(f"/v1/appeals/{LAN}/ap-9", LAN), 404, "view.not_found")
-    # the unit view and the close's snapshot: HR and the supervisor's agency; not Lan
+    # the unit view and the close's snapshot: HR and the supervisor's agency; Lan her own
+    # row; Mai, who has none, nothing
     unit = api.get(f"/v1/units/KH-W1/{MARCH}", "hoa.hr").json()
     assert [r["employee"] for r in unit["results"]] == [LAN]
     snapshot = api.get(f"/v1/snapshots/KH-W1/{MARCH}", "binh.insp").json()
     assert snapshot["recorded"] == "0" * 64 and snapshot["matches"] is False
-    problem(api.get(f"/v1/units/KH-W1/{MARCH}", LAN), 403, "auth.out_of_scope")
+    assert api.get(f"/v1/units/KH-W1/{MARCH}", LAN).json()["scope"] == "own row"
+    problem(api.get(f"/v1/units/KH-W1/{MARCH}", "mai.tran"), 403, "auth.out_of_scope")
+    problem(api.get(f"/v1/snapshots/KH-W1/{MARCH}", "mai.tran"), 403, "auth.out_of_scope")
     problem(api.get(f"/v1/units/KH-W2/{MARCH}", "hoa.hr"), 404, "view.not_found")
     # flags: the fast approval, with its facts; for Lan and the inspector, not for Mai
     for who in (LAN, "binh.insp"):
@@ -472,3 +475,69 @@ def test_hr_decisions_with_the_closes_they_rest_on(api: Api) -> None:
         ("hr.decision_issued", issued.json()["seq"]),
     ]
     assert api.get("/v1/hr-decisions", "mai.tran").json()["items"] == []
+
+
+def test_a_person_demoted_by_the_quota_sees_her_published_grade(api: Api) -> None:
+    """Lan (95) and Mai (93) are both excellent on points; in a group of two the quota allows
+    none (0.2 × 2 < 1), so both are published good. Lan's own score, list and trace say so,
+    with the reading, her rank (1 of 2) and the population (2), and the close she was
+    published in; she reads her own row of the unit view and the snapshot, not Mai's."""
+    from projections.engine import next_close_snapshot, snapshot_hash
+    from tests.projections.test_views import month_for
+
+    month_for(api.w, LAN, MARCH, "95")
+    month_for(api.w, "mai.tran", MARCH, "93")
+    api.caught_up()
+    api.w.now = at("2026-04-02")
+    expected = snapshot_hash(next_close_snapshot(api.rt.view, "KH-W1", MARCH))
+    closed = api.w.do(
+        "hoa.hr", "period.closed", {"agency": "KH-W1", "period": MARCH, "snapshot": expected}
+    )
+    api.caught_up()
+    score = api.get(f"/v1/scores/{LAN}/{MARCH}", LAN).json()
+    assert (score["total"], score["grade"], score["overrides"]) == ("95", "excellent", [])
+    pub = score["published"]
+    assert (pub["grade"], pub["score_grade"], pub["moved_by_quota"]) == ("good", "excellent", True)
+    quota = pub["quota"]
+    assert quota["reading"] == "population"
+    assert (quota["population"], quota["allowed"], quota["holders"]) == (2, 0, 2)
+    assert (quota["rank"], quota["kept"], quota["moved"]) == (1, False, True)
+    assert quota["cut_off"] is None
+    assert quota["group"] == {"agency": "KH-W1", "task_group": "B"}
+    snap = pub["snapshot"]
+    assert (snap["close_seq"], snap["grade"], snap["total"]) == (closed.seq, "good", "95")
+    assert snap["recorded"] == expected and snap["matches"] is True
+    assert snap["set_aside"] is False
+    *_, quota_line, close_line = score["trace"]
+    assert quota_line["subject"] == "quota" and quota_line["seq"] is None
+    assert quota_line["effect"] == (
+        "quota (population): rank 1 of 2 holding it, 0 allowed in a population of 2:"
+        " moved from excellent to good"
+    )
+    assert (close_line["seq"], close_line["fact"]) == (closed.seq, "period.closed")
+    assert close_line["effect"] == "published at the close: good (total 95.00)"
+    listed = api.get(f"/v1/employees/{LAN}/scores", LAN).json()["periods"]
+    assert [p["published"]["grade"] for p in listed] == ["good"]
+    # her own row of the unit view and the snapshot: no one else's name
+    unit = api.get(f"/v1/units/KH-W1/{MARCH}", LAN)
+    assert unit.status_code == 200
+    mine = unit.json()
+    assert [r["employee"] for r in mine["results"]] == [LAN] and "mai.tran" not in unit.text
+    assert mine["results"][0]["grade"] == "good" and mine["results"][0]["rank"] == 1
+    assert mine["distribution"] == {"excellent": 0, "good": 2, "completed": 0, "fails": 0}
+    assert mine["quota"][0]["moved_to_good_count"] == 2
+    snapshot = api.get(f"/v1/snapshots/KH-W1/{MARCH}", LAN)
+    assert snapshot.status_code == 200 and "mai.tran" not in snapshot.text
+    assert snapshot.json()["published"]["results"] == [
+        {
+            "employee": LAN,
+            "total": "95",
+            "points_grade": "excellent",
+            "grade": "good",
+            "policy": "vn-decree-335-2025@1",
+            "catalogue": 1,
+        }
+    ]
+    # a replayed answer carries no published side (the quota is the unit's)
+    replayed = api.get(f"/v1/scores/{LAN}/{MARCH}", LAN, as_of=str(closed.seq)).json()
+    assert "published" not in replayed

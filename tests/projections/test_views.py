@@ -78,6 +78,18 @@ def test_the_quota_keeps_the_best_excellent_and_moves_the_rest(
     for name in (LAN, "binh.vo", "chi.do"):
         assert final[name] == ("excellent", "good"), name
     assert final["dung.ha"] == final["em.ly"] == ("good", "good")
+    # each row names its quota check and its rank among the holders; the cut-off is the
+    # total of the last one who kept the grade
+    ranks = {r["employee"]: (r["quota_check"], r["rank"]) for r in unit["results"]}
+    assert ranks == {
+        "an.le": (0, 1),
+        LAN: (0, 2),
+        "binh.vo": (0, 3),
+        "chi.do": (0, 4),
+        "dung.ha": (0, None),
+        "em.ly": (0, None),
+    }
+    assert check["cut_off"] == "95"
     # the score view keeps the grade the points earned; the unit view applies the quota
     assert scored(ev, f"{LAN}/2026-03").grade == "excellent"
     # a seventh person, good: population 7, still 1 allowed; an eighth to ten: 2 allowed

@@ -1,0 +1,152 @@
+"""A person's published result: what the unit view (the quota) and the close made of a score.
+
+The score view keeps the grade the points (and period overrides) earn; the quota is applied
+by the unit view and published by the close's snapshot (``projections/engine.py``). These pure
+functions bring the two together for the person concerned, at read time, so that nothing is
+written per score when a unit view changes:
+
+* ``published(score, unit, snapshot)``: the grade as published, the quota reading, the
+  person's rank among the group's holders, the population, the cut-off, and the close she
+  was published in (its position, hash, and her row in it);
+* ``published_lines(published)``: the same as trace lines, appended after the score's own;
+* ``own_unit(unit, employee)`` / ``own_snapshot(snapshot, employee)``: the unit view or the
+  snapshot as a person in it may read them: the distribution and the quota checks without
+  names, and her own row only (None when she has no row).
+"""
+
+from __future__ import annotations
+
+from fractions import Fraction
+from typing import Any
+
+from projections.score import Line, show
+
+
+def _row(rows: list[dict[str, Any]], employee: str) -> dict[str, Any] | None:
+    return next((r for r in rows if r["employee"] == employee), None)
+
+
+def published(
+    score: dict[str, Any], unit: dict[str, Any] | None, snapshot: dict[str, Any] | None
+) -> dict[str, Any] | None:
+    """The published side of ``score`` (a score document), from the unit view of its agency
+    and period and the close snapshot (either may be None); None if the unit view has no row
+    for the person (it is not computed yet)."""
+    employee = score["employee"]
+    row = _row(unit["results"], employee) if unit is not None else None
+    if unit is None or row is None:
+        return None
+    quota = None
+    index = row.get("quota_check")
+    if index is not None:
+        check = unit["quota"][index]
+        moved = [k for k in check if k.startswith("moved_to_")]
+        quota = {
+            "reading": check.get("reading", "population"),
+            "group": check["group"],
+            "population": check["population"],
+            "allowed": check["allowed"],
+            "holders": check["holders"],
+            "rank": row.get("rank"),
+            "cut_off": check.get("cut_off"),
+            "kept": row.get("rank") is not None and employee in check["kept"],
+            "moved": bool(moved) and employee in check[moved[0]],
+            "rule": check["rule"],
+        }
+    close = None
+    if snapshot is not None:
+        mine = _row(snapshot["published"]["results"], employee)
+        close = {
+            "close_seq": snapshot["close_seq"],
+            "closed_at": snapshot["closed_at"],
+            "recorded": snapshot["recorded"],
+            "matches": snapshot["matches"],
+            "grade": mine["grade"] if mine is not None else None,
+            "total": mine["total"] if mine is not None else None,
+            "set_aside": employee in snapshot.get("set_aside", []),
+        }
+    return {
+        "grade": row["grade"],
+        "score_grade": score["grade"],
+        "moved_by_quota": row["grade"] != score["grade"],
+        "policy": unit["policy"],
+        "unit_as_of": unit["as_of"],
+        "quota": quota,
+        "snapshot": close,
+    }
+
+
+def published_lines(pub: dict[str, Any] | None) -> list[Line]:
+    """Trace lines for a published result: the quota's decision, then the close."""
+    if pub is None:
+        return []
+    lines = []
+    q = pub["quota"]
+    if q is not None:
+        where = (
+            f"rank {q['rank']} of {q['holders']} holding it"
+            if q["rank"] is not None
+            else f"not one of the {q['holders']} holding it"
+        )
+        cut = f", cut-off total {show_exact(q['cut_off'])}" if q["cut_off"] is not None else ""
+        if pub["moved_by_quota"]:
+            outcome = f"moved from {pub['score_grade']} to {pub['grade']}"
+        else:
+            outcome = f"published {pub['grade']}"
+        lines.append(
+            Line(
+                None,
+                "",
+                "quota",
+                f"quota ({q['reading']}): {where}, {q['allowed']} allowed in a population of"
+                f" {q['population']}{cut}: {outcome}",
+                q["rule"],
+            )
+        )
+    s = pub["snapshot"]
+    if s is not None:
+        if s["grade"] is None:
+            effect = "not in the close's snapshot"
+        else:
+            effect = f"published at the close: {s['grade']} (total {show_exact(s['total'])})"
+        if s["set_aside"]:
+            effect += "; the classification was set aside by an appeal"
+        lines.append(
+            Line(s["close_seq"], "period.closed", "published", effect, f"snapshot {s['recorded']}")
+        )
+    return lines
+
+
+def show_exact(text: str) -> str:
+    """An exact number string shown with two decimals."""
+    return show(Fraction(text))
+
+
+def own_unit(unit: dict[str, Any], employee: str) -> dict[str, Any] | None:
+    """The unit view as ``employee`` may read it: counts, the quota checks without names, and
+    her own row (None when she has none)."""
+    row = _row(unit["results"], employee)
+    if row is None:
+        return None
+    checks = []
+    for check in unit["quota"]:
+        named = {k for k in check if k == "kept" or k.startswith("moved_to_")}
+        out = {k: v for k, v in check.items() if k not in named}
+        out.update({f"{k}_count": len(check[k]) for k in sorted(named)})
+        checks.append(out)
+    return {**unit, "quota": checks, "results": [row], "scope": "own row"}
+
+
+def own_snapshot(snapshot: dict[str, Any], employee: str) -> dict[str, Any] | None:
+    """The close snapshot as ``employee`` may read it: the close, both hashes, and her own row
+    of the published document (None when she has none)."""
+    doc = snapshot["published"]
+    row = _row(doc["results"], employee)
+    if row is None:
+        return None
+    return {
+        **snapshot,
+        "published": {**doc, "results": [row]},
+        "set_aside": [e for e in snapshot.get("set_aside", []) if e == employee],
+        "scope": "own row",
+    }
