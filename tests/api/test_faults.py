@@ -38,6 +38,7 @@ from api.principals import Principals
 from signing.facts import read_fact, sign_fact
 from signing.keys import SigningKey
 from tests.api.test_end_to_end import serving_process
+from tests.waiting import eventually
 
 pytestmark = pytest.mark.postgres
 
@@ -45,15 +46,7 @@ ROOT = Path(__file__).resolve().parents[2]
 
 
 def _eventually(condition: Callable[[], bool], seconds: float = 30.0) -> bool:
-    deadline = time.monotonic() + seconds
-    while time.monotonic() < deadline:
-        try:
-            if condition():
-                return True
-        except httpx.TransportError:
-            pass
-        time.sleep(0.1)
-    return condition()
+    return eventually(condition, seconds, every=0.1, tolerate=(httpx.TransportError,))
 
 
 def _cli(*args: str, check: bool = True) -> subprocess.CompletedProcess[str]:

@@ -10,7 +10,6 @@ job, whose ``refusing`` alarm ``/v1/status`` shows — until an operator acts.
 
 from __future__ import annotations
 
-import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -23,6 +22,7 @@ from domain.admission import Admission
 from ledger.checkpoints import Checkpointer, SealRefused
 from ledger.home import LedgerHome
 from tests.domain.test_admission import ATTACKS, History, build
+from tests.waiting import eventually
 
 
 @pytest.fixture
@@ -33,12 +33,7 @@ def h(db_url: str, tmp_path: Path) -> Iterator[History]:
 
 
 def _eventually(condition: Callable[[], bool], seconds: float = 15.0) -> bool:
-    deadline = time.monotonic() + seconds
-    while time.monotonic() < deadline:
-        if condition():
-            return True
-        time.sleep(0.05)
-    return condition()
+    return eventually(condition, seconds)
 
 
 def _sealed(h: History) -> int:

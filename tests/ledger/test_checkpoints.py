@@ -16,6 +16,7 @@ from ledger.checkpoints import Checkpointer, InconsistentLogError, SealRefused
 from signing.checkpoint import verify_checkpoint
 from signing.errors import ProofError
 from signing.merkle import verify_consistency
+from tests.waiting import eventually
 
 
 def test_checkpoints_are_consistent_with_each_other(ledger: Ledger) -> None:
@@ -60,12 +61,7 @@ def _latest_size(ledger: Ledger) -> int:
 
 
 def _eventually(condition: Callable[[], bool], seconds: float = 10.0) -> bool:
-    deadline = time.monotonic() + seconds
-    while time.monotonic() < deadline:
-        if condition():
-            return True
-        time.sleep(0.02)
-    return condition()
+    return eventually(condition, seconds)
 
 
 class _Flaky:
