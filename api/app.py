@@ -27,7 +27,7 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 
 from api import problems
 from api.feed import FeedHub, subscribers_bound
-from api.routes import audit, facts, health, scores, views
+from api.routes import audit, facts, health, refusals, scores, views
 from api.runtime import Runtime, Settings
 from domain.errors import Refusal
 from ledger.jobs import is_database_error
@@ -219,7 +219,7 @@ def create_app(
     ]
     for kind, handler in handlers:
         app.add_exception_handler(kind, handler)
-    for module in (facts, audit, health, scores, views):
+    for module in (facts, audit, health, scores, views, refusals):
         # The routers' routes go straight onto the application's router. They are complete
         # (prefix, tags, responses are set where they are declared), and the OpenAPI document
         # is the same; ``include_router`` would wrap each router, and FastAPI then walks the
