@@ -58,6 +58,8 @@ READS: list[tuple[str, dict[str, Any], set[str]]] = [
     ("/v1/hr-due", {}, EVERYONE),
     ("/v1/findings", {}, EVERYONE),
     ("/v1/hr-decisions", {}, EVERYONE),
+    ("/v1/refusals", {}, EVERYONE),  # a caller's own refused attempts, or all of them
+    ("/v1/refusals", {"actor": LAN}, {ADMIN, INSPECTOR, LAN}),  # hers: not her readers'
     ("/v1/checkpoint", {}, EVERYONE),
     ("/v1/status", {}, EVERYONE),
     ("/v1/proofs/inclusion", {"index": 3, "size": 10}, EVERYONE),
