@@ -344,9 +344,12 @@ def _view_commands(sub: Any, common: argparse.ArgumentParser) -> None:
         "views:cmd_show",
         "print a read model's documents (JSON lines)",
         f"kpi-ledger show unit --agency KH-NT --period 2026-03 {DEMO}\n"
-        f"kpi-ledger show appeal --open {DEMO}",
+        f"kpi-ledger show appeal --open {DEMO}\n"
+        f"kpi-ledger show refusals --rule separation.self_approval {DEMO}",
     )
-    p.add_argument("view", choices=VIEWS)
+    p.add_argument("view", choices=(*VIEWS, "refusals"), help="refusals: the refusal journal")
+    p.add_argument("--actor", help="refusals: only those of this actor")
+    p.add_argument("--rule", help="refusals: only those of this rule")
     p.add_argument("--employee")
     p.add_argument("--agency")
     p.add_argument("--period", help="a period, a quarter or a year, as the view keys it")

@@ -260,6 +260,8 @@ class _NotNext(Refusal):
 
 
 def cmd_show(args: argparse.Namespace) -> int:
+    if args.view == "refusals":
+        return _show_refusals(args)
     view = caught_up_view(ledger_database(args))
     try:
         docs = view.find(args.view, employee=args.employee, agency=args.agency, period=args.period)
@@ -270,3 +272,21 @@ def cmd_show(args: argparse.Namespace) -> int:
         return 0
     finally:
         projection_runners.close_view(view)
+
+
+def _show_refusals(args: argparse.Namespace) -> int:
+    """The refusal journal (``ledger/journal.py``), newest first, one JSON line each."""
+    from domain.service import LedgerService
+
+    service = LedgerService(ledger_database(args))
+    try:
+        cursor: int | None = None
+        while True:
+            rows = service.journal.page(actor=args.actor, rule=args.rule, before=cursor, limit=500)
+            for row in rows:
+                print(json.dumps(row.as_dict(), ensure_ascii=False, sort_keys=True))
+            if len(rows) < 500:
+                return 0
+            cursor = rows[-1].id
+    finally:
+        service.close()
