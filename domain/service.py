@@ -706,7 +706,8 @@ class LedgerService(Application[UUID]):
                 f"the fact claims {fact.time}; the ledger's clock reads"
                 f" {now:%Y-%m-%dT%H:%M:%SZ} and accepts times from"
                 f" {'any time' if window.past is None else f'{window.past} before'}"
-                f" to {window.future} after it",
+                f" to {window.future} after it (KPI_LEDGER_MAX_BACKDATE and"
+                " KPI_LEDGER_MAX_AHEAD set the window)",
                 rule=TIME_WINDOW,
                 fact_type=fact.type,
                 actor=fact.actor,

@@ -158,7 +158,9 @@ def _confirmed(args: argparse.Namespace) -> bool:
             "nothing signed: stdin is not a terminal, so the close cannot be confirmed;"
             " check the snapshot above and run again with --yes"
         )
-    answer = input("sign and submit this close? [y/N] ")
+    sys.stderr.write("sign and submit this close? [y/N] ")  # stdout: the result only
+    sys.stderr.flush()
+    answer = sys.stdin.readline()
     return answer.strip().lower() in ("y", "yes")
 
 
