@@ -221,3 +221,24 @@ def test_feed_bench_writes_while_subscribers_follow(pg_url: str, tmp_path: Path)
     assert result["most_subscribers"] == scale.subscribers[-1]
     assert result["meets_target"] == (ratios[-1]["ratio"] >= feed.TARGET)
     assert json.loads((tmp_path / "feed.json").read_text())["benchmark"] == "feed"
+
+
+def test_cli_bench_times_help_version_and_a_score_on_a_small_demo(tmp_path: Path) -> None:
+    from bench import cli
+
+    result = cli.run("tiny", results_dir=tmp_path, cache_dir=tmp_path)
+    figures = result["figures"]
+    assert set(figures) == {"baseline", "help", "version", "score"}
+    base = figures["baseline"]["median_s"]
+    for row in figures.values():
+        assert row["runs"] == cli.SCALES["tiny"].reps
+        assert 0 < row["median_s"] <= row["max_s"]
+        assert row["ratio"] == row["median_s"] / base
+    for name, target in (("help", cli.TARGET_HELP_S), ("score", cli.TARGET_SCORE_S)):
+        assert figures[name]["meets_target"] == (figures[name]["median_s"] < target)
+    who = result["score_of"]
+    assert result["score_output"].startswith(
+        f"{who['employee']} {who['period']} as of log position"
+    )
+    assert result["version_output"].startswith("kpi-ledger ")
+    assert json.loads((tmp_path / "cli.json").read_text())["benchmark"] == "cli"
