@@ -5,10 +5,26 @@ Usage::
     kpi-ledger demo [--db URL] [--home DIR] [--seed N] [--employees N] [--months N]
                     [--start YYYY-MM] [--keys-out DIR] [--workers N] [--progress]
 
-Defaults: seed 1, 60 employees, 6 months from 2026-01, the usual ``--db``/``--home``
-(``$KPI_LEDGER_DB``, ``$KPI_LEDGER_HOME``). ``--employees`` lies in 12..100,000 (below 12
-the three agencies cannot each have a head and staff for the stories below), ``--months`` in
-2..12 (a transfer, a leave spanning months and appeals against a closed month need two).
+Defaults: seed 1, 60 employees, 6 months ending in the current month, the usual
+``--db``/``--home`` (``$KPI_LEDGER_DB``, ``$KPI_LEDGER_HOME``). ``--employees`` lies in
+12..100,000 (below 12 the three agencies cannot each have a head and staff for the stories
+below), ``--months`` in 2..12 (a transfer, a leave spanning months and appeals against a closed
+month need two).
+
+**The calendar.** The history runs from ``--start`` for ``--months`` months; its last month is
+left open, and the month before it is closed with its appeals. Without ``--start`` the last
+month is the machine's current month (in Vietnam; during the first two hours of a month, the
+month before): ``--start`` is then a function of the date (``default_start``), so give it to
+pin a history. The demo never records a fact after the machine's clock: when the last month
+is the current one, its story is cut at the present, and the previous month's close, its
+appeals (the last one assigned but not yet decided, well within the reviewer's ten working
+days), the reprimand's annulment and the reward happen in the three days before the present
+(squeezed into the hours since the 1st early in a month) — so the five-day appeal window is
+open and appeals can be filed and decided; a last month wholly in the past ends on its 16th.
+A ``--start`` whose last month has not begun is refused. The simulated calendar is the
+ledger's clock while seeding, for the intake's checks and for ``recorded_at`` alike
+(``Sealer.clock``): facts are submitted one day per batch, each recorded at its newest
+fact's time, so as-of by time follows the story.
 
 What it does, in order:
 
@@ -21,8 +37,8 @@ What it does, in order:
    ``demo.kpi-ledger.local/khanh-hoa/seed-N``, and starts the log on the simulated clock:
    entry 0 the administrator's self-registration, entry 1 the ``ledger`` principal's key;
    then writes the ``--keys-out`` key pairs.
-3. Generates the history phase by phase (the setup month, then one phase per month, then a
-   tail after the last month) and submits it with ``LedgerService.submit_many`` in batches of
+3. Generates the history phase by phase (the setup month, then one phase per month, the last
+   one open) and submits it with ``LedgerService.submit_many`` in batches of
    at most 1,000, each phase sorted by the facts' own times, so the log reads in calendar
    order. The service runs with the simulated clock (it reads the time of the batch's newest
    fact) and ``TimeWindow(past=None)``. Every fact must be accepted: a refusal is a bug of the
@@ -34,11 +50,13 @@ What it does, in order:
 is SHA-256 of ``"{seed}/{name}"`` (``SigningKey.from_seed``), including the administrator and
 the ``ledger`` principal whose ``facts.key`` signs derived facts; each nonce is the first 32
 hex digits of SHA-256 of ``"kpi-ledger demo/{seed}/{n}"`` for the n-th fact; each time comes
-from the simulated calendar; each choice from ``random.Random(seed)``. The same seed and sizes
-give byte-identical envelopes at every position (``recorded_at`` and the checkpoints, which
-carry the wall-clock time, differ). Only the checkpoint key (``ledger.key``) is random, as in
-``init``: a checkpoint signed with a key anyone can derive would prove nothing. Every other
-key is derivable by whoever knows the seed: the demo's keys are for demonstration only.
+from the simulated calendar; each choice from ``random.Random(seed)``. The same seed, sizes and
+``--start`` give byte-identical envelopes and ``recorded_at`` at every position when the
+history lies in the past (only the checkpoints, which carry the wall-clock time, differ); a
+history that reaches the current month also depends on the present, where it is cut. Only
+the checkpoint key (``ledger.key``) is random, as in ``init``: a checkpoint signed with a key
+anyone can derive would prove nothing. Every other key is derivable by whoever knows the seed:
+the demo's keys are for demonstration only.
 ``--keys-out DIR`` writes every person's and system's key pair (``NAME.key``/``NAME.pub``) so
 that further facts can be signed as them (``kpi-ledger sign``).
 
@@ -60,8 +78,11 @@ province (``hoa.tran``, ``minh.le``: one proposes, the other approves), an appea
 (Decree 335/2025) for ``KH`` and the Khánh Hòa hours-based pack for ``KH-STNMT`` (its
 declarations are due before the 25th: the demo declares there by the last working day before
 it), both effective from the first day of ``--start``; one catalogue per agency (groups A–D,
-standard products and hours; group A for heads only). With three months or more, the ward
-publishes a second catalogue version in month 2, effective from month 3.
+standard products and hours; group A for heads only). In month ``max(1, months // 2)`` the
+administrator publishes version 2 of the default policy, an amendment in force from the next
+month (delays and quality failures deduct 0.5 instead of 0.25), so that ``score --policy 1``
+and ``--policy 2`` differ. With three months or more, the ward publishes a second catalogue
+version in month 2, effective from month 3.
 
 **Each month**, for each employee at work: 8–15 assigned items with due dates (for one-stop
 staff, 4–8 of them are dossiers the one-stop software receives, resolves and declares
@@ -82,13 +103,15 @@ recorded hash equal to the recomputed one.
 rejections, delays, quality failures and approved negative adjustments, assigned by HR to the
 reviewer and decided (rejections overturned about half the time, delays exempted or upheld,
 ...; the ledger appends the compensating ``*.ruling_applied`` facts). The stories told once:
-in the first month's appeals, one appeal partly granted (a rejection overturned, a delay
-upheld) and one withdrawn before assignment; a late entry (an item whose approval was
+in the first month's appeals, one appeal partly granted (``KN-00001`` by ``lan.nguyen``,
+Nguyễn Thị Lan, of the ward or the Department of Home Affairs: a rejection by her unit's
+head ``tuan.tran``, Trần Minh Tuấn, overturned, a delay upheld — the two are named the same
+in every demo) and one withdrawn before assignment; a late entry (an item whose approval was
 forgotten at the close: the supervisor requests a late entry, HR approves it, the approval
 cites it); a maternity leave from month 2 for six months, recorded in month 1; a reprimand in
-month 2, annulled later; a transfer from ``KH-STNMT`` to the ward from the middle month; and,
-after the last close, a reward proposed by one HR officer citing every closed month and
-issued by the other.
+month 2 (month 1 of a two-month history), annulled in the open month; a transfer from
+``KH-STNMT`` to the ward from the middle month; and, after the last close, a reward proposed
+by one HR officer citing every closed month and issued by the other.
 
 **Scale.** Memory stays flat: a month is generated, signed and submitted, then dropped; only
 the log positions of its contestable acts and its tallies survive to the next month, until
@@ -149,6 +172,10 @@ ADMIN = "admin"
 HR_A, HR_B = "hoa.tran", "minh.le"
 REVIEWER, INSPECTOR = "an.pham", "binh.vo"
 ONE_STOP_SYSTEM, SURVEY_SYSTEM = "motcua.nhatrang", "khaosat.nhatrang"
+# The first month's appeal story (appeal KN-00001: a rejection overturned, a delay upheld) and
+# her supervisor, the head of her unit: named the same in every demo (the docs use them).
+STORY_APPELLANT = ("lan.nguyen", "Nguyễn Thị Lan")
+STORY_SUPERVISOR = ("tuan.tran", "Trần Minh Tuấn")
 GENERAL = ("political", "ethics", "discipline", "competence", "innovation")
 LEGAL_BASIS = (
     "Luật Cán bộ, công chức 2025; Nghị định 335/2025/NĐ-CP; "
@@ -171,9 +198,10 @@ class DemoOptions:
     seed: int = 1
     employees: int = 60
     months: int = 6
-    start: str = "2026-01"
+    start: str | None = None  # None: the last month is the current one (``default_start``)
     keys_out: Path | None = None
     workers: int | None = None  # signing processes; None: automatic
+    now: dt.datetime | None = None  # the present the story may not pass; None: the machine's
 
     def check(self) -> None:
         if not MIN_EMPLOYEES <= self.employees <= MAX_EMPLOYEES:
@@ -186,20 +214,70 @@ class DemoOptions:
                 f"--months must be between {MIN_MONTHS} and {MAX_MONTHS}, not {self.months}"
                 " (the stories need two months: a transfer, a leave, appeals after a close)"
             )
-        match = re.fullmatch(r"([0-9]{4})-([0-9]{2})", self.start)
-        if match is None or not 1 <= int(match.group(2)) <= 12:
-            raise DemoError(f"--start must be a month written YYYY-MM, not {self.start!r}")
-        if not 2000 <= int(match.group(1)) <= 2099:
-            raise DemoError(f"--start must lie in 2000-01..2099-12, not {self.start}")
+        if self.start is not None:
+            match = re.fullmatch(r"([0-9]{4})-([0-9]{2})", self.start)
+            if match is None or not 1 <= int(match.group(2)) <= 12:
+                raise DemoError(f"--start must be a month written YYYY-MM, not {self.start!r}")
+            if not 2000 <= int(match.group(1)) <= 2099:
+                raise DemoError(f"--start must lie in 2000-01..2099-12, not {self.start}")
         if self.seed < 0:
             raise DemoError(f"--seed must be 0 or more, not {self.seed}")
         if self.workers is not None and not 0 <= self.workers <= 64:
             raise DemoError(f"--workers must be between 0 and 64, not {self.workers}")
+        if story_end(self.first_month, self.months, self.present) is None:
+            last = add_months(self.first_month, self.months - 1)
+            raise DemoError(
+                f"--start {self.first_month:%Y-%m} with --months {self.months} ends in"
+                f" {last:%Y-%m}, which has not begun yet (the demo records nothing after the"
+                " machine's clock): give an earlier --start"
+            )
+
+    @property
+    def present(self) -> dt.datetime:
+        return self.now if self.now is not None else dt.datetime.now(UTC)
 
     @property
     def first_month(self) -> dt.date:
+        if self.start is None:
+            return default_start(self.months, self.present)
         year, month = self.start.split("-")
         return dt.date(int(year), int(month), 1)
+
+
+# The open month's story, when it lies wholly in the past, ends on its 16th (the previous
+# month's close on the 2nd, its appeals filed by the 7th and decided, a reward); in the current
+# month it ends at the present, the close and appeals moved into the last OPEN_WINDOW before it.
+STORY_END_DAY = 16
+OPEN_WINDOW = dt.timedelta(days=3)
+MIN_OPEN = dt.timedelta(hours=2)  # the least of the current month a history may end in
+
+
+def month_start(day: dt.date) -> dt.datetime:
+    """Midnight in Vietnam at the start of ``day``'s month, as a UTC instant."""
+    return at(day.replace(day=1), 0)
+
+
+def default_start(months: int, now: dt.datetime) -> dt.date:
+    """The first month when ``--start`` is not given: the history's last (open) month is the
+    month of ``now`` in Vietnam, or the month before during the first MIN_OPEN hours of a
+    month (too little time for the previous month's close and appeals)."""
+    local = now.astimezone(VN)
+    current = dt.date(local.year, local.month, 1)
+    if now - month_start(current) < MIN_OPEN:
+        current = add_months(current, -1)
+    return add_months(current, -(months - 1))
+
+
+def story_end(start: dt.date, months: int, now: dt.datetime) -> dt.datetime | None:
+    """When the story of the history from ``start`` ends: the present (less a minute) if its
+    last month is the present's, else that month's 16th; None if it has hardly begun."""
+    last = add_months(start, months - 1)
+    if now >= month_start(add_months(last, 1)):
+        return at(last.replace(day=STORY_END_DAY), 0)
+    until = now - dt.timedelta(minutes=1)
+    if until - month_start(last) < MIN_OPEN:
+        return None
+    return until
 
 
 @functools.cache
@@ -518,9 +596,24 @@ class History:
         self.rng = random.Random(options.seed)
         self.order = 0
         self.start = options.first_month
+        until = story_end(self.start, options.months, options.present)
+        assert until is not None  # DemoOptions.check
+        self.until = until
+        # The story is cut at the present: its last month is the current one.
+        self.current = options.present < month_start(add_months(self.start, options.months))
         documents = {name: shipped_policy(name) for name in ("default", "khanh-hoa")}
         for document in documents.values():
             document["effective_from"] = self.start.isoformat()
+        # The amendment: version 2 of the default pack, published in the middle of the history
+        # and in force from the month after (``score --policy 2``: the same facts under it).
+        self.amendment_month = max(0, options.months // 2 - 1)
+        amended = shipped_policy("default")
+        amended["version"] = 2
+        amended["effective_from"] = add_months(self.start, self.amendment_month + 1).isoformat()
+        amended["name"] = f"{amended['name']} (amended: delays and quality failures count double)"
+        amended["task"]["delay_deduction"] = "0.5"
+        amended["task"]["quality_failure_deduction"] = "0.5"
+        documents["amendment"] = amended
         self.documents = documents
         self.policies: dict[str, Policy] = {k: parse_policy(v) for k, v in documents.items()}
         self.calendar = self.policies["default"].calendar
@@ -601,6 +694,11 @@ class History:
         story: dict[str, int] = {"transfer": rng.choice(tnmt)}
         others = [i for i in staff if i != story["transfer"]]
         rng.shuffle(others)
+        # The appeal story's civil servant works under the default pack (not KH-STNMT), so that
+        # ``--policy 2`` applies to her; she and her unit's head have fixed names (the docs).
+        first = next(i for i in others if slots[i][0].agency.code != "KH-STNMT")
+        others.remove(first)
+        others.insert(0, first)
         for role, index in zip(
             ("appeal", "withdrawn", "late_entry", "discipline", "maternity"), others, strict=False
         ):
@@ -608,6 +706,10 @@ class History:
         taken = {ADMIN, HR_A, HR_B, REVIEWER, INSPECTOR, ONE_STOP_SYSTEM, SURVEY_SYSTEM}
         taken |= {a["director"][0] for a in AGENCIES}
         taken.add(LEDGER_PRINCIPAL)
+        appeal_unit = slots[story["appeal"]][0]
+        head_of = next(i for i, s in enumerate(slots) if s == (appeal_unit, "head"))
+        fixed = {story["appeal"]: STORY_APPELLANT, head_of: STORY_SUPERVISOR}
+        taken |= {code for code, _ in fixed.values()}
         self.codes: list[str] = []
         for i, (unit, position) in enumerate(slots):
             female = True if i == story["maternity"] else rng.random() < 0.55
@@ -615,6 +717,14 @@ class History:
             middle = rng.choice(MIDDLE[female])
             given = rng.choice(GIVEN[female])
             base_code = f"{_ascii(given)}.{_ascii(family)}"
+            if i in fixed:
+                code, name = fixed[i]
+                person = Person(code, name, [(0, unit, position)])
+                self.people[code] = person
+                self.codes.append(code)
+                if position == "head":
+                    unit.head = code
+                continue
             code, k = base_code, 1
             while code in taken:
                 k += 1
@@ -686,9 +796,36 @@ class History:
 
     def phases(self) -> Iterator[tuple[str, list[Spec]]]:
         yield "setup", self.setup()
-        for m in range(self.options.months):
+        for m in range(self.options.months - 1):
             yield self.month(m).period, self.work_month(m)
-        yield "after", self.tail()
+        last = self.options.months - 1
+        yield self.month(last).period, self.open_month(last)
+
+    def open_month(self, m: int) -> list[Spec]:
+        """The last month, left open: its work up to the story's end (``until``); the previous
+        month's close and appeals (the last appeal left undecided, within its deadline), the
+        reprimand's annulment and the reward, moved, when the month is the current one, into
+        the last OPEN_WINDOW before the present (its appeal window still open)."""
+        month = self.month(m)
+        specials: list[Spec] = []
+        work = self.work_month(m, specials)
+        specials.append(self.annulment(self.working_from(month, 8)[0]))
+        specials += self.reward(month)
+        cut = self.until - dt.timedelta(minutes=5)
+        if self.current:
+            first = min(s.time for s in specials)
+            last = max(s.time for s in specials)
+            end = cut - dt.timedelta(minutes=5)
+            begin = max(month_start(month.first) + dt.timedelta(minutes=30), end - OPEN_WINDOW)
+            span, room = last - first, end - begin
+            for spec in specials:
+                if span <= room:
+                    spec.time += end - last
+                else:
+                    spec.time = begin + (spec.time - first) * (room / span)
+                if spec.type == "period.late_entry_requested":
+                    spec.data["until"] = spec.time + dt.timedelta(days=5)
+        return [s for s in work if s.time <= cut] + specials
 
     # -- the setup month ------------------------------------------------------------------
     def setup(self) -> list[Spec]:
@@ -815,11 +952,17 @@ class History:
         return specs
 
     # -- one month --------------------------------------------------------------------------
-    def work_month(self, m: int) -> list[Spec]:
+    def work_month(self, m: int, specials: list[Spec] | None = None) -> list[Spec]:
+        """Month ``m``'s facts, the previous month's close and appeals first (into
+        ``specials`` when given: the open month's)."""
         month = self.month(m)
         specs: list[Spec] = []
         if m >= 1:
-            specs += self.close_and_appeal(m - 1, month)
+            closing = self.close_and_appeal(m - 1, month)
+            if specials is None:
+                specs += closing
+            else:
+                specials += closing
         specs += self.stories(month)
         rng = self.rng
         menus: dict[tuple[str, bool], Menu] = {}  # (agency, leader?) -> the month's menu
@@ -1229,6 +1372,8 @@ class History:
         eligible = sorted(c for c, t in tallies.items() if t.contestable and c not in stories)
         wanted = max(1, round(len(tallies) / 40))
         appellants = stories + rng.sample(eligible, min(wanted, len(eligible)))
+        # The close in the open month leaves its last appeal (not a story's) undecided.
+        pending = appellants[-1] if closed == self.options.months - 2 else None
         for appellant in appellants:
             acts = tallies[appellant].contestable
             if appellant in stories:
@@ -1236,7 +1381,8 @@ class History:
             else:
                 acts = rng.sample(acts, min(len(acts), rng.randint(1, 3)))
             withdraw = closed == 0 and appellant == stories[1]
-            specs += self.appeal(appellant, acts, days, withdraw=withdraw)
+            undecided = appellant == pending and appellant not in stories
+            specs += self.appeal(appellant, acts, days, withdraw=withdraw, undecided=undecided)
         for code, tally in tallies.items():
             if tally.marks:
                 self.mark_totals[code] += int(sum(tally.marks.values()) * 100)
@@ -1250,6 +1396,7 @@ class History:
         days: list[dt.date],
         *,
         withdraw: bool,
+        undecided: bool = False,
     ) -> list[Spec]:
         rng = self.rng
         self.appeal_counter += 1
@@ -1294,6 +1441,8 @@ class History:
                 {"appeal": appeal, "appellant": appellant, "reviewer": REVIEWER},
             )
         )
+        if undecided:
+            return specs
         story = self.appeal_counter == 1
         rulings = []
         for n, seq in enumerate(contested):
@@ -1421,8 +1570,17 @@ class History:
                     },
                 )
             )
+        if m == self.amendment_month:
+            specs.append(
+                self.spec(
+                    at(day20, 11),
+                    ADMIN,
+                    "policy.published",
+                    {"scope": "KH", "document": self.documents["amendment"]},
+                )
+            )
         code = self.story_codes["discipline"]
-        if m == 1:
+        if m == min(1, months - 2):
             day = self.working_from(month, 10)[0]
             specs.append(
                 self.spec(
@@ -1440,8 +1598,6 @@ class History:
                     },
                 )
             )
-        if m == months - 1 and m > 1:
-            specs.append(self.annulment(self.working_from(month, 20)[0]))
         return specs
 
     def annulment(self, day: dt.date) -> Spec:
@@ -1458,21 +1614,17 @@ class History:
             },
         )
 
-    def tail(self) -> list[Spec]:
-        """After the last month: its close and appeals, the reward, a late annulment."""
-        months = self.options.months
-        now = self.month(months)
-        specs = self.close_and_appeal(months - 1, now)
-        if months <= 2:
-            specs.append(self.annulment(self.working_from(now, 8)[0]))
-        # The reward: the best marks over the history, among staff outside the stories.
+    def reward(self, now: Month) -> list[Spec]:
+        """After the last close: a reward for the best marks over the closed months, among
+        staff outside the stories, proposed by one HR officer and issued by the other."""
+        closed = self.options.months - 1
         story = set(self.story_codes.values())
         totals = {code: total for code, total in self.mark_totals.items() if code not in story}
         best = min(totals, key=lambda c: (-totals[c], c))
-        periods = [self.month(m).period for m in range(months)]
+        periods = [self.month(m).period for m in range(closed)]
         decision = f"QD-KT-{now.period}-001"
         days = self.working_from(now, 5)
-        specs.append(
+        return [
             self.spec(
                 at(days[0], 9),
                 HR_A,
@@ -1485,10 +1637,9 @@ class History:
                     "details": "Đề nghị tặng Giấy khen của Chủ tịch UBND tỉnh: hoàn thành xuất"
                     f" sắc nhiệm vụ {len(periods)} tháng liên tục",
                 },
-            )
-        )
-        specs.append(self.spec(at(days[2], 15), HR_B, "hr.decision_issued", {"decision": decision}))
-        return specs
+            ),
+            self.spec(at(days[2], 15), HR_B, "hr.decision_issued", {"decision": decision}),
+        ]
 
 
 # -- signing and submitting ---------------------------------------------------------------------
@@ -1596,7 +1747,16 @@ class Submitter:
     def _submit(
         self, specs: list[Spec], positions: dict[Hashable, int], *, here: bool = False
     ) -> None:
-        chunks = [specs[i : i + MAX_BATCH] for i in range(0, len(specs), MAX_BATCH)]
+        # A batch is recorded at one time (its newest fact's): one batch per day at most, so
+        # that the recorded times follow the story day by day.
+        chunks: list[list[Spec]] = []
+        day: dt.date | None = None
+        for spec in specs:
+            today = spec.time.astimezone(VN).date()
+            if not chunks or today != day or len(chunks[-1]) >= MAX_BATCH:
+                chunks.append([])
+                day = today
+            chunks[-1].append(spec)
         work = []
         for chunk in chunks:
             rows: list[Row] = []
@@ -1717,6 +1877,7 @@ def run_demo(
     submitter: Submitter | None = None
     try:
         service = LedgerService(database, clock=clock, window=TimeWindow(past=None))
+        service.sealed.sealer.clock = clock  # recorded times follow the story too
         admin = demo_key(options.seed, ADMIN)
         try:
             service.initialise(
@@ -1749,7 +1910,7 @@ def run_demo(
         first_period = last_period = ""
         try:
             for label, specs in history.phases():
-                if label not in ("setup", "after"):
+                if label != "setup":
                     first_period = first_period or label
                     last_period = label
                 history.learn(submitter.run(specs))
@@ -1810,7 +1971,7 @@ def print_summary(
     officials = len(OFFICIALS) + len(AGENCIES)
     w(f"demo history written to {database.display} (seed {options.seed})\n")
     w(
-        f"  history:    {first} .. {last} ({options.months} months), province KH,"
+        f"  history:    {first} .. {last} ({options.months} months, {last} open), province KH,"
         f" {len(AGENCIES)} agencies, {result.units} units\n"
     )
     w(

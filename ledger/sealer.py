@@ -36,9 +36,18 @@ class SealedStoredEvent(StoredEvent):
 EntryRow = tuple[int, int, str, bytes, str | None, str | None]
 
 
-def recorded_now() -> str:
-    now = dt.datetime.now(dt.UTC)
+def real_clock() -> dt.datetime:
+    return dt.datetime.now(dt.UTC)
+
+
+def format_recorded(now: dt.datetime) -> str:
+    """A ``recorded_at`` value: UTC, microseconds, ``Z``."""
+    now = now.astimezone(dt.UTC)
     return now.strftime("%Y-%m-%dT%H:%M:%S.") + f"{now.microsecond:06d}Z"
+
+
+def recorded_now() -> str:
+    return format_recorded(real_clock())
 
 
 @dataclass
@@ -50,9 +59,14 @@ class SealedBatch:
 
 
 class Sealer:
-    """Builds log rows for a batch; caches the Merkle frontier between batches."""
+    """Builds log rows for a batch; caches the Merkle frontier between batches.
 
-    def __init__(self) -> None:
+    ``clock`` gives the time each batch is recorded at: the real clock, always, except for
+    ``kpi-ledger demo``, which sets its simulated calendar while it seeds (``api/demo.py``) so
+    that the recorded times follow the story; it must never go backwards."""
+
+    def __init__(self, clock: Callable[[], dt.datetime] = real_clock) -> None:
+        self.clock = clock
         self._lock = threading.Lock()
         self._frontier: CompactRange | None = None
         self._topics: dict[str, str] = {}  # topic -> its JSON string form
@@ -72,7 +86,7 @@ class Sealer:
         frontier = (
             cached.copy() if cached is not None and cached.size == head else load_frontier(head)
         )
-        recorded_at = recorded_now()
+        recorded_at = format_recorded(self.clock())
         recorded_json = json_string(recorded_at)
         topics = self._topics
         batch = SealedBatch(start=head)

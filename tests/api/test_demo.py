@@ -4,6 +4,7 @@ the same envelopes on SQLite and PostgreSQL), and bad input stores nothing."""
 
 from __future__ import annotations
 
+import datetime as dt
 import re
 from collections import Counter
 from pathlib import Path
@@ -12,12 +13,15 @@ from typing import Any
 import pytest
 
 from api.cli import main
+from api.demo import VN, DemoError, DemoOptions, default_start, run_demo
 from domain.service import LedgerService
 from ledger.config import parse_database
+from ledger.home import LedgerHome
+from signing.canonical import parse_time
 from signing.entry import decode_entry
 from signing.facts import Fact, read_fact
 
-SMALL = ["--employees", "12", "--months", "2"]
+SMALL = ["--employees", "12", "--months", "3", "--start", "2026-01"]  # March left open
 
 
 def _demo(
@@ -144,7 +148,7 @@ def test_demo_history(db_url: str, tmp_path: Path, capsys: pytest.CaptureFixture
     }
     assert set(closes) == {
         (a, p) for a in ("KH-NT", "KH-SNV", "KH-STNMT") for p in ("2026-01", "2026-02")
-    }
+    }  # the last month, 2026-03, is left open
     first_closes = [seq for (_, period), seq in closes.items() if period == "2026-01"]
     assert by_nonce[late[0].nonce] > max(first_closes)  # after the close
     issued = next(f for f in facts if f.type == "hr.decision_proposed")
@@ -158,6 +162,21 @@ def test_demo_history(db_url: str, tmp_path: Path, capsys: pytest.CaptureFixture
         f.data["scope"]: f.data["document"]["id"] for f in facts if f.type == "policy.published"
     }
     assert scopes == {"KH": "vn-decree-335-2025", "KH-STNMT": "khanh-hoa-eoffice-kpi"}
+    # A second version of the pack in force, published in the first month, from the second.
+    versions = [
+        (f.data["document"]["version"], f.data["document"]["effective_from"])
+        for f in facts
+        if f.type == "policy.published" and f.data["scope"] == "KH"
+    ]
+    assert versions == [(1, "2026-01-01"), (2, "2026-02-01")]
+    # The docs' names: the first appeal is lan.nguyen's, against acts approved by tuan.tran.
+    first_appeal = next(
+        f for f in facts if f.type == "appeal.filed" and f.data["appeal"] == "KN-00001"
+    )
+    assert first_appeal.actor == "lan.nguyen"
+    contested = [log[seq][2] for seq in first_appeal.data["contested"]]
+    assert [f.type for f in contested] == ["work.rejected", "work.delayed"]
+    assert contested[0].actor == "tuan.tran"
 
     # Employees sign their own facts with their own keys, written by --keys-out.
     employees = {f.data["employee"] for f in facts if f.type == "employee.registered"}
@@ -274,3 +293,79 @@ def test_a_refused_fact_fails_loudly(
     code, _, err = _demo(sqlite_url, tmp_path / "home", capsys)
     assert code == 1
     assert "refused a generated fact" in err and "fact: " in err
+
+
+def _recorded(db_url: str) -> list[dt.datetime]:
+    service = LedgerService(parse_database(db_url))
+    try:
+        return [
+            parse_time(decode_entry(row.entry).recorded_at)
+            for row in service.sealed.read_rows()
+            if row.entry is not None
+        ]
+    finally:
+        service.close()
+
+
+def test_recorded_times_follow_the_story(tmp_path: Path) -> None:
+    """The simulated calendar is the ledger's clock while seeding: each entry is recorded on
+    the day its fact claims (a batch per day, at its newest fact's time), never earlier, and
+    the recorded times never go back."""
+    url = f"sqlite:///{tmp_path / 'past.db'}"
+    database = parse_database(url)
+    options = DemoOptions(employees=12, months=2, start="2025-05")
+    run_demo(database, LedgerHome(tmp_path / "home"), options, progress=False)
+    recorded = _recorded(url)
+    log = _log(url)
+    assert recorded == sorted(recorded)
+    assert recorded[0] == dt.datetime(2025, 4, 1, 1, tzinfo=dt.UTC)  # 08:00 in Vietnam
+    for when, (_, _, fact) in zip(recorded, log, strict=True):
+        claimed = parse_time(fact.time)
+        assert claimed <= when
+        assert claimed.astimezone(VN).date() == when.astimezone(VN).date()
+    # The open month's story ends on its 16th when it lies in the past.
+    assert recorded[-1] < dt.datetime(2025, 6, 16, tzinfo=VN)
+    assert recorded[-1] > dt.datetime(2025, 6, 5, tzinfo=VN)
+
+
+@pytest.mark.parametrize("now", ["2026-03-20T03:00:00Z", "2026-04-01T00:30:00Z"])
+def test_the_current_month_is_open(tmp_path: Path, now: str) -> None:
+    """Without --start the history ends in the present's month, left open; the month before
+    is closed with its appeal window still open: its close less than five days back, an
+    appeal filed and still undecided within its deadline. Nothing is recorded after the
+    present. Early on the 1st (Vietnam), the close and appeals fit in the hours since."""
+    present = parse_time(now)
+    url = f"sqlite:///{tmp_path / 'now.db'}"
+    options = DemoOptions(employees=12, months=2, now=present)
+    run_demo(parse_database(url), LedgerHome(tmp_path / "home"), options, progress=False)
+    log = _log(url)
+    facts = [fact for _, _, fact in log]
+    recorded = _recorded(url)
+    assert recorded == sorted(recorded) and recorded[-1] < present
+    local = present.astimezone(VN)
+    current = f"{local:%Y-%m}"
+    previous = f"{(local.replace(day=1) - dt.timedelta(days=1)):%Y-%m}"
+    assert previous in {f.data["period"] for f in facts if f.type == "work.assigned"}
+    assert {f.data["period"] for f in facts if "period" in f.data} <= {previous, current}
+    closes = [f for f in facts if f.type == "period.closed"]
+    assert {f.data["period"] for f in closes} == {previous}
+    assert all(present - dt.timedelta(days=4) < parse_time(f.time) < present for f in closes)
+    decided = {f.data["appeal"] for f in facts if f.type in ("appeal.decided", "appeal.withdrawn")}
+    open_appeals = [
+        f for f in facts if f.type == "appeal.filed" and f.data["appeal"] not in decided
+    ]
+    assert open_appeals and all(
+        present - parse_time(f.time) < dt.timedelta(days=4) for f in open_appeals
+    )  # well within the ten working days the reviewer has
+    assert any(f.type == "appeal.decided" for f in facts)
+
+
+def test_a_start_in_the_future_is_refused(tmp_path: Path) -> None:
+    options = DemoOptions(
+        employees=12, months=3, start="2026-02", now=parse_time("2026-03-05T00:00:00Z")
+    )
+    with pytest.raises(DemoError, match="has not begun yet"):
+        options.check()
+    assert default_start(6, parse_time("2026-03-05T00:00:00Z")) == dt.date(2025, 10, 1)
+    # The first two hours of a month (Vietnam) still count to the month before.
+    assert default_start(2, parse_time("2026-02-28T18:00:00Z")) == dt.date(2026, 1, 1)
