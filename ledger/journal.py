@@ -152,7 +152,8 @@ class AttemptsFlag:
                 for r in self.refusals
             ],
             "why": (
-                f"{self.count} self-approval attempts refused in {self.period}"
+                f"{self.count} self-approval attempts (distinct signed envelopes) refused in"
+                f" {self.period}"
                 f" (at least {SELF_APPROVAL_ATTEMPTS}: ledger/journal.py)"
             ),
         }
@@ -277,16 +278,18 @@ class Journal:
         self, *, actor: str | None = None, threshold: int = SELF_APPROVAL_ATTEMPTS
     ) -> list[AttemptsFlag]:
         """Actors with at least ``threshold`` self-approval refusals in a month (UTC), by
-        actor and month, each with the attempts (oldest first)."""
+        actor and month, each with the attempts (oldest first). Attempts are counted as
+        distinct envelopes: the same signed envelope sent again — a client's retry, or
+        someone else resubmitting it — is one attempt, not several."""
         where, params = self._where(actor=actor, rule=SELF_APPROVAL, since=None)
         where.append("actor IS NOT NULL")
         period = "substr(recorded_at, 1, 7)"
         with self._cursor(commit=False) as c:
             c.execute(
                 self._sql(
-                    f"SELECT actor, {period} AS period, COUNT(*) AS n FROM {self.table}"
+                    f"SELECT actor, {period} AS period, {_ENVELOPES} AS n FROM {self.table}"
                     f" WHERE {' AND '.join(where)} GROUP BY actor, {period}"
-                    f" HAVING COUNT(*) >= ? ORDER BY actor, {period}"
+                    f" HAVING {_ENVELOPES} >= ? ORDER BY actor, {period}"
                 ),
                 (*params, threshold),
             )
@@ -314,6 +317,10 @@ class Journal:
             row = c.fetchone()
             c.execute(self._sql(f"DELETE FROM {self.table} WHERE recorded_at < ?"), when)
         return int(row["n"])
+
+
+# distinct envelopes (an unreadable one, which has no hash, counts on its own)
+_ENVELOPES = "COUNT(DISTINCT COALESCE(fact_sha256, CAST(id AS TEXT)))"
 
 
 def _record(row: Any) -> RefusalRecord:

@@ -152,3 +152,13 @@ def test_what_a_caller_can_make_it_store_is_bounded_and_can_be_pruned(w: World) 
     w.refused(LAN, "work.approved", {"item": "i-1"}, SELF_APPROVAL)
     assert journal(w).prune(at("2026-02-01")) == 1
     assert [r.actor for r in journal(w).page()] == [LAN]
+
+
+def test_the_same_envelope_again_is_one_attempt(w: World) -> None:
+    """A refused envelope sent again (a retry, or anyone resubmitting what the actor once
+    signed) is journaled each time but counts once towards the flag."""
+    raw = w.sign(LAN, "work.approved", {"item": "i-1"})
+    for _ in range(SELF_APPROVAL_ATTEMPTS + 1):
+        w.refused_raw(raw, SELF_APPROVAL)
+    assert len(journal(w).page(rule=SELF_APPROVAL)) == SELF_APPROVAL_ATTEMPTS + 1
+    assert journal(w).attempts() == []
