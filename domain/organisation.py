@@ -6,9 +6,12 @@ Fact types and their rules:
     kind is province, agency, department or section. A root unit (no parent) is created by an
     administrator of the key ring; a unit under a parent by an administrator or by an HR
     officer whose scope covers the parent. Unit codes are never reused.
-``org.position_defined`` ``{position, name, leader}``
+``org.position_defined`` ``{position, name, leader, rank?}``
     A job position (vị trí việc làm); ``leader`` marks positions scored on their unit too.
-    By an administrator or any HR officer.
+    ``rank`` (optional, 1–9, leader positions only) orders the leaders of one unit: 1 is the
+    head (trưởng), 2 a deputy (phó), and so on; a leader position without it has rank 1. A
+    leader's staff leaves out the leaders of the same unit with a rank equal to or higher
+    (a number equal or lower) than theirs. By an administrator or any HR officer.
 ``role.granted`` / ``role.revoked`` ``{principal, role, unit}``
     Roles: supervisor, hr, reviewer, inspector, integrator; a role held at a unit covers the
     unit and every unit below it. Granted by an administrator, or by an HR officer within
@@ -17,8 +20,10 @@ Fact types and their rules:
 
 from __future__ import annotations
 
-from typing import Any, ClassVar, Literal
+from typing import Annotated, Any, ClassVar, Literal
 from uuid import UUID
+
+from pydantic import Field
 
 from domain.context import Context, Handler, Recording
 from domain.errors import ALREADY_EXISTS, ROLE_MISSING, SELF_APPROVAL, WRONG_STATE
@@ -45,6 +50,7 @@ class PositionDefinedData(FactData):
     position: Code
     name: Text
     leader: bool = False
+    rank: Annotated[int, Field(ge=1, le=9)] | None = None  # leaders only; absent: 1 (head)
 
 
 class RoleData(FactData):
@@ -152,6 +158,8 @@ def define_position(ctx: Context, data: PositionDefinedData) -> Recording:
     access = ctx.access(ctx.actor)
     if not ctx.admin and (access is None or not access.scopes("hr")):
         ctx.refuse(ROLE_MISSING, f"{ctx.actor!r} is neither an administrator nor an HR officer")
+    if data.rank is not None and not data.leader:
+        ctx.refuse(WRONG_STATE, "a rank orders leaders: only a leader position has one")
     return ctx.start(Position, Position.id_for(data.position), Position.Defined)
 
 

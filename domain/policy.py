@@ -33,6 +33,7 @@ from typing import Any, Literal, cast
 __all__ = [
     "DAY_KINDS",
     "FORMULA_VARIABLES",
+    "QUOTA_READINGS",
     "SHIPPED_POLICIES",
     "Calendar",
     "ConductOverride",
@@ -75,6 +76,8 @@ FORMAT = 1  # the document format this module reads (the "format" key), not a po
 RESERVED_TARGETS: frozenset[str] = frozenset({"general", "task"})
 WAIVABLE: frozenset[str] = frozenset({"quality_failure", "delay"})
 QUOTA_GROUP_KEYS: frozenset[str] = frozenset({"agency", "unit", "task_group", "position"})
+#: how the quota's ratio is counted (``Quota.allowed``)
+QUOTA_READINGS = ("population", "before_demotion", "fixed_point")
 TIE_BREAK_KEYS: frozenset[str] = frozenset(
     {"total", "task", "general", "Q", "C", "P", "E", "S", "employee_id"}
 )
@@ -560,21 +563,51 @@ class Quota:
     rounding: Literal["floor", "ceil", "half_up"]
     tie_break: tuple[TieBreak, ...]
     demote_to: str
+    #: what the ratio is counted against (``QUOTA_READINGS``; absent from a document:
+    #: "population", the only reading before the key existed)
+    reading: Literal["population", "before_demotion", "fixed_point"] = "population"
 
-    def allowed(self, population: int) -> int:
-        """How many of a group may keep ``grade`` when ``population`` people qualify."""
-        if isinstance(population, bool) or not isinstance(population, int) or population < 0:
-            raise PolicyError(
-                f"population must be a non-negative integer, got {population!r}",
-                path="quota.population",
-            )
-        exact = Fraction(self.max_ratio) * population
+    def _rounded(self, exact: Fraction) -> int:
         floor = exact.numerator // exact.denominator
         if self.rounding == "floor" or exact == floor:
             return floor
         if self.rounding == "ceil":
             return floor + 1
         return floor + 1 if exact - floor >= Fraction(1, 2) else floor
+
+    def allowed(self, population: int, holders: int = 0) -> int:
+        """How many of a group may keep ``grade`` when ``population`` people have a grade in
+        ``of_grades`` and ``holders`` of them (or besides them) hold ``grade``, by the
+        reading:
+
+        * ``population``: rounding(max_ratio × population);
+        * ``before_demotion``: rounding(max_ratio × those rated in ``of_grades`` before the
+          demotion, the holders of ``grade`` left out);
+        * ``fixed_point``: the largest k with k ≤ rounding(max_ratio × (population − k)): the
+          cap counted against those left in the other grades after the demotion (``grade``
+          and ``demote_to`` are then both in ``of_grades``, which the parser checks)."""
+        for name, value in (("population", population), ("holders", holders)):
+            if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+                raise PolicyError(
+                    f"{name} must be a non-negative integer, got {value!r}",
+                    path=f"quota.{name}",
+                )
+        ratio = Fraction(self.max_ratio)
+        if self.reading == "population":
+            return self._rounded(ratio * population)
+        if self.reading == "before_demotion":
+            rated = population - holders if self.grade in self.of_grades else population
+            return self._rounded(ratio * max(rated, 0))
+        # k ≤ ratio × (N − k) holds for every k up to the largest, so start from the
+        # exact bound ratio × N / (1 + ratio) and step up while rounding lets one more in
+        k = self._rounded_down(ratio * population / (1 + ratio))
+        while k < population and k + 1 <= self._rounded(ratio * (population - k - 1)):
+            k += 1
+        return k
+
+    @staticmethod
+    def _rounded_down(exact: Fraction) -> int:
+        return exact.numerator // exact.denominator
 
 
 @dataclass(frozen=True)
@@ -1272,7 +1305,9 @@ def parse_policy(document: Any) -> Policy:
 
     # quota
     quota_obj = doc.optional_obj(
-        "quota", ("grade", "max_ratio", "of_grades", "per", "rounding", "tie_break", "demote_to")
+        "quota",
+        ("grade", "max_ratio", "of_grades", "per", "rounding", "tie_break", "demote_to"),
+        ("reading",),
     )
     quota = None
     if quota_obj is not None:
@@ -1403,7 +1438,15 @@ def _quota(obj: _Obj, grade_codes: Sequence[str]) -> Quota:
     demote_to = _grade_ref(obj, "demote_to", grade_codes)
     if demote_to == grade:
         raise PolicyError("demote_to must differ from grade", path=obj.at("demote_to"))
+    reading = obj.choice("reading", QUOTA_READINGS) if obj.has("reading") else "population"
+    if reading == "fixed_point" and not {grade, demote_to} <= set(of_grades):
+        raise PolicyError(
+            "the fixed-point reading counts those left after the demotion: grade and "
+            "demote_to must both be in of_grades",
+            path=obj.at("reading"),
+        )
     return Quota(
+        reading=cast(Literal["population", "before_demotion", "fixed_point"], reading),
         grade=grade,
         max_ratio=obj.decimal("max_ratio", low=Decimal(0), high=Decimal(1)),
         of_grades=frozenset(of_grades),

@@ -488,7 +488,8 @@ class Evaluations:
             if result is not None:
                 changed.append(result)
                 self._leaders_over(key, batch, leaders)
-        for key in sorted(leaders, key=lambda k: -leaders[k]):
+        # lower units first; in one unit, deputies before the head (whose staff they are)
+        for key in sorted(leaders, key=lambda k: (-leaders[k], -self._rank(k, batch))):
             result = self._score(key, batch)
             if result is not None:
                 changed.append(result)
@@ -502,6 +503,11 @@ class Evaluations:
         if rules is None or not rules.leader or rules.policy.policy.leader_unit is None:
             return None
         return len(self.registry.chain(rules.unit))
+
+    def _rank(self, key: str, batch: _Batch) -> int:
+        """The rank of the leader's position (1 = head; ``Registry.staff``)."""
+        rules = self._rules(key, batch)
+        return self.registry.ranks.get(rules.position, 1) if rules is not None else 1
 
     def _leaders_over(self, key: str, batch: _Batch, leaders: dict[str, int]) -> None:
         """Add to ``leaders`` the leader's own key and every leader over the subject's unit,
@@ -546,8 +552,9 @@ class Evaluations:
         if rules is None:
             return None
         if rules.leader and rules.policy.policy.leader_unit is not None:
-            members = self._staff_on(period_start(sheet.period))[0].get(rules.unit, [])
-            staff = [e for e in members if e != sheet.employee]
+            day = period_start(sheet.period)
+            members = self._staff_on(day)[0].get(rules.unit, [])
+            staff = self.registry.staff(sheet.employee, rules.unit, members, day)
             found = self._scores([subject_key(e, sheet.period) for e in staff], batch)
             rules = replace(
                 rules,
@@ -1126,7 +1133,7 @@ def unit_view(
         for key, members in sorted(groups.items()):
             population = [r for r in members if r["grade"] in q.of_grades]
             holders = [r for r in members if r["grade"] == q.grade]
-            allowed = q.allowed(len(population))
+            allowed = q.allowed(len(population), len(holders))
             ranked = sorted(holders, key=_tie_key(q.tie_break))
             kept, moved = ranked[:allowed], ranked[allowed:]
             for r in moved:
@@ -1143,8 +1150,9 @@ def unit_view(
                     "cut_off": kept[-1]["total"] if moved and kept else None,
                     "kept": [r["employee"] for r in kept],
                     "moved_to_" + q.demote_to: [r["employee"] for r in moved],
+                    "reading": q.reading,
                     "rule": f"quota: {q.grade} ≤ {q.max_ratio} × {sorted(q.of_grades)}"
-                    f" ({q.rounding})",
+                    f" ({q.rounding}, {q.reading})",
                 }
             )
     distribution = {g.code: 0 for g in policy.grades}

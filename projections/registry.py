@@ -166,6 +166,7 @@ class Registry:
         self.parents: dict[str, str | None] = {}
         self.kinds: dict[str, str] = {}
         self.leaders: dict[str, bool] = {}
+        self.ranks: dict[str, int] = {}  # leader positions -> rank (1 = head)
         self.people: dict[str, Person] = {}
         self.policies: dict[str, list[PolicyVersion]] = {}
         self.catalogues: dict[str, list[CatalogueVersion]] = {}
@@ -195,7 +196,10 @@ class Registry:
         self._chains.clear()
 
     def _position(self, fact: Fact) -> None:
-        self.leaders[fact.data["position"]] = bool(fact.data.get("leader", False))
+        leader = bool(fact.data.get("leader", False))
+        self.leaders[fact.data["position"]] = leader
+        if leader:
+            self.ranks[fact.data["position"]] = int(fact.data.get("rank") or 1)
 
     def _posting(self, fact: Fact) -> None:
         d = fact.data
@@ -368,6 +372,26 @@ class Registry:
 
     def is_leader(self, position: str) -> bool:
         return self.leaders.get(position, False)
+
+    def staff(self, leader: str, unit: str, members: list[str], day: dt.date) -> list[str]:
+        """The staff of ``leader`` (posted in ``unit`` on ``day``) among ``members`` (everyone
+        posted in the unit or below): all but the leader and the leaders of the same unit
+        whose rank is equal or higher (1 = head, 2 = deputy; an unranked leader is 1)."""
+        own = self.ranks.get(p.position, 1) if (p := self.posting(leader, day)) else 1
+        out = []
+        for e in members:
+            if e == leader:
+                continue
+            posting = self.posting(e, day)
+            if (
+                posting is not None
+                and posting.unit == unit
+                and self.is_leader(posting.position)
+                and self.ranks.get(posting.position, 1) <= own
+            ):
+                continue
+            out.append(e)
+        return out
 
     def members(self, unit: str, day: dt.date) -> list[str]:
         """Employees posted on ``day`` in ``unit`` or a unit below it (sorted)."""

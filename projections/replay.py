@@ -203,7 +203,7 @@ class Replay:
         if policy is not None:
             rules = dataclasses.replace(rules, policy=self._other_policy(registry, rules, policy))
         if leads and _depth < 4:
-            staff = [e for e in self._members(registry, rules.unit, period, upto) if e != employee]
+            staff = self._staff(registry, employee, rules.unit, period, upto)
             grades = self._grades(staff, period, upto, _depth + 1)
             rules = dataclasses.replace(rules, subordinates=tuple(grades))
         return score_of(sheet_facts, employee, period, rules)
@@ -230,7 +230,12 @@ class Replay:
             grades.append((other, grade))
         return grades
 
-    def _members(self, registry: Registry, unit: str, period: str, upto: int) -> list[str]:
+    def _staff(
+        self, registry: Registry, leader: str, unit: str, period: str, upto: int
+    ) -> list[str]:
+        """``leader``'s staff: everyone posted in ``unit`` or below on the period's first day,
+        but the leader and the same unit's leaders of equal or higher rank
+        (``Registry.staff``)."""
         streams = self._indexed([f"unit:{unit}"], upto)
         members = Registry()
         for f in self.view.stream_facts(streams, upto):
@@ -240,7 +245,12 @@ class Replay:
             members, sorted({p.unit for x in members.people.values() for p in x.postings}), upto
         )
         registry.parents.update(members.parents)
-        return members.members(unit, period_start(period))
+        day = period_start(period)
+        everyone = members.members(unit, day)
+        here = {p.position for e in everyone if (p := members.posting(e, day)) and p.unit == unit}
+        for f in self.view.stream_facts([_sid("position", x) for x in sorted(here)], upto):
+            members.apply(f)
+        return members.staff(leader, unit, everyone, day)
 
     def _other_policy(
         self, registry: Registry, rules: Rules, policy: int | Policy

@@ -499,7 +499,7 @@ def test_a_person_demoted_by_the_quota_sees_her_published_grade(api: Api) -> Non
     pub = score["published"]
     assert (pub["grade"], pub["score_grade"], pub["moved_by_quota"]) == ("good", "excellent", True)
     quota = pub["quota"]
-    assert quota["reading"] == "population"
+    assert quota["reading"] == "fixed_point"
     assert (quota["population"], quota["allowed"], quota["holders"]) == (2, 0, 2)
     assert (quota["rank"], quota["kept"], quota["moved"]) == (1, False, True)
     assert quota["cut_off"] is None
@@ -511,7 +511,7 @@ def test_a_person_demoted_by_the_quota_sees_her_published_grade(api: Api) -> Non
     *_, quota_line, close_line = score["trace"]
     assert quota_line["subject"] == "quota" and quota_line["seq"] is None
     assert quota_line["effect"] == (
-        "quota (population): rank 1 of 2 holding it, 0 allowed in a population of 2:"
+        "quota (fixed_point): rank 1 of 2 holding it, 0 allowed in a population of 2:"
         " moved from excellent to good"
     )
     assert (close_line["seq"], close_line["fact"]) == (closed.seq, "period.closed")

@@ -240,10 +240,16 @@ def test_parse_score_respects_places(default: Policy) -> None:
 
 
 def test_quota_allowed_rounding(default: Policy) -> None:
-    assert default.quota is not None
-    assert [default.quota.allowed(n) for n in (0, 4, 5, 12, 14)] == [0, 0, 1, 2, 2]
+    """The "population" reading's rounding (the default pack reads "fixed_point":
+    tests/projections/test_views.py counts it against a brute force)."""
+    assert default.quota is not None and default.quota.reading == "fixed_point"
+    population = parse_policy(mutated(_set(["quota", "reading"], "population"))).quota
+    assert population is not None
+    assert [population.allowed(n) for n in (0, 4, 5, 12, 14)] == [0, 0, 1, 2, 2]
     for rounding, expected in (("ceil", [0, 1, 1, 3, 3]), ("half_up", [0, 1, 1, 2, 3])):
-        policy = parse_policy(mutated(_set(["quota", "rounding"], rounding)))
+        document = mutated(_set(["quota", "rounding"], rounding))
+        document["quota"]["reading"] = "population"
+        policy = parse_policy(document)
         assert policy.quota is not None
         assert [policy.quota.allowed(n) for n in (0, 4, 5, 12, 14)] == expected
     with pytest.raises(PolicyError):

@@ -180,6 +180,8 @@ def test_an_ordinary_month(w: World, ev: Evaluations) -> None:
             "grade": "good",
             "policy": POLICY,
             "catalogue": 1,
+            "quota_check": 0,  # in the one group's population, not a holder: no rank
+            "rank": None,
         }
     ]
     # before the assessment the general criteria were 0: replay as of the entry before it

@@ -11,6 +11,9 @@ from decimal import Decimal
 from fractions import Fraction
 from typing import Any
 
+import pytest
+
+from domain.policy import PolicyError, Quota, parse_policy, shipped_policy
 from projections.engine import Evaluations
 from projections.replay import Replay
 from tests.domain.test_scenarios import assign, close, declare
@@ -54,8 +57,8 @@ def test_the_quota_keeps_the_best_excellent_and_moves_the_rest(
     db_url: str, w: World, ev: Evaluations
 ) -> None:
     """Six people in one agency and task group, four of them at 90 or more: the default
-    policy allows floor(0.2 × 6) = 1 excellent among the excellent and good. The tie at 95
-    is broken by task points, general criteria, then the employee id (ascending)."""
+    policy's fixed-point reading allows the largest k with k ≤ 0.2 × (6 − k), 1 excellent.
+    The tie at 95 is broken by task points, general criteria, then the employee id."""
     for name in STAFF:
         w.employ(name)
     totals = dict(zip((LAN, *STAFF), ("95", "95", "92", "91", "85", "72"), strict=True))
@@ -92,22 +95,26 @@ def test_the_quota_keeps_the_best_excellent_and_moves_the_rest(
     assert check["cut_off"] == "95"
     # the score view keeps the grade the points earned; the unit view applies the quota
     assert scored(ev, f"{LAN}/2026-03").grade == "excellent"
-    # a seventh person, good: population 7, still 1 allowed; an eighth to ten: 2 allowed
+    # a seventh to tenth person, good: population 10; the default pack's fixed-point reading
+    # allows the largest k with k ≤ 0.2 × (10 − k): 1 (the "population" reading would allow
+    # floor(0.2 × 10) = 2, leaving 8 good: 2 > 0.2 × 8)
     more = ("giang.to", "hai.mac", "hung.vu", "khoa.lam")
     for name in more:
         w.employ(name)
         month_for(w, name, "2026-03", "80")
     ev.catch_up()
     [check] = doc_of(ev, "unit", "KH-W1/2026-03")["quota"]
-    assert (check["population"], check["allowed"]) == (10, 2)
-    assert check["kept"] == ["an.le", LAN] and check["moved_to_good"] == ["binh.vo", "chi.do"]
+    assert (check["population"], check["allowed"], check["reading"]) == (10, 1, "fixed_point")
+    assert check["kept"] == ["an.le"] and check["moved_to_good"] == [LAN, "binh.vo", "chi.do"]
+    distribution = doc_of(ev, "unit", "KH-W1/2026-03")["distribution"]
+    assert distribution["excellent"] == 1 and distribution["good"] == 9  # 1 ≤ 0.2 × 9
     # the close publishes the unit view's final grades in its snapshot
     w.now = at("2026-04-02")
     close(w, "2026-03")
     ev.catch_up()
     published = doc_of(ev, "snapshot", "KH-W1/2026-03")["published"]
     grades = {r["employee"]: r["grade"] for r in published["results"]}
-    assert grades["binh.vo"] == "good" and grades[LAN] == "excellent"
+    assert grades["binh.vo"] == grades[LAN] == "good" and grades["an.le"] == "excellent"
     check_refolds(db_url, ev)
 
 
@@ -317,3 +324,110 @@ def test_an_outlier_agency(db_url: str, w: World, ev: Evaluations) -> None:
     ev.catch_up()
     assert flags_of(ev, "outlier_agency") == {}
     check_refolds(db_url, ev)
+
+
+# -- leaders of one unit: head and deputy ----------------------------------------------------
+
+
+def test_a_deputys_staff_leaves_out_her_head(db_url: str, w: World, ev: Evaluations) -> None:
+    """The one-stop section has a head (position ``head``, no rank: 1), a deputy (``deputy``,
+    rank 2) and Lan. The head's month fails (nothing approved, general 20): the deputy's
+    staff is Lan alone, so her task points stay whole (70 + 10 = 80, good); the head's staff
+    is Lan and the deputy, both at least completed (his task × 1). Before ranks, the head's
+    fails halved the deputy's task points (35 + 10 = 45)."""
+    w.do(
+        "hoa.hr",
+        "org.position_defined",
+        {"position": "deputy", "name": "Phó", "leader": True, "rank": 2},
+    )
+    w.refused(
+        "hoa.hr",
+        "org.position_defined",
+        {"position": "clerk", "name": "Văn thư", "rank": 2},
+        "state.invalid",
+    )
+    w.employ("son.truong", position="head")
+    w.employ("thu.pho", position="deputy")
+    month_for(w, LAN, "2026-03", "85")
+    month_for(w, "thu.pho", "2026-03", "80")
+    w.now = at("2026-03-06")
+    for i in range(2):
+        assign(w, f"son-{i}", "son.truong", "2026-03")
+    w.do(
+        "tuan.sup",
+        "assessment.supervisor_assessed",
+        {"employee": "son.truong", "period": "2026-03", "scores": marks(Decimal(20))},
+    )
+    ev.catch_up()
+    deputy = scored(ev, "thu.pho/2026-03")
+    assert (deputy.task, deputy.total, deputy.grade) == (70, 80, "good")
+    assert [line.effect for line in deputy.trace if line.subject == "leader"] == [
+        "leader's unit: every one of 1 staff at least completed: task × 1"
+    ]
+    head = scored(ev, "son.truong/2026-03")
+    assert (head.task, head.total, head.grade) == (0, 20, "fails")
+    assert [line.effect for line in head.trace if line.subject == "leader"] == [
+        "leader's unit: every one of 2 staff at least completed: task × 1"
+    ]
+    # replay from the log agrees, and so do a rebuild and a refold
+    replay = Replay(ev.view)
+    assert replay.score("thu.pho", "2026-03").total == 80
+    assert replay.score("son.truong", "2026-03").total == 20
+    check_refolds(db_url, ev)
+
+
+# -- quota readings ----------------------------------------------------------------------------
+
+
+def _quota(reading: str, rounding: str = "floor", ratio: str = "0.2") -> Quota:
+    document = shipped_policy("default")
+    document["quota"].update(reading=reading, rounding=rounding, max_ratio=ratio)
+    quota = parse_policy(document).quota
+    assert quota is not None
+    return quota
+
+
+def test_the_fixed_point_reading_against_a_brute_force_count() -> None:
+    """The largest k with k ≤ rounding(ratio × (N − k)), counted by trying every k, for N up
+    to 60 and several ratios and roundings; with exact figures for the default 0.2."""
+    for ratio in ("0.2", "0.25", "0.1", "0.5", "1", "0", "0.33"):
+        for rounding in ("floor", "ceil", "half_up"):
+            q = _quota("fixed_point", rounding, ratio)
+            for n in range(61):
+                brute = max(k for k in range(n + 1) if k <= q._rounded(Fraction(ratio) * (n - k)))
+                assert q.allowed(n, 0) == brute, (ratio, rounding, n)
+    q = _quota("fixed_point")
+    assert [q.allowed(n) for n in (1, 4, 5, 6, 10, 11, 12, 17, 18, 100)] == [
+        0,
+        0,
+        0,
+        1,
+        1,
+        1,
+        2,
+        2,
+        3,
+        16,
+    ]
+    # against the other readings, 10 in the population of whom 4 hold excellent
+    assert _quota("population").allowed(10, 4) == 2  # floor(0.2 × 10)
+    assert _quota("before_demotion").allowed(10, 4) == 1  # floor(0.2 × 6 rated good)
+    assert q.allowed(10, 4) == 1  # 1 ≤ 0.2 × 9; 2 > 0.2 × 8
+    assert _quota("before_demotion").allowed(30, 4) == 5  # floor(0.2 × 26)
+    assert _quota("population").allowed(30, 4) == 6 and q.allowed(30, 4) == 5
+
+
+def test_a_policy_without_a_reading_keeps_the_population_reading() -> None:
+    """A document written before the key (a log's policy.published) reads as before; the
+    fixed point needs grade and demote_to among of_grades."""
+    document = shipped_policy("default")
+    del document["quota"]["reading"]
+    quota = parse_policy(document).quota
+    assert quota is not None and quota.reading == "population" and quota.allowed(10, 4) == 2
+    document["quota"].update(reading="fixed_point", of_grades=["good"])
+    with pytest.raises(PolicyError) as refused:
+        parse_policy(document)
+    assert refused.value.path == "document.quota.reading"
+    document["quota"].update(reading="halfway", of_grades=["excellent", "good"])
+    with pytest.raises(PolicyError):
+        parse_policy(document)
