@@ -103,7 +103,7 @@ def build_parser() -> argparse.ArgumentParser:
         parents=[common],
         description="Audit-grade evaluation ledger: signed facts in a verifiable log.",
         epilog="example (a demo ledger, then a score with every fact behind it):\n"
-        f"  kpi-ledger demo {DEMO} --keys-out demo-keys\n"
+        f"  kpi-ledger demo {DEMO} --keys-out demo-keys --start 2026-01\n"
         f"  kpi-ledger score lan.nguyen 2026-03 --trace {DEMO}\n"
         "each command's own help: kpi-ledger COMMAND --help",
         formatter_class=argparse.RawDescriptionHelpFormatter,
@@ -176,9 +176,9 @@ def _log_commands(sub: Any, common: argparse.ArgumentParser) -> None:
         "sign:cmd_sign",
         "sign a payload file as a DSSE envelope",
         """
-echo '{"type":"work.declared","data":{"item":"ITEM","done_at":"2026-03-19T03:00:00Z"}}' > d.json
-kpi-ledger sign demo-keys/lan.nguyen.key d.json | kpi-ledger append - --db sqlite:///demo.db
-kpi-ledger sign demo-keys/lan.nguyen.key d.json --time 2026-03-19T03:00:00Z > late.jsonl
+echo '{"type":"work.approved","data":{"item":"ITEM"}}' > ok.json   # ITEM: see show trace
+kpi-ledger sign demo-keys/tuan.tran.key ok.json | kpi-ledger append - --db sqlite:///demo.db
+kpi-ledger sign demo-keys/lan.nguyen.key decl.json --time 2026-03-19T03:00:00Z > late.jsonl
 # --time: the time the fact claims; the ledger accepts it within KPI_LEDGER_MAX_BACKDATE
 # (default 72h) before its clock and KPI_LEDGER_MAX_AHEAD (default 5m) after it""",
     )
@@ -328,7 +328,7 @@ def _view_commands(sub: Any, common: argparse.ArgumentParser) -> None:
         "close an agency's period: compute the snapshot, show it, sign and submit the close",
         f"kpi-ledger close KH-NT 2026-06 --key demo-keys/hoa.tran.key {DEMO}\n"
         "# shows the snapshot hash, the people and their grades, then asks (--yes: does not);\n"
-        "# on the demo as generated it is refused: the demo closed June on 2 July already",
+        "# on the demo started 2026-01, June is its last month, left open",
     )
     p.add_argument("agency")
     p.add_argument("period", type=period)
@@ -365,13 +365,17 @@ def _service_commands(sub: Any, common: argparse.ArgumentParser) -> None:
         "demo",
         "service:cmd_demo",
         "seed a new ledger with a realistic signed history (deterministic with --seed)",
-        f"kpi-ledger demo {DEMO} --keys-out demo-keys\n"
+        f"kpi-ledger demo {DEMO} --keys-out demo-keys --start 2026-01   # January to June\n"
         "kpi-ledger demo --db sqlite:///big.db --home big-home --employees 2000 --months 12",
     )
     p.add_argument("--seed", type=int, default=1, help="everything derives from it (default 1)")
     p.add_argument("--employees", type=int, default=60, help="12..100000 (default 60)")
     p.add_argument("--months", type=int, default=6, help="2..12 (default 6)")
-    p.add_argument("--start", default="2026-01", help="first month, YYYY-MM (default 2026-01)")
+    p.add_argument(
+        "--start",
+        default=None,
+        help="first month, YYYY-MM (default: the months that end with the current one)",
+    )
     p.add_argument("--keys-out", help="write every person's and system's key pair to DIR")
     p.add_argument("--workers", type=int, default=None, help="signing processes (default auto)")
     p.add_argument("--progress", action="store_true", help="show progress even when piped")
