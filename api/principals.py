@@ -29,7 +29,7 @@ from typing import Any
 
 from eventsourcing.postgres import PostgresDatastore
 
-from ledger.postgres import SCHEMA_LOCK_ID
+from ledger.locks import SCHEMA_LOCK_ID
 
 TOKEN_PREFIX = "kpi_"
 MAX_REMEMBERED = 10_000  # tokens remembered at once (expired ones are dropped when full)

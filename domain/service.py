@@ -84,6 +84,7 @@ from ledger.config import Database
 from ledger.home import LedgerHome
 from ledger.jobs import KEEPALIVE_SETTINGS, heal_pool, is_database_error, is_lock_timeout
 from ledger.journal import Journal, Refused
+from ledger.locks import WRITER_LOCK_ID
 from ledger.postgres import SealedPostgresRecorder
 from ledger.sealer import SealedBatch
 from ledger.store import HeadMoved, ReplayedEnvelopeError, SealedLog, idempotency_token
@@ -135,7 +136,6 @@ DERIVED_TYPES: frozenset[str] = frozenset(
     t for module in DOMAIN_MODULES for t in module.HANDLERS if t.endswith(".ruling_applied")
 )
 MAX_BATCH = 1000
-WRITER_LOCK_ID = 0x6B70696C  # pg_advisory_lock key of the ledger's writer ("kpil")
 CACHE_SIZE = 50_000  # aggregates kept in memory between batches
 RESCAN_LIMIT = 20_000  # more foreign entries than this since our last batch: drop the cache
 CANNOT_DERIVE = "ledger.cannot_derive"

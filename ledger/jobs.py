@@ -43,7 +43,7 @@ from dataclasses import dataclass, replace
 from typing import Any
 
 from ledger.config import Database
-from ledger.postgres import SCHEMA_LOCK_ID
+from ledger.locks import JOB_LOCK_IDS, SCHEMA_LOCK_ID
 
 logger = logging.getLogger("kpi_ledger.jobs")
 
@@ -74,8 +74,7 @@ KEEPALIVE_SETTINGS = (
     "tcp_keepalives_count = 3",
 )
 
-# Advisory lock keys (PostgreSQL) of the jobs that run once per database.
-LOCK_IDS = {"projections": 0x6B70_6976, "checkpointer": 0x6B70_6963}  # "kpiv", "kpic"
+LOCK_IDS = JOB_LOCK_IDS  # advisory lock keys of the jobs that run once per database
 
 
 class Refusing(Exception):

@@ -36,7 +36,7 @@ from typing import Any
 
 from eventsourcing.postgres import PostgresDatastore
 
-from ledger.postgres import SCHEMA_LOCK_ID
+from ledger.locks import SCHEMA_LOCK_ID
 from signing.facts import Fact, read_fact
 
 logger = logging.getLogger(__name__)

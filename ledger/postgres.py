@@ -25,6 +25,7 @@ from eventsourcing.persistence import StoredEvent
 from eventsourcing.postgres import PostgresApplicationRecorder, PostgresDatastore, PostgresFactory
 from psycopg.sql import SQL, Composed, Identifier
 
+from ledger.locks import SCHEMA_LOCK_ID
 from ledger.sealer import EntryRow, SealedBatch, Sealer
 from ledger.store import (
     DuplicateIdempotencyKeyError,
@@ -33,8 +34,6 @@ from ledger.store import (
     StoredCheckpoint,
 )
 from signing.merkle import CompactRange, perfect_subtrees
-
-SCHEMA_LOCK_ID = 0x6B70696D  # pg_advisory_xact_lock key of table creation ("kpim")
 
 
 class SealedPostgresRecorder(PostgresApplicationRecorder, SealedLog):

@@ -26,7 +26,7 @@ from eventsourcing.persistence import Tracking
 from eventsourcing.postgres import PostgresDatastore, PostgresTrackingRecorder
 from eventsourcing.sqlite import SQLiteDatastore, SQLiteTrackingRecorder
 
-from ledger.postgres import SCHEMA_LOCK_ID
+from ledger.locks import SCHEMA_LOCK_ID
 from projections.facts import Fact, decode
 
 APP_NAME = "KpiLedger"  # the application whose notifications the views track
