@@ -1,12 +1,14 @@
-"""HR decisions: transfer, demotion, dismissal or reward, resting on closed periods.
+"""HR decisions: transfer, demotion, dismissal, reward or no action, resting on closed periods.
 
 One stream per decision. No score ever decides anything by itself: a person proposes, another
 issues, and the decision cites the closed-period results it rests on.
 
-``hr.decision_proposed`` ``{decision, employee, kind, grounds, details}``
+``hr.decision_proposed`` ``{decision, employee, kind, grounds, details, reasons?}``
     By an HR officer covering the employee (never about themselves). ``grounds`` lists the
     periods whose closed results the decision rests on: each must be closed for the agency
-    the employee was in, and not set aside by an appeal.
+    the employee was in, and not set aside by an appeal. ``kind`` ``no_action`` is the
+    explicit decision to take no measure (for example on an "HR decision due" item): it
+    carries its ``reasons``, which no other kind carries (``fact.invalid`` otherwise).
 ``hr.decision_issued`` ``{decision}``
     By an HR officer other than the proposer, while no appeal against the proposal is
     pending and its grounds still stand.
@@ -31,6 +33,7 @@ from domain.errors import (
     SAME_PERSON,
     SELF_APPROVAL,
     WRONG_STATE,
+    InvalidFact,
 )
 from domain.schemas import Code, FactData, Period, RulingFields, Text, period_start
 from domain.signed import SignedAggregate, SignedCreated, SignedEvent, stream_id
@@ -39,14 +42,19 @@ DECISION_PROPOSED = "hr.decision_proposed"
 DECISION_ISSUED = "hr.decision_issued"
 DECISION_WITHDRAWN = "hr.decision_withdrawn"
 RULING_APPLIED = "hr.ruling_applied"
+NO_ACTION = "no_action"
+
+#: the kinds of HR decision (a policy's ``hr_decision.resolving_kinds`` names some of them)
+Kind = Literal["transfer", "demotion", "dismissal", "reward", "no_action"]
 
 
 class ProposedData(FactData):
     decision: Code
     employee: Code
-    kind: Literal["transfer", "demotion", "dismissal", "reward"]
+    kind: Kind
     grounds: list[Period] = Field(min_length=1, max_length=60)
     details: Text
+    reasons: Text | None = None  # required for kind no_action, refused for the others
 
 
 class IssuedData(FactData):
@@ -127,6 +135,13 @@ def _check_grounds(ctx: Context, employee_code: str, grounds: tuple[str, ...] | 
 
 
 def propose(ctx: Context, data: ProposedData) -> Recording:
+    if (data.kind == NO_ACTION) != (data.reasons is not None):
+        problem = "required" if data.reasons is None else "only a no_action decision has it"
+        raise InvalidFact(
+            f"{ctx.fact_type}: data.reasons: {problem} (kind {data.kind!r})",
+            fact_type=ctx.fact_type,
+            actor=ctx.actor,
+        )
     if ctx.get(HrDecision, HrDecision.id_for(data.decision)) is not None:
         ctx.refuse(ALREADY_EXISTS, f"HR decision {data.decision!r} exists")
     if ctx.actor == data.employee:

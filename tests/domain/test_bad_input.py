@@ -1650,6 +1650,8 @@ RULES: dict[str, dict[str, Entry]] = {
         "bound": [
             Bad("no grounds", INVALID, set={"grounds": []}, says="data.grounds"),
             Bad("no such kind", INVALID, set={"kind": "exile"}, says="data.kind"),
+            Bad("no action without reasons", INVALID, set={"kind": "no_action"}, says="reasons"),
+            Bad("reasons on a reward", INVALID, set={"reasons": TEXT}, says="data.reasons"),
         ],
     },
     "hr.decision_issued": {
@@ -1692,6 +1694,10 @@ RULES: dict[str, dict[str, Entry]] = {
 
 # Variants of the baselines that must be ACCEPTED: each marks the edge of a refusal above.
 ACCEPTED: list[tuple[str, Bad]] = [
+    (
+        "hr.decision_proposed",
+        Bad("no action, with its reasons", "", set={"kind": "no_action", "reasons": TEXT}),
+    ),
     (
         "work.assigned",
         Bad(
