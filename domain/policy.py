@@ -32,7 +32,9 @@ from typing import Any, Literal, cast
 
 __all__ = [
     "DAY_KINDS",
+    "DEFAULT_RESOLVING_KINDS",
     "FORMULA_VARIABLES",
+    "HR_DECISION_KINDS",
     "QUOTA_READINGS",
     "SHIPPED_POLICIES",
     "Calendar",
@@ -78,6 +80,12 @@ WAIVABLE: frozenset[str] = frozenset({"quality_failure", "delay"})
 QUOTA_GROUP_KEYS: frozenset[str] = frozenset({"agency", "unit", "task_group", "position"})
 #: how the quota's ratio is counted (``Quota.allowed``)
 QUOTA_READINGS = ("population", "before_demotion", "fixed_point")
+#: the kinds of HR decision (``domain/hr_decisions.py``); ``hr_decision.resolving_kinds``
+#: names those that act on an "HR decision due" item
+HR_DECISION_KINDS = ("transfer", "demotion", "dismissal", "reward", "no_action")
+#: ``hr_decision.resolving_kinds`` when a document has no such key: every measure the item is
+#: about, or the explicit decision to take none; never a reward
+DEFAULT_RESOLVING_KINDS = ("transfer", "demotion", "dismissal", "no_action")
 TIE_BREAK_KEYS: frozenset[str] = frozenset(
     {"total", "task", "general", "Q", "C", "P", "E", "S", "employee_id"}
 )
@@ -630,6 +638,9 @@ class HrDecisionRule:
     consecutive_failing_years: int
     failing_grade: str
     due: Deadline
+    #: the HR decision kinds whose proposal acts on the item (absent from a document:
+    #: ``DEFAULT_RESOLVING_KINDS``)
+    resolving_kinds: tuple[str, ...] = DEFAULT_RESOLVING_KINDS
 
 
 @dataclass(frozen=True)
@@ -1342,11 +1353,24 @@ def parse_policy(document: Any) -> Policy:
             declaration_obj.integer("month_offset", low=0, high=12),
             cast(Effect, declaration_obj.choice("late_effect", ("void", "flag"))),
         )
-    hr = doc.obj("hr_decision", ("consecutive_failing_years", "failing_grade", "due"))
+    hr = doc.obj(
+        "hr_decision", ("consecutive_failing_years", "failing_grade", "due"), ("resolving_kinds",)
+    )
+    resolving: tuple[str, ...] = DEFAULT_RESOLVING_KINDS
+    if hr.has("resolving_kinds"):
+        resolving = hr.codes("resolving_kinds")
+        for index, kind in enumerate(resolving):
+            if kind not in HR_DECISION_KINDS:
+                options = ", ".join(repr(k) for k in HR_DECISION_KINDS)
+                raise PolicyError(
+                    f"must be one of {options}, found {kind!r}",
+                    path=f"{hr.at('resolving_kinds')}[{index}]",
+                )
     hr_decision = HrDecisionRule(
         hr.integer("consecutive_failing_years", low=1),
         _grade_ref(hr, "failing_grade", grade_codes),
         _deadline(hr.obj("due", ("days", "kind", "roll_forward"))),
+        resolving,
     )
 
     # flags

@@ -10,14 +10,17 @@ from collections.abc import Callable
 from dataclasses import FrozenInstanceError, dataclass
 from decimal import Decimal
 from fractions import Fraction
-from typing import Any
+from typing import Any, get_args
 
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from domain.hr_decisions import Kind
 from domain.policy import (
+    DEFAULT_RESOLVING_KINDS,
     FORMULA_VARIABLES,
+    HR_DECISION_KINDS,
     SHIPPED_POLICIES,
     Calendar,
     Formula,
@@ -342,6 +345,29 @@ def test_appeal_answer_ten_working_days(default: Policy) -> None:
 def test_hr_decision_due(default: Policy) -> None:
     # 30 calendar days from 1 June 2026 = 1 July (a Wednesday)
     assert default.hr_decision_due(at(2026, 6, 1, 8)) == at(2026, 7, 2)
+
+
+def test_which_hr_decisions_act_on_an_hr_due_item(default: Policy, khanh_hoa: Policy) -> None:
+    """``hr_decision.resolving_kinds``: the shipped packs name the measures and "no action",
+    never a reward; a document without the key reads the same default; a pack may name
+    others; the kinds are the domain's, each once, at least one."""
+    assert get_args(Kind) == HR_DECISION_KINDS
+    expected = ("transfer", "demotion", "dismissal", "no_action")
+    assert default.hr_decision.resolving_kinds == expected == DEFAULT_RESOLVING_KINDS
+    assert khanh_hoa.hr_decision.resolving_kinds == expected
+    absent = parse_policy(mutated(_delete(["hr_decision", "resolving_kinds"])))
+    assert absent.hr_decision.resolving_kinds == expected
+    only = parse_policy(mutated(_set(["hr_decision", "resolving_kinds"], ["dismissal"])))
+    assert only.hr_decision.resolving_kinds == ("dismissal",)
+    for value, path, message in (
+        (["exile"], "document.hr_decision.resolving_kinds[0]", "must be one of 'transfer'"),
+        ([], "document.hr_decision.resolving_kinds", "must not be empty"),
+        (["dismissal", "dismissal"], "document.hr_decision.resolving_kinds[1]", "twice"),
+        ("dismissal", "document.hr_decision.resolving_kinds", "expected a list"),
+    ):
+        with pytest.raises(PolicyError) as caught:
+            parse_policy(mutated(_set(["hr_decision", "resolving_kinds"], value)))
+        assert caught.value.path == path and message in str(caught.value), caught.value
 
 
 def test_naive_times_are_refused(default: Policy) -> None:
