@@ -24,7 +24,8 @@ Views (``kpi_view_docs.view``), each a JSON document:
 | ``appeal`` | ``appellant/appeal`` | status, answer deadline |
 | ``hr_due`` | ``employee/YYYY`` | consecutive failing years: a person must act before ``due`` |
 | ``flag`` | ``kind/subject/seq`` | an anti-gaming signal with the facts that raised it |
-| ``evidence`` | sha-256 | the first claim of a piece of evidence |
+| ``evidence`` | sha-256 | the claims of a piece of evidence (the first of each employee period) |
+| ``late_entry`` | ``agency/request`` | a late-entry request: its position and its approval's |
 | ``approvals`` | ``approver/agency/period`` | approvals per local day (bulk approval flag) |
 | ``finding`` | finding id | an inspector's finding, as recorded, with the positions it cites |
 | ``hr_decision`` | decision id | an HR decision, its acts, the closes of the periods it cites |
@@ -81,12 +82,14 @@ VIEWS = (
 )
 REF = "ref"  # the stream-index subject of reference streams
 FINDING = "inspection.finding_recorded"
+LATE_ENTRY_TYPES = ("period.late_entry_requested", "period.late_entry_approved")
 BATCH = 10000
 SHEET_CACHE = 3072
 SETTLE_CHUNK = 1000  # periods scored per transaction when settling
 MAX_PENDING = 20000  # periods left unscored before a catch-up settles mid-way
 PENDING = ("pending", "evaluations")  # the document that lists them
 ITEM_CACHE = 16384  # item results kept between scorings of a period (score.ItemCache)
+RESOLVING_STATUS = ("proposed", "issued")  # a withdrawn or overturned decision acts on nothing
 
 
 def snapshot_hash(doc: dict[str, Any]) -> str:
@@ -278,6 +281,8 @@ class Evaluations:
                 self._sheet_fact(fact, batch)
             elif fact.type == FINDING:
                 self._finding(fact, batch)
+            elif fact.type in LATE_ENTRY_TYPES:
+                self._late_entry(fact, batch)
         last = rows[-1]
         self._commit(batch, Tracking(APP_NAME, last.notification_id))
         self.position, self.seq = last.notification_id, last.seq
@@ -361,14 +366,7 @@ class Evaluations:
             self._approval(fact, key, batch)
         close = self._close_of(key, batch)
         if close is not None and fact.seq > close.seq and not fact.type.endswith("ruling_applied"):
-            self._flag(
-                batch,
-                "entry_after_close",
-                key,
-                [close.seq, fact.seq],
-                f"{fact.type} recorded at {fact.seq} after the close of {key.split('/')[1]}"
-                f" (at {close.seq})",
-            )
+            self._after_close(fact, key, close, batch)
 
     def _rules(self, key: str, batch: _Batch) -> Rules | None:
         """``rules_for`` the subject, once per batch (reference facts clear the cache)."""
@@ -757,11 +755,22 @@ class Evaluations:
             return
         raised = parse_instant(doc["final_at"])
         due = policy.hr_decision_due(raised)
-        acted = [
-            h.id
-            for h in self.registry.hr_decisions.values()
-            if h.employee == employee and h.proposed_at >= raised and h.status != "withdrawn"
-        ]
+        decisions = []
+        for h in sorted(self.registry.hr_decisions.values(), key=lambda h: h.proposed_seq):
+            if h.employee != employee or h.proposed_at < raised:
+                continue
+            decisions.append(
+                {
+                    "decision": h.id,
+                    "kind": h.kind,
+                    "status": h.status,
+                    "seq": h.proposed_seq,
+                    "at": _utc(h.proposed_at),
+                    "resolves": h.kind in rule.resolving_kinds and h.status in RESOLVING_STATUS,
+                }
+            )
+        acting = [d for d in decisions if d["resolves"]]
+        first = acting[0] if acting else None
         batch.put(
             Put(
                 "hr_due",
@@ -774,8 +783,15 @@ class Evaluations:
                     "raised_at": doc["final_at"],
                     "raised_by_seq": doc["final_seq"],
                     "due": due.isoformat(),
-                    "open": not acted,
-                    "acted_on_by": acted,
+                    "open": first is None,
+                    "resolving_kinds": list(rule.resolving_kinds),
+                    "resolved_by": (
+                        {k: first[k] for k in ("decision", "kind", "seq", "at")}
+                        if first is not None
+                        else None
+                    ),
+                    "decisions": decisions,
+                    "acted_on_by": [d["decision"] for d in acting],
                     "rule": f"hr_decision: {rule.consecutive_failing_years} consecutive"
                     f" years {rule.failing_grade}",
                 },
@@ -834,10 +850,12 @@ class Evaluations:
         why: str,
         *,
         stable: bool = False,
+        extra: dict[str, Any] | None = None,
     ) -> None:
-        """Raise a flag with the facts behind it. A ``stable`` flag has one key per subject
-        and is withdrawn (``_unflag``) when what raised it no longer holds; the others are
-        events (an approval, a late entry): one per fact, never withdrawn."""
+        """Raise a flag with the facts behind it (and the ``extra`` fields of its kind). A
+        ``stable`` flag has one key per subject and is withdrawn (``_unflag``) when what
+        raised it no longer holds; the others are events (an approval, a late entry): one per
+        fact, never withdrawn."""
         employee = subject.split("/")[0]
         period = subject.split("/")[1] if "/" in subject else None
         batch.deletes.pop(("flag", f"{kind}/{subject}"), None)
@@ -845,7 +863,7 @@ class Evaluations:
             Put(
                 "flag",
                 f"{kind}/{subject}" if stable else f"{kind}/{subject}/{seqs[-1]}",
-                {"kind": kind, "subject": subject, "facts": seqs, "why": why},
+                {"kind": kind, "subject": subject, "facts": seqs, "why": why, **(extra or {})},
                 employee,
                 None,
                 period,
@@ -916,24 +934,93 @@ class Evaluations:
         batch.deletes[("flag", key)] = None
 
     def _evidence(self, fact: Fact, key: str, batch: _Batch) -> None:
-        employee = key.split("/")[0]
+        """Each evidence hash keeps its claims (``evidence`` view: the first claim of each
+        employee period, and who claimed first). A claim of a hash another employee claimed
+        raises ``same_evidence`` under **every** claimant's period, citing every claim."""
+        employee, period = key.split("/", 1)
         hashes = list(fact.data.get("evidence", ()))
-        if not hashes:
-            return
         for h in hashes:
             put = batch.puts.get(("evidence", h))
             first = put.doc if put is not None else batch.evidence.get(h)
+            claim = {"employee": employee, "period": period, "seq": fact.seq}
             if first is None:
-                batch.put(Put("evidence", h, {"employee": employee, "seq": fact.seq}, employee))
-            elif first["employee"] != employee:
+                doc = {"employee": employee, "seq": fact.seq, "claims": [claim]}
+                batch.put(Put("evidence", h, doc, employee))
+                continue
+            # a document written before claims were kept knows only the first claimant
+            claims = first.get("claims") or [
+                {"employee": first["employee"], "period": None, "seq": first["seq"]}
+            ]
+            if all(c["employee"] != employee or c["period"] != period for c in claims):
+                doc = {**first, "claims": [*claims, claim]}
+                batch.put(Put("evidence", h, doc, first["employee"]))
+            if all(c["employee"] == employee for c in claims):
+                continue
+            cited = [*[c for c in claims if c["seq"] != fact.seq], claim]
+            why = f"evidence {h[:12]}… claimed by " + ", ".join(
+                f"{c['employee']} (at {c['seq']})" for c in cited
+            )
+            extra = {"evidence": h, "claims": cited}
+            subjects = {f"{c['employee']}/{c['period']}": None for c in cited if c["period"]}
+            for subject in subjects:
                 self._flag(
-                    batch,
-                    "same_evidence",
-                    key,
-                    [first["seq"], fact.seq],
-                    f"evidence {h[:12]}… claimed by {first['employee']} (at {first['seq']})"
-                    f" and by {employee} (at {fact.seq})",
+                    batch, "same_evidence", subject, [c["seq"] for c in cited], why, extra=extra
                 )
+
+    def _late_entry(self, fact: Fact, batch: _Batch) -> None:
+        """A late-entry request and its approval (``late_entry`` view, ``agency/request``):
+        the positions an ``entry_after_close`` flag cites."""
+        d = fact.data
+        key = f"{d['agency']}/{d['request']}"
+        if fact.type == "period.late_entry_requested":
+            doc = {
+                "request": d["request"],
+                "agency": d["agency"],
+                "period": d["period"],
+                "employee": d["employee"],
+                "requested_seq": fact.seq,
+                "requested_by": fact.actor,
+                "until": d["until"],
+                "approved_seq": None,
+                "approved_by": None,
+            }
+            batch.put(Put("late_entry", key, doc, d["employee"], d["agency"], d["period"]))
+            return
+        known = self._late_request(key, batch)
+        if known is not None:
+            doc = {**known, "approved_seq": fact.seq, "approved_by": fact.actor}
+            batch.put(Put("late_entry", key, doc, doc["employee"], doc["agency"], doc["period"]))
+
+    def _late_request(self, key: str, batch: _Batch) -> dict[str, Any] | None:
+        put = batch.puts.get(("late_entry", key))
+        return put.doc if put is not None else self.view.doc("late_entry", key)
+
+    def _after_close(self, fact: Fact, key: str, close: Any, batch: _Batch) -> None:
+        """``entry_after_close``: the close and the entry, and the late-entry request that let
+        it in (its request and approval), when the entry cites one."""
+        period = key.split("/")[1]
+        seqs = [close.seq]
+        why = f"{fact.type} recorded at {fact.seq} after the close of {period} (at {close.seq})"
+        request = None
+        code = fact.data.get("late_entry")
+        posting = self.registry.posting(key.split("/")[0], period_start(period))
+        if isinstance(code, str) and posting is not None:
+            agency = self.registry.agency_of(posting.unit)
+            found = self._late_request(f"{agency}/{code}", batch)
+            if found is not None:
+                request = {
+                    "request": code,
+                    "requested_seq": found["requested_seq"],
+                    "approved_seq": found["approved_seq"],
+                }
+                seqs += [
+                    s for s in (found["requested_seq"], found["approved_seq"]) if s is not None
+                ]
+                approved = found["approved_seq"]
+                why += f", under late-entry request {code} (requested at {found['requested_seq']}"
+                why += f", approved at {approved})" if approved is not None else ", not approved)"
+        seqs.append(fact.seq)
+        self._flag(batch, "entry_after_close", key, seqs, why, extra={"late_entry": request})
 
     def _approval(self, fact: Fact, key: str, batch: _Batch) -> None:
         rules = self._rules(key, batch)
@@ -1085,6 +1172,31 @@ class Evaluations:
 
 
 _WORKING_DAYS: dict[tuple[str, int, str], list[dt.date]] = {}
+
+
+def _utc(instant: dt.datetime) -> str:
+    return instant.astimezone(dt.UTC).isoformat().replace("+00:00", "Z")
+
+
+def hr_due_overdue(doc: dict[str, Any], now: dt.datetime) -> dict[str, Any] | None:
+    """Whether an "HR decision due" item was acted on late, or is still open past its
+    deadline at ``now``: ``{due, as_of, by_seconds, by_days}`` (``as_of``: the resolving
+    decision's time, or ``now`` while open; ``by_days``: whole days), or None when it is
+    not (or no longer) due. The view cannot say it (the log has no "now"): readers ask."""
+    if "due" not in doc:
+        return None
+    due = dt.datetime.fromisoformat(doc["due"])
+    resolved = doc.get("resolved_by")
+    as_of = parse_instant(resolved["at"]) if resolved is not None else now
+    late = as_of - due
+    if late < dt.timedelta(0):
+        return None
+    return {
+        "due": doc["due"],
+        "as_of": _utc(as_of),
+        "by_seconds": int(late.total_seconds()),
+        "by_days": late.days,
+    }
 
 
 def working_days(policy: Policy, period: str) -> list[dt.date]:

@@ -21,6 +21,7 @@ from api.deps import CallerDep, RuntimeDep
 from api.problems import Problem, out_of_scope
 from api.runtime import Runtime
 from ledger.journal import FLAG_KIND as JOURNAL_FLAG
+from projections.engine import hr_due_overdue
 from projections.published import own_snapshot, own_unit
 from signing.facts import read_fact
 
@@ -215,10 +216,24 @@ def hr_due(
     rt: RuntimeDep,
     caller: CallerDep,
     open: bool | None = None,
+    overdue: bool | None = None,
     after: After = None,
     limit: Limit = 50,
 ) -> dict[str, Any]:
-    return _paged(
+    """Each item as the projection keeps it (``decisions``: every HR decision proposed about
+    the employee since the item was raised, with its position, time, status and whether its
+    kind resolves the item under the policy's ``hr_decision.resolving_kinds``;
+    ``resolved_by``: the first that does), plus ``overdue``, judged now by the ledger's
+    clock: ``{due, as_of, by_seconds, by_days}`` for an item still open past its deadline
+    (``as_of`` now) or resolved after it (``as_of`` the decision's time), else null."""
+    now = rt.service.clock()
+
+    def keep(doc: dict[str, Any]) -> bool:
+        if open is not None and bool(doc.get("open")) is not open:
+            return False
+        return overdue is None or (hr_due_overdue(doc, now) is not None) is overdue
+
+    page = _paged(
         rt,
         caller,
         "hr_due",
@@ -226,8 +241,11 @@ def hr_due(
         after=after,
         limit=limit,
         person=lambda d: str(d["employee"]),
-        keep=lambda d: open is None or bool(d.get("open")) is open,
+        keep=keep,
     )
+    for item in page["items"]:
+        item["overdue"] = hr_due_overdue(item, now)
+    return page
 
 
 @router.get(
