@@ -9,6 +9,10 @@ written per score when a unit view changes:
   person's rank among the group's holders, the population, the cut-off, and the close she
   was published in (its position, hash, and her row in it);
 * ``published_lines(published)``: the same as trace lines, appended after the score's own;
+* ``unit_diff(before, after)``: two unit views of one agency and period side by side (as of
+  two positions, under two policy versions): each row's total and grade on each side, each
+  quota check's reading, population, allowed and cut-off on each side;
+  ``own_unit_diff`` keeps her own row only;
 * ``own_unit(unit, employee)`` / ``own_snapshot(snapshot, employee)``: the unit view or the
   snapshot as a person in it may read them: the distribution and the quota checks without
   names, and her own row only (None when she has no row).
@@ -150,3 +154,74 @@ def own_snapshot(snapshot: dict[str, Any], employee: str) -> dict[str, Any] | No
         "set_aside": [e for e in snapshot.get("set_aside", []) if e == employee],
         "scope": "own row",
     }
+
+
+# -- two unit results side by side -----------------------------------------------------------
+
+ROW_KEYS = ("total", "points_grade", "grade", "policy", "catalogue", "quota_check", "rank")
+
+
+def _check_side(check: dict[str, Any]) -> dict[str, Any]:
+    """A quota check as a diff shows it: its reading, counts and cut-off, no names."""
+    moved = next((k for k in check if k.startswith("moved_to_")), None)
+    return {
+        "reading": check.get("reading", "population"),
+        "population": check["population"],
+        "allowed": check["allowed"],
+        "holders": check["holders"],
+        "cut_off": check.get("cut_off"),
+        "kept_count": len(check["kept"]),
+        "moved_count": len(check[moved]) if moved is not None else 0,
+        "rule": check["rule"],
+    }
+
+
+def unit_diff(before: dict[str, Any], after: dict[str, Any]) -> dict[str, Any]:
+    """What separates two unit views of the same agency and period (as of two positions,
+    under two policy versions): each person's row on each side (total, points grade, grade
+    after the quota, rank; None where she has no row) with the fields that ``changed``, and
+    each quota group's check on each side (reading, population, allowed, holders, cut-off),
+    matched by group."""
+    rows_before = {r["employee"]: r for r in before["results"]}
+    rows_after = {r["employee"]: r for r in after["results"]}
+    rows = []
+    for employee in sorted(rows_before.keys() | rows_after.keys()):
+        sides = [rows_before.get(employee), rows_after.get(employee)]
+        a, b = ({k: r[k] for k in ROW_KEYS} if r is not None else None for r in sides)
+        changed = ["row"] if a is None or b is None else [k for k in ROW_KEYS if a[k] != b[k]]
+        rows.append({"employee": employee, "before": a, "after": b, "changed": changed})
+
+    def groups(doc: dict[str, Any]) -> dict[str, dict[str, Any]]:
+        return {_group_key(c["group"]): c for c in doc["quota"]}
+
+    checks_before, checks_after = groups(before), groups(after)
+    quota = []
+    for key in sorted(checks_before.keys() | checks_after.keys()):
+        sides = [checks_before.get(key), checks_after.get(key)]
+        group = next(c["group"] for c in sides if c is not None)
+        a, b = (_check_side(c) if c is not None else None for c in sides)
+        quota.append({"group": group, "before": a, "after": b, "changed": a != b})
+    return {
+        "agency": after["agency"],
+        "period": after["period"],
+        "policy": {"before": before["policy"], "after": after["policy"]},
+        "as_of": {"before": before["as_of"], "after": after["as_of"]},
+        "count": {"before": before["count"], "after": after["count"]},
+        "mean": {"before": before["mean"], "after": after["mean"]},
+        "distribution": {"before": before["distribution"], "after": after["distribution"]},
+        "quota": quota,
+        "rows": rows,
+    }
+
+
+def _group_key(group: dict[str, Any]) -> str:
+    return "\x1f".join(f"{k}={group[k]}" for k in sorted(group))
+
+
+def own_unit_diff(difference: dict[str, Any], employee: str) -> dict[str, Any] | None:
+    """A unit diff as ``employee`` may read it: everything that names no one, and her own
+    row (None when she has a row on neither side)."""
+    mine = [r for r in difference["rows"] if r["employee"] == employee]
+    if not mine:
+        return None
+    return {**difference, "rows": mine, "scope": "own row"}

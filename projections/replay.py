@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import dataclasses
 import datetime as dt
+from typing import Any
 
 from domain.policy import Policy
 from domain.schemas import period_start
@@ -230,27 +231,114 @@ class Replay:
             grades.append((other, grade))
         return grades
 
+    def _posted(self, unit: str, upto: int, known: Registry | None = None) -> Registry:
+        """A registry of everyone ever posted in ``unit`` or below (their postings and the
+        units above theirs), as the log stood at ``upto``; the units ``known`` holds are not
+        read again (it learns those read)."""
+        streams = self._indexed([f"unit:{unit}"], upto)
+        members = Registry()
+        for f in self.view.stream_facts(streams, upto):
+            members.apply(f)
+        if known is not None:
+            members.parents, members.kinds = known.parents, known.kinds
+        self._organisation(
+            members, sorted({p.unit for x in members.people.values() for p in x.postings}), upto
+        )
+        return members
+
     def _staff(
         self, registry: Registry, leader: str, unit: str, period: str, upto: int
     ) -> list[str]:
         """``leader``'s staff: everyone posted in ``unit`` or below on the period's first day,
         but the leader and the same unit's leaders of equal or higher rank
         (``Registry.staff``)."""
-        streams = self._indexed([f"unit:{unit}"], upto)
-        members = Registry()
-        for f in self.view.stream_facts(streams, upto):
-            members.apply(f)
-        members.parents, members.kinds = registry.parents, registry.kinds
-        self._organisation(
-            members, sorted({p.unit for x in members.people.values() for p in x.postings}), upto
-        )
-        registry.parents.update(members.parents)
+        members = self._posted(unit, upto, registry)
         day = period_start(period)
         everyone = members.members(unit, day)
         here = {p.position for e in everyone if (p := members.posting(e, day)) and p.unit == unit}
         for f in self.view.stream_facts([_sid("position", x) for x in sorted(here)], upto):
             members.apply(f)
         return members.staff(leader, unit, everyone, day)
+
+    # -- a unit ------------------------------------------------------------------------------
+
+    def unit(
+        self,
+        agency: str,
+        period: str,
+        *,
+        as_of: int | str | dt.datetime | None = None,
+        policy: int | Policy | None = None,
+    ) -> dict[str, Any]:
+        """The unit view of ``agency``'s ``period`` (``engine.unit_view``, the same quota
+        code) recomputed from the log as of ``as_of``, under the policy in force then or
+        under ``policy`` (a version number of the agency's policy line, or a ``Policy``):
+        everyone posted in the agency on the period's first day is scored as the projection
+        scores them (those with facts of the period, and the leaders over someone who has
+        some), leaders after their staff, whose grades under the same policy give the leader
+        factor. Nothing is written."""
+        from projections.engine import unit_view  # the engine imports this module's users
+
+        upto = self.position(as_of)
+        day = period_start(period)
+        everyone = self._posted(agency, upto).members(agency, day)
+        registry, sheets = self.read(*everyone, period=period, upto=upto)
+        rules: dict[str, Rules] = {}
+        for e in everyone:
+            found = rules_for(registry, e, period) if e in registry.people else None
+            if found is not None:
+                rules[e] = found
+        people = sorted(rules, key=lambda e: subject_key(e, period))
+        if not people:
+            raise ReplayError(f"no one was posted in {agency!r} in {period} up to position {upto}")
+        # the policy of the first in key order, as the projection's unit view chooses it
+        chosen = rules[people[0]].policy
+        other = (
+            self._other_policy(registry, rules[people[0]], policy) if policy is not None else None
+        )
+        line = chosen.policy.id
+
+        def has_facts(e: str) -> bool:
+            return bool(sheets[subject_key(e, period)])
+
+        def leads(e: str) -> bool:
+            r = rules[e]
+            return r.leader and r.policy.policy.leader_unit is not None
+
+        def scored(e: str) -> bool:  # as the projection: facts, or a leader over someone's
+            if has_facts(e):
+                return True
+            if not leads(e):
+                return False
+            below = registry.members(rules[e].unit, day)
+            return any(x != e and x in rules and has_facts(x) for x in below)
+
+        results: dict[str, Result] = {}
+
+        def result(e: str) -> Result:
+            if e not in results:
+                r = rules[e]
+                if other is not None and r.policy.policy.id == line:
+                    r = dataclasses.replace(r, policy=other)
+                if leads(e):
+                    members = registry.members(r.unit, day)
+                    staff = registry.staff(e, r.unit, members, day)
+                    r = dataclasses.replace(
+                        r,
+                        subordinates=tuple(
+                            (s, result(s).grade) for s in staff if s in rules and scored(s)
+                        ),
+                    )
+                results[e] = score_of(sheets[subject_key(e, period)], e, period, r)
+            return results[e]
+
+        docs = [
+            result(e).to_doc(trace=False) for e in people if scored(e) and rules[e].agency == agency
+        ]
+        if not docs:
+            raise ReplayError(f"no scores for {agency!r} in {period} up to position {upto}")
+        version = other if other is not None else chosen
+        return unit_view(agency, period, docs, version.policy, max(d["as_of"] for d in docs))
 
     def _other_policy(
         self, registry: Registry, rules: Rules, policy: int | Policy

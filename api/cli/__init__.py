@@ -344,6 +344,7 @@ def _view_commands(sub: Any, common: argparse.ArgumentParser) -> None:
         "views:cmd_show",
         "print a read model's documents (JSON lines)",
         f"kpi-ledger show unit --agency KH-NT --period 2026-03 {DEMO}\n"
+        f"kpi-ledger show unit --agency KH-NT --period 2026-03 --diff-policy 2 {DEMO}\n"
         f"kpi-ledger show appeal --open {DEMO}\n"
         f"kpi-ledger show refusals --rule separation.self_approval {DEMO}",
     )
@@ -356,6 +357,10 @@ def _view_commands(sub: Any, common: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--open", action="store_true", help="only open items (appeals, HR decisions due)"
     )
+    p.add_argument("--as-of", help="unit: replayed as of a log position or RFC 3339 UTC time")
+    p.add_argument("--policy", type=count(1), help="unit: replayed under this policy version")
+    p.add_argument("--diff-as-of", help="unit: compare with the unit as of this position or time")
+    p.add_argument("--diff-policy", type=count(1), help="unit: compare with this policy version")
 
 
 def _service_commands(sub: Any, common: argparse.ArgumentParser) -> None:

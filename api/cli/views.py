@@ -264,6 +264,9 @@ class _NotNext(Refusal):
 def cmd_show(args: argparse.Namespace) -> int:
     if args.view == "refusals":
         return _show_refusals(args)
+    replays = (args.as_of, args.policy, args.diff_as_of, args.diff_policy)
+    if any(x is not None for x in replays):
+        return _show_unit_replayed(args)
     view = caught_up_view(ledger_database(args))
     try:
         docs = view.find(args.view, employee=args.employee, agency=args.agency, period=args.period)
@@ -271,6 +274,41 @@ def cmd_show(args: argparse.Namespace) -> int:
             docs = [d for d in docs if d.get("open")]
         for doc in docs:
             print(json.dumps(doc, ensure_ascii=False, sort_keys=True))
+        return 0
+    finally:
+        projection_runners.close_view(view)
+
+
+def _show_unit_replayed(args: argparse.Namespace) -> int:
+    """``show unit`` recomputed from the log (``Replay.unit``): as of ``--as-of``, under
+    ``--policy``; with ``--diff-as-of`` / ``--diff-policy``, against that second result
+    (``{"result", "other", "diff"}``, the diff reading first → second), one JSON line."""
+    from projections.published import unit_diff
+
+    if args.view != "unit" or args.agency is None or args.period is None:
+        raise UsageError(
+            "--as-of, --policy, --diff-as-of and --diff-policy replay a unit view: give"
+            " show unit --agency A --period P"
+        )
+    view = caught_up_view(ledger_database(args))
+    try:
+        replay = Replay(view)
+        try:
+            first = replay.unit(
+                args.agency, args.period, as_of=_as_of(args.as_of), policy=args.policy
+            )
+            doc: dict[str, Any] = first
+            if args.diff_as_of is not None or args.diff_policy is not None:
+                second = replay.unit(
+                    args.agency,
+                    args.period,
+                    as_of=_as_of(args.diff_as_of if args.diff_as_of is not None else args.as_of),
+                    policy=args.diff_policy if args.diff_policy is not None else args.policy,
+                )
+                doc = {"result": first, "other": second, "diff": unit_diff(first, second)}
+        except (ReplayError, PolicyError) as exc:
+            raise UsageError(str(exc)) from None
+        print(json.dumps(doc, ensure_ascii=False, sort_keys=True))
         return 0
     finally:
         projection_runners.close_view(view)

@@ -7,6 +7,13 @@ read (``api/access.py``): its own, those under its units, or everyone for admini
 inspectors; a unit view or a snapshot needs a role over that agency (or reading everything),
 except that a person with a row in it reads her own row, the distribution and the quota checks
 (counts and cut-off, no one else's name): ``projections/published.py``.
+
+A unit view with ``?as_of=SEQ|TIME`` and/or ``?policy=VERSION`` is recomputed from the log
+(``Replay.unit``: everyone in the agency scored as the log stood then and/or under that
+version of the policy, leaders after their staff, then the same quota code; nothing is
+written), marked ``"source": "log"``; ``/diff`` sets that result (``then``) against the
+current one (``now``) row by row and quota check by quota check. The same reading rules
+apply to replayed answers: a person with a row in them reads her own row.
 """
 
 from __future__ import annotations
@@ -20,9 +27,11 @@ from api.access import Caller
 from api.deps import CallerDep, RuntimeDep
 from api.problems import Problem, out_of_scope
 from api.runtime import Runtime
+from domain.policy import PolicyError
 from ledger.journal import FLAG_KIND as JOURNAL_FLAG
 from projections.engine import hr_due_overdue
-from projections.published import own_snapshot, own_unit
+from projections.published import own_snapshot, own_unit, own_unit_diff, unit_diff
+from projections.replay import Replay, ReplayError, parse_as_of
 from signing.facts import read_fact
 
 router = APIRouter(prefix="/v1", tags=["views"])
@@ -30,6 +39,7 @@ CODE = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$"
 NAME = r"^[a-z0-9][a-z0-9._-]{0,63}$"
 MONTH = r"^[1-9][0-9]{3}-(0[1-9]|1[0-2])$"
 KEY = r"^[A-Za-z0-9._/:-]{1,300}$"
+AS_OF = r"^([0-9]{1,15}|[0-9]{4}-[0-9]{2}-[0-9]{2}T[0-9:.]+Z)$"
 MAX_LIMIT = 200
 SCAN = 5  # pages read at most to fill one answer when most items are out of the caller's scope
 
@@ -37,12 +47,20 @@ Agency = Annotated[str, Path(pattern=CODE, description="an agency's code")]
 Month = Annotated[str, Path(pattern=MONTH, description="YYYY-MM")]
 After = Annotated[str | None, Query(pattern=KEY, description="the last key of the previous page")]
 Limit = Annotated[int, Query(ge=1, le=MAX_LIMIT)]
+AsOf = Annotated[
+    str | None,
+    Query(pattern=AS_OF, description="a log position, or an RFC 3339 UTC time (…Z)"),
+]
+PolicyVersion = Annotated[
+    int | None, Query(ge=1, description="another version of the agency's policy line")
+]
 
 
-def _unit_doc(rt: Runtime, caller: Caller, view: str, agency: str, period: str) -> dict[str, Any]:
+def _scoped(
+    rt: Runtime, caller: Caller, view: str, agency: str, period: str, doc: dict[str, Any] | None
+) -> dict[str, Any]:
     """The whole view for a role over the agency; for a person with a row in it, the view as
     ``own_unit`` / ``own_snapshot`` give it (counts, no one else's name, her own row)."""
-    doc = rt.view.doc(view, f"{agency}/{period}")
     if not rt.organisation.may_read_unit(caller, agency):
         own = own_unit if view == "unit" else own_snapshot
         mine = own(doc, caller.principal) if doc is not None else None
@@ -56,11 +74,89 @@ def _unit_doc(rt: Runtime, caller: Caller, view: str, agency: str, period: str) 
     return doc
 
 
+def _unit_doc(rt: Runtime, caller: Caller, view: str, agency: str, period: str) -> dict[str, Any]:
+    return _scoped(rt, caller, view, agency, period, rt.view.doc(view, f"{agency}/{period}"))
+
+
+def _replayed_unit(
+    rt: Runtime, agency: str, period: str, as_of: str | None, policy: int | None
+) -> dict[str, Any] | None:
+    """The unit view recomputed from the log, marked ``"source": "log"`` (None: no one in
+    the agency to score then)."""
+    replay = Replay(rt.view)
+    try:
+        when = replay.position(parse_as_of(as_of)) if as_of is not None else None
+    except (ValueError, ReplayError) as exc:
+        raise Problem(
+            422, "The request is not valid", f"as_of: {exc}", rule="request.invalid"
+        ) from None
+    try:
+        doc = replay.unit(agency, period, as_of=when, policy=policy)
+    except PolicyError as exc:
+        raise Problem(422, "The request is not valid", str(exc), rule="policy.invalid") from None
+    except ReplayError as exc:
+        if policy is not None and "has no version" in str(exc):
+            raise Problem(404, "Not found", str(exc), rule="policy.not_found") from None
+        return None
+    return {**doc, "source": "log"}
+
+
 @router.get(
-    "/units/{agency}/{period}", operation_id="get_unit", summary="A unit's grades and quota"
+    "/units/{agency}/{period}",
+    operation_id="get_unit",
+    summary="A unit's grades and quota; as of a past position or time, or under another policy",
 )
-def unit(rt: RuntimeDep, caller: CallerDep, agency: Agency, period: Month) -> dict[str, Any]:
-    return _unit_doc(rt, caller, "unit", agency, period)
+def unit(
+    rt: RuntimeDep,
+    caller: CallerDep,
+    agency: Agency,
+    period: Month,
+    as_of: AsOf = None,
+    policy: PolicyVersion = None,
+) -> dict[str, Any]:
+    if as_of is None and policy is None:
+        return _unit_doc(rt, caller, "unit", agency, period)
+    doc = _replayed_unit(rt, agency, period, as_of, policy)
+    return _scoped(rt, caller, "unit", agency, period, doc)
+
+
+@router.get(
+    "/units/{agency}/{period}/diff",
+    operation_id="get_unit_diff",
+    summary="A unit's grades as of a past moment and/or under another policy against now",
+)
+def unit_difference(
+    rt: RuntimeDep,
+    caller: CallerDep,
+    agency: Agency,
+    period: Month,
+    as_of: AsOf = None,
+    policy: PolicyVersion = None,
+) -> dict[str, Any]:
+    """``then`` (the result asked for) against ``now`` (the log's head, the policy in force),
+    both recomputed from the log; ``diff`` reads then → now: each person's total and grade on
+    each side, each quota check's reading, population, allowed and cut-off on each side."""
+    if as_of is None and policy is None:
+        raise Problem(
+            422,
+            "The request is not valid",
+            "give as_of and/or policy: the result to compare with",
+            rule="request.invalid",
+        )
+    then = _replayed_unit(rt, agency, period, as_of, policy)
+    now = _replayed_unit(rt, agency, period, None, None)
+    if rt.organisation.may_read_unit(caller, agency):
+        if then is None or now is None:
+            raise Problem(
+                404, "Not found", f"no unit for {agency} in {period}", rule="view.not_found"
+            )
+        return {"then": then, "now": now, "diff": unit_diff(then, now)}
+    mine_then = own_unit(then, caller.principal) if then is not None else None
+    mine_now = own_unit(now, caller.principal) if now is not None else None
+    if then is None or now is None or mine_then is None or mine_now is None:
+        raise out_of_scope(caller.principal, f"{agency}'s views")
+    difference = own_unit_diff(unit_diff(then, now), caller.principal)
+    return {"then": mine_then, "now": mine_now, "diff": difference}
 
 
 @router.get(

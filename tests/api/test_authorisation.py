@@ -51,6 +51,8 @@ READS: list[tuple[str, dict[str, Any], set[str]]] = [
     (f"/v1/scores/{LAN}/{MARCH}/diff", {"as_of": "LAST"}, LANS_READERS),
     (f"/v1/employees/{LAN}/scores", {}, LANS_READERS),
     (f"/v1/units/KH-W1/{MARCH}", {}, AGENCY_READERS | IN_THE_UNIT),
+    (f"/v1/units/KH-W1/{MARCH}", {"policy": 1}, AGENCY_READERS | IN_THE_UNIT),  # replayed
+    (f"/v1/units/KH-W1/{MARCH}/diff", {"as_of": "LAST"}, AGENCY_READERS | IN_THE_UNIT),
     (f"/v1/snapshots/KH-W1/{MARCH}", {}, AGENCY_READERS | IN_THE_UNIT),
     (f"/v1/appeals/{LAN}/ap-1", {}, LANS_READERS),
     ("/v1/appeals", {}, EVERYONE),

@@ -76,6 +76,9 @@ def test_rebuild_snapshot_and_show(
         (["score", LAN, MARCH, "--as-of", "yesterday"], "neither a log position nor an RFC 3339"),
         (["score", LAN, MARCH, "--policy", "7"], "has no version 7"),
         (["score", LAN, "2025-01"], "no posting or no policy"),
+        (["show", "unit", "--agency", "KH-W1", "--period", MARCH, "--policy", "7"], "no version 7"),
+        (["show", "score", "--employee", LAN, "--policy", "2"], "replay a unit view"),
+        (["show", "unit", "--agency", "KH-W1", "--as-of", "2"], "replay a unit view"),
         (["snapshot", "KH-XX", MARCH], "no scores for agency 'KH-XX'"),
         (["rebuild", "scores"], "invalid choice"),
     ],
@@ -100,3 +103,42 @@ def test_a_missing_database_is_not_created(
     code, _, err = run(capsys, "score", LAN, MARCH, "--db", f"sqlite:///{path}")
     assert code == 2 and "no ledger at" in err
     assert not path.exists()
+
+
+def test_show_unit_replayed_under_another_policy(
+    sqlite_url: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Lan 95 and Mai 93: in force (fixed point) neither keeps excellent; under version 2
+    (population, 0.5) Lan does. ``show unit --policy 2`` replays the unit; ``--diff-policy
+    2`` sets now against it; the stored view stays as it was."""
+    from tests.projections.test_views import month_for, policy_v2
+
+    w = World(sqlite_url)
+    w.organise()
+    w.employ(LAN)
+    w.employ("mai.tran")
+    month_for(w, LAN, MARCH, "95")
+    month_for(w, "mai.tran", MARCH, "93")
+    w.do("admin", "policy.published", {"scope": "KH", "document": policy_v2()})
+    w.service.close()
+    where = ["--agency", "KH-W1", "--period", MARCH, "--db", sqlite_url]
+    code, out, _ = run(capsys, "show", "unit", *where)
+    assert code == 0
+    stored = json.loads(out)
+    assert stored["quota"][0]["allowed"] == 0
+    code, out, _ = run(capsys, "show", "unit", *where, "--policy", "2")
+    assert code == 0
+    other = json.loads(out)
+    assert other["policy"] == "vn-decree-335-2025@2"
+    assert (other["quota"][0]["allowed"], other["quota"][0]["kept"]) == (1, [LAN])
+    code, out, _ = run(capsys, "show", "unit", *where, "--diff-policy", "2")
+    assert code == 0
+    doc = json.loads(out)
+    assert doc["result"] == stored and doc["other"] == other
+    lan = next(r for r in doc["diff"]["rows"] if r["employee"] == LAN)
+    assert (lan["before"]["grade"], lan["after"]["grade"]) == ("good", "excellent")
+    [side] = doc["diff"]["quota"]
+    assert (side["before"]["allowed"], side["after"]["allowed"]) == (0, 1)
+    assert (side["before"]["cut_off"], side["after"]["cut_off"]) == (None, "95")
+    code, out, _ = run(capsys, "show", "unit", *where)
+    assert code == 0 and json.loads(out) == stored

@@ -541,3 +541,61 @@ def test_a_person_demoted_by_the_quota_sees_her_published_grade(api: Api) -> Non
     # a replayed answer carries no published side (the quota is the unit's)
     replayed = api.get(f"/v1/scores/{LAN}/{MARCH}", LAN, as_of=str(closed.seq)).json()
     assert "published" not in replayed
+
+
+def test_a_unit_replayed_under_another_policy_keeps_the_reading_rules(api: Api) -> None:
+    """Lan (95) and Mai (93), both excellent on points: in force, the fixed point allows none
+    of two; under version 2 (population reading, 0.5: floor(0.5 × 2) = 1) Lan keeps
+    excellent. HR reads the whole replayed view and the difference; Lan her own row of both;
+    Tuấn (supervisor of the section, not of the agency), who has no row, nothing. Replays
+    write nothing."""
+    from tests.projections.test_views import month_for, policy_v2
+
+    month_for(api.w, LAN, MARCH, "95")
+    lan_done = api.size() - 1
+    month_for(api.w, "mai.tran", MARCH, "93")
+    api.w.do("admin", "policy.published", {"scope": "KH", "document": policy_v2()})
+    api.caught_up()
+    path = f"/v1/units/KH-W1/{MARCH}"
+    stored = api.get(path, "hoa.hr").json()
+    assert "source" not in stored and stored["quota"][0]["allowed"] == 0
+    other = api.get(path, "hoa.hr", policy=2).json()
+    assert (other["source"], other["policy"]) == ("log", "vn-decree-335-2025@2")
+    [check] = other["quota"]
+    assert (check["reading"], check["population"], check["allowed"]) == ("population", 2, 1)
+    assert (check["kept"], check["moved_to_good"], check["cut_off"]) == ([LAN], ["mai.tran"], "95")
+    assert {r["employee"]: r["grade"] for r in other["results"]} == {
+        LAN: "excellent",
+        "mai.tran": "good",
+    }
+    mine = api.get(path, LAN, policy=2)
+    assert mine.status_code == 200 and "mai.tran" not in mine.text
+    assert mine.json()["scope"] == "own row" and mine.json()["results"][0]["grade"] == "excellent"
+    assert mine.json()["quota"][0]["kept_count"] == 1
+    problem(api.get(path, "tuan.sup", policy=2), 403, "auth.out_of_scope")
+    # the difference, v2 (then) against now
+    answer = api.get(path + "/diff", "hoa.hr", policy=2).json()
+    rows = {r["employee"]: r for r in answer["diff"]["rows"]}
+    assert (rows[LAN]["before"]["grade"], rows[LAN]["after"]["grade"]) == ("excellent", "good")
+    assert rows[LAN]["changed"] == ["grade", "policy"]
+    [side] = answer["diff"]["quota"]
+    assert (side["before"]["reading"], side["after"]["reading"]) == ("population", "fixed_point")
+    assert (side["before"]["allowed"], side["after"]["allowed"]) == (1, 0)
+    assert (side["before"]["cut_off"], side["after"]["cut_off"]) == ("95", None)
+    own = api.get(path + "/diff", LAN, policy=2)
+    assert own.status_code == 200 and "mai.tran" not in own.text
+    assert [r["employee"] for r in own.json()["diff"]["rows"]] == [LAN]
+    problem(api.get(path + "/diff", "tuan.sup", policy=2), 403, "auth.out_of_scope")
+    # as of Lan's last fact: Mai was not scored yet; in the diff, her row appears
+    then = api.get(path + "/diff", "hoa.hr", as_of=str(lan_done)).json()
+    assert [r["employee"] for r in then["then"]["results"]] == [LAN]
+    mai = next(r for r in then["diff"]["rows"] if r["employee"] == "mai.tran")
+    assert (mai["before"], mai["after"]["total"], mai["changed"]) == (None, "93", ["row"])
+    # Mai has no row as of then: her own-row reading is refused
+    problem(api.get(path, "mai.tran", as_of=str(lan_done)), 403, "auth.out_of_scope")
+    problem(api.get(path, "hoa.hr", policy=7), 404, "policy.not_found")
+    problem(api.get(path, "hoa.hr", as_of="yesterday"), 422, "request.invalid")
+    problem(api.get(path + "/diff", "hoa.hr"), 422, "request.invalid")
+    problem(api.get(f"/v1/units/KH-W2/{MARCH}", "hoa.hr", policy=2), 404, "view.not_found")
+    # nothing written
+    assert api.get(path, "hoa.hr").json() == stored

@@ -15,10 +15,10 @@ import pytest
 
 from domain.policy import PolicyError, Quota, parse_policy, shipped_policy
 from projections.engine import Evaluations
-from projections.replay import Replay
+from projections.replay import Replay, ReplayError
 from tests.domain.test_scenarios import assign, close, declare
 from tests.domain.world import LAN, World, at
-from tests.projections.test_scores import check_refolds, doc_of, marks, scored
+from tests.projections.test_scores import all_views, check_refolds, doc_of, marks, scored
 
 STAFF = ("an.le", "binh.vo", "chi.do", "dung.ha", "em.ly")
 
@@ -431,3 +431,130 @@ def test_a_policy_without_a_reading_keeps_the_population_reading() -> None:
     document["quota"].update(reading="halfway", of_grades=["excellent", "good"])
     with pytest.raises(PolicyError):
         parse_policy(document)
+
+
+# -- a unit's grades replayed: as of a position, under another policy version ---------------
+
+
+def policy_v2() -> dict[str, Any]:
+    """Version 2 of the default line, from July: the quota read on the whole population at
+    half of it, and a leader's unit met only if every staff member is at least good."""
+    doc = shipped_policy("default")
+    doc["version"], doc["effective_from"] = 2, "2026-07-01"
+    doc["quota"].update(reading="population", max_ratio="0.5")
+    doc["leader_unit"]["min_grade"] = "good"
+    return doc
+
+
+def test_a_unit_replayed_under_another_policy_and_as_of_a_position(
+    db_url: str, w: World, ev: Evaluations
+) -> None:
+    """Six staff (95, 95, 92, 91, 85, 65) and their head (task 70, general 10) in KH-W1.
+    In force (v1): em.ly's 65 is completed, so the head keeps task × 1 (80, good); the
+    population is the six good or better, fixed point allows 1 (an.le; cut-off 95). Under v2
+    (from July, replayed for March): em.ly is below good, so the head's task is halved
+    (35 + 10 = 45, fails) and he leaves the population: 5, and 0.5 × 5 floors to 2 allowed
+    (an.le and Lan keep excellent, Bình and Chi are moved; cut-off 95). Nothing is written."""
+    from projections.published import unit_diff
+
+    w.employ("son.truong", position="head")
+    for name in STAFF:
+        w.employ(name)
+    totals = dict(zip((LAN, *STAFF), ("95", "95", "92", "91", "85", "100"), strict=True))
+    for name, total in totals.items():
+        month_for(w, name, "2026-03", total, items=2 if name == "em.ly" else 4)
+    # two more items for em.ly, never done: Q = C = P = 50, T = 35, total 35 + 30 = 65
+    extra = [assign(w, f"em.ly-extra-{i}", "em.ly", "2026-03") for i in range(2)]
+    month_for(w, "son.truong", "2026-03", "80")
+    w.now = at("2026-03-20")
+    published = w.do("admin", "policy.published", {"scope": "KH", "document": policy_v2()})
+    ev.catch_up()
+    head = scored(ev, "son.truong/2026-03")
+    assert (head.task, head.total, head.grade) == (70, 80, "good")
+    stored = doc_of(ev, "unit", "KH-W1/2026-03")
+    views, log = all_views(ev), w.log_bytes()
+    replay = Replay(ev.view)
+    # at the head under the policy in force: the very document the projection wrote
+    assert replay.unit("KH-W1", "2026-03") == stored
+    [check] = stored["quota"]
+    assert (check["population"], check["allowed"], check["holders"]) == (6, 1, 4)
+    assert (check["kept"], check["cut_off"], check["reading"]) == (["an.le"], "95", "fixed_point")
+    # under version 2
+    other = replay.unit("KH-W1", "2026-03", policy=2)
+    assert other["policy"] == "vn-decree-335-2025@2" and other["as_of"] == published.seq - 1
+    rows = {r["employee"]: (r["total"], r["points_grade"], r["grade"]) for r in other["results"]}
+    assert rows == {
+        "an.le": ("95", "excellent", "excellent"),
+        LAN: ("95", "excellent", "excellent"),
+        "binh.vo": ("92", "excellent", "good"),
+        "chi.do": ("91", "excellent", "good"),
+        "dung.ha": ("85", "good", "good"),
+        "em.ly": ("65", "completed", "completed"),
+        "son.truong": ("45", "fails", "fails"),
+    }
+    [check] = other["quota"]
+    assert (check["population"], check["allowed"], check["holders"]) == (5, 2, 4)
+    assert (check["kept"], check["moved_to_good"]) == (["an.le", LAN], ["binh.vo", "chi.do"])
+    assert (check["cut_off"], check["reading"]) == ("95", "population")
+    assert other["distribution"] == {"excellent": 2, "good": 3, "completed": 1, "fails": 1}
+    assert other["mean"] == "568/7"  # (95 + 95 + 92 + 91 + 85 + 65 + 45) / 7
+    # the difference, now against version 2: each row's grade and total on both sides, the
+    # quota's reading and cut-off on each side
+    difference = unit_diff(stored, other)
+    assert difference["policy"] == {
+        "before": "vn-decree-335-2025@1",
+        "after": "vn-decree-335-2025@2",
+    }
+    assert all("policy" in r["changed"] for r in difference["rows"])  # every row's is v2
+    changed = {r["employee"]: r for r in difference["rows"] if r["changed"] != ["policy"]}
+    assert set(changed) == {LAN, "son.truong"}
+    assert changed[LAN]["changed"] == ["grade", "policy"]
+    assert (changed[LAN]["before"]["grade"], changed[LAN]["after"]["grade"]) == (
+        "good",
+        "excellent",
+    )
+    son = changed["son.truong"]
+    assert son["changed"] == ["total", "points_grade", "grade", "policy"]
+    assert (son["before"]["total"], son["after"]["total"]) == ("80", "45")
+    assert (son["before"]["grade"], son["after"]["grade"]) == ("good", "fails")
+    [side] = difference["quota"]
+    assert side["group"] == {"agency": "KH-W1", "task_group": "B"}
+    assert {k: side["before"][k] for k in ("reading", "population", "allowed", "cut_off")} == {
+        "reading": "fixed_point",
+        "population": 6,
+        "allowed": 1,
+        "cut_off": "95",
+    }
+    assert {k: side["after"][k] for k in ("reading", "population", "allowed", "cut_off")} == {
+        "reading": "population",
+        "population": 5,
+        "allowed": 2,
+        "cut_off": "95",
+    }
+    assert (side["before"]["kept_count"], side["after"]["moved_count"]) == (1, 2)
+    # as of the position before em.ly's extra items: she stood at 100 (excellent, the one
+    # who kept it), and the head, with no facts yet, scored 0 (fails)
+    before = replay.unit("KH-W1", "2026-03", as_of=extra[0].seq - 1)
+    assert before["as_of"] == extra[0].seq - 1  # em.ly's assessment, the last fact then
+    rows = {r["employee"]: (r["total"], r["grade"]) for r in before["results"]}
+    assert rows["em.ly"] == ("100", "excellent") and rows["son.truong"] == ("0", "fails")
+    # the head, with no items, is a group of his own (task group ""), holding no one
+    blank, check = before["quota"]
+    assert blank["group"] == {"agency": "KH-W1", "task_group": ""}
+    assert (blank["population"], blank["holders"]) == (0, 0)
+    assert (check["population"], check["allowed"], check["holders"]) == (6, 1, 5)
+    assert (check["kept"], check["cut_off"]) == (["em.ly"], "100")
+    moved = unit_diff(before, stored)
+    em = next(r for r in moved["rows"] if r["employee"] == "em.ly")
+    assert (em["before"]["total"], em["after"]["total"]) == ("100", "65")
+    assert (em["before"]["grade"], em["after"]["grade"]) == ("excellent", "completed")
+    gone, side = moved["quota"]
+    assert (gone["group"]["task_group"], gone["after"], gone["changed"]) == ("", None, True)
+    assert (side["before"]["cut_off"], side["after"]["cut_off"]) == ("100", "95")
+    assert (side["before"]["holders"], side["after"]["holders"]) == (5, 4)
+    # nothing was written: the views and the log are as they were
+    assert all_views(ev) == views and w.log_bytes() == log
+    with pytest.raises(ReplayError):
+        replay.unit("KH-W1", "2026-03", policy=7)
+    with pytest.raises(ReplayError):
+        replay.unit("KH-W2", "2026-03")
