@@ -57,6 +57,7 @@ from projections.score import (
     ItemCache,
     Result,
     Rules,
+    StaffResult,
     compute,
     discipline_overrides,
     exact,
@@ -556,7 +557,7 @@ class Evaluations:
             found = self._scores([subject_key(e, sheet.period) for e in staff], batch)
             rules = replace(
                 rules,
-                subordinates=tuple((d["employee"], d["grade"]) for d in found.values()),
+                subordinates=tuple(StaffResult.of_doc(d) for d in found.values()),
             )
         if len(self._items) > ITEM_CACHE:
             self._items.clear()

@@ -471,4 +471,5 @@ def rules_for(registry: Registry, employee: str, period: str) -> Any:
             for d in person.disciplines.values()
         ),
         conclusions=tuple(person.conclusions),
+        posting_seq=posting.seq,
     )

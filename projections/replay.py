@@ -32,7 +32,7 @@ from projections.registry import (
     Registry,
     rules_for,
 )
-from projections.score import Result, Rules, score_of
+from projections.score import Result, Rules, StaffResult, score_of
 from projections.sheet import SHEET_TYPES, subject_key, subject_of
 from projections.store import APP_NAME, _ViewSQL
 
@@ -188,6 +188,16 @@ class Replay:
         in force then, another version of that policy line (``policy`` = its version number)
         or a given ``Policy``."""
         upto = self.position(as_of)
+        return self._score(employee, period, upto, policy, _depth)
+
+    def _score(
+        self,
+        employee: str,
+        period: str,
+        upto: int,
+        policy: int | Policy | PolicyVersion | None,
+        depth: int,
+    ) -> Result:
         registry, sheet_facts = self.registry(employee, period, upto)
         if employee not in registry.people:
             raise ReplayError(f"no employee {employee!r} in the log up to position {upto}")
@@ -201,21 +211,33 @@ class Replay:
             raise ReplayError(
                 f"nothing recorded for {employee!r} in {period} up to position {upto}"
             )
-        if policy is not None:
-            rules = dataclasses.replace(rules, policy=self._other_policy(registry, rules, policy))
-        if leads and _depth < 4:
+        version = None
+        if isinstance(policy, PolicyVersion):
+            if policy.policy.id == rules.policy.policy.id:
+                version = policy
+        elif policy is not None:
+            version = self._other_policy(registry, rules, policy)
+        if version is not None:
+            rules = dataclasses.replace(rules, policy=version)
+        if leads and depth < 4:
             staff = self._staff(registry, employee, rules.unit, period, upto)
-            grades = self._grades(staff, period, upto, _depth + 1)
-            rules = dataclasses.replace(rules, subordinates=tuple(grades))
+            results = self._staff_results(staff, period, upto, version, depth + 1)
+            rules = dataclasses.replace(rules, subordinates=tuple(results))
         return score_of(sheet_facts, employee, period, rules)
 
-    def _grades(
-        self, staff: list[str], period: str, upto: int, depth: int
-    ) -> list[tuple[str, str]]:
-        """The grades of a leader's staff, read together; a staff member who leads a unit of
-        their own is scored on their own (their grade needs their staff's)."""
+    def _staff_results(
+        self,
+        staff: list[str],
+        period: str,
+        upto: int,
+        version: PolicyVersion | None,
+        depth: int,
+    ) -> list[StaffResult]:
+        """The results of a leader's staff, read together (under ``version`` for those its
+        policy line judges); a staff member who leads a unit of their own is scored on their
+        own (their grade needs their staff's)."""
         registry, sheets = self.read(*staff, period=period, upto=upto)
-        grades = []
+        out = []
         for other in staff:
             rules = rules_for(registry, other, period) if other in registry.people else None
             sheet = sheets[subject_key(other, period)]
@@ -223,13 +245,15 @@ class Replay:
                 continue  # not posted then, or nothing recorded: not part of the unit's result
             if rules.leader and rules.policy.policy.leader_unit is not None:
                 try:
-                    grade = self.score(other, period, as_of=upto, _depth=depth).grade
+                    result = self._score(other, period, upto, version, depth)
                 except ReplayError:
                     continue
             else:
-                grade = score_of(sheet, other, period, rules).grade
-            grades.append((other, grade))
-        return grades
+                if version is not None and version.policy.id == rules.policy.policy.id:
+                    rules = dataclasses.replace(rules, policy=version)
+                result = score_of(sheet, other, period, rules)
+            out.append(StaffResult.of(result))
+        return out
 
     def _posted(self, unit: str, upto: int, known: Registry | None = None) -> Registry:
         """A registry of everyone ever posted in ``unit`` or below (their postings and the
@@ -326,7 +350,7 @@ class Replay:
                     r = dataclasses.replace(
                         r,
                         subordinates=tuple(
-                            (s, result(s).grade) for s in staff if s in rules and scored(s)
+                            StaffResult.of(result(s)) for s in staff if s in rules and scored(s)
                         ),
                     )
                 results[e] = score_of(sheets[subject_key(e, period)], e, period, r)

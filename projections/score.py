@@ -104,11 +104,40 @@ class Line:
 
 
 @dataclass(frozen=True)
+class StaffResult:
+    """A staff member's result as a leader's factor reads it: the grade (after period
+    overrides, before the quota), the total, the last log position among the facts it
+    depends on, and the positions of the appeal rulings applied to its facts."""
+
+    employee: str
+    grade: str
+    total: Fraction
+    as_of: int
+    rulings: tuple[int, ...] = ()
+
+    @classmethod
+    def of(cls, result: Result) -> StaffResult:
+        return cls(result.employee, result.grade, result.total, result.as_of, result.rulings)
+
+    @classmethod
+    def of_doc(cls, doc: dict[str, Any]) -> StaffResult:
+        """From a score document (``Result.to_doc``)."""
+        return cls(
+            doc["employee"],
+            doc["grade"],
+            Fraction(doc["total"]),
+            int(doc["as_of"]),
+            tuple(doc.get("rulings", ())),
+        )
+
+
+@dataclass(frozen=True)
 class Rules:
     """What a period is judged by: the policy version (and the log position where it was
     published), the catalogue version in force on the period's first day, whether the
     position is a leader's, the person's discipline and conclusions, and (for a leader)
-    the grades of their unit's staff."""
+    the results of their unit's staff; ``posting_seq`` is the position of the posting that
+    placed them (a later, back-dated posting would change it)."""
 
     policy: PolicyVersion
     catalogue: CatalogueVersion | None
@@ -118,7 +147,8 @@ class Rules:
     leader: bool = False
     disciplines: tuple[Discipline, ...] = ()
     conclusions: tuple[Conclusion, ...] = ()
-    subordinates: tuple[tuple[str, str], ...] | None = None  # (employee, grade) for a leader
+    subordinates: tuple[StaffResult, ...] | None = None  # for a leader
+    posting_seq: int = -1
 
 
 @dataclass(frozen=True)
@@ -146,8 +176,9 @@ class Result:
     grade: str
     overrides: tuple[str, ...]
     task_group: str
-    as_of: int  # the last log position among the facts read (-1: none)
+    as_of: int  # the last log position among every fact the result depends on (-1: none)
     trace: tuple[Line, ...] = field(compare=False)
+    rulings: tuple[int, ...] = ()  # positions of the appeal rulings applied to its facts
 
     def to_doc(self, *, trace: bool = True) -> dict[str, Any]:
         """The result as JSON (exact numbers as strings); ``trace=False`` leaves the trace
@@ -167,6 +198,7 @@ class Result:
             "overrides": list(self.overrides),
             "task_group": self.task_group,
             "as_of": self.as_of,
+            "rulings": list(self.rulings),
         }
         for name in ("assigned", "done", "Q", "C", "P", "E", "S", "task", "general", "total"):
             doc[name] = exact(getattr(self, name))
@@ -197,6 +229,7 @@ class Result:
             task_group=doc["task_group"],
             as_of=doc["as_of"],
             trace=tuple(Line.from_doc(x) for x in (doc["trace"] if trace is None else trace)),
+            rulings=tuple(doc.get("rulings", ())),
             **fractions,
         )
 
@@ -671,13 +704,36 @@ def compute(sheet: Sheet, rules: Rules, *, items: ItemCache | None = None) -> Re
     general, task_delta, g_lines = _general(assessment, policy)
     lines.extend(g_lines)
     task += task_delta
+    depends = [sheet.last_seq, rules.policy.seq, rules.posting_seq]
+    if catalogue is not None:
+        depends.append(catalogue.seq)
     if rules.leader and policy.leader_unit is not None and rules.subordinates is not None:
         lu = policy.leader_unit
         floor = policy.grade(lu.min_grade).min
-        below = [e for e, g in rules.subordinates if policy.grade(g).min < floor]
+        staff = sorted(rules.subordinates, key=lambda x: x.employee)
+        below = [x.employee for x in staff if policy.grade(x.grade).min < floor]
+        for x in staff:  # the evidence: each staff result the factor read
+            ruled = (
+                f"; appeal rulings applied at {', '.join(str(r) for r in x.rulings)}"
+                if x.rulings
+                else ""
+            )
+            meets = "below" if x.employee in below else "at least"
+            lines.append(
+                Line(
+                    x.as_of if x.as_of >= 0 else None,
+                    "",
+                    x.employee,
+                    f"staff result {x.employee} {sheet.period}: {x.grade} (total"
+                    f" {show(x.total, 4)}), from the facts up to position {x.as_of}{ruled}:"
+                    f" {meets} {lu.min_grade}",
+                    f"leader_unit.min_grade = {lu.min_grade}",
+                )
+            )
+            depends.append(x.as_of)
         factor = Fraction(lu.met if not below else lu.otherwise)
         what = (
-            f"every one of {len(rules.subordinates)} staff at least {lu.min_grade}"
+            f"every one of {len(staff)} staff at least {lu.min_grade}"
             if not below
             else f"{', '.join(below)} below {lu.min_grade}"
         )
@@ -708,6 +764,10 @@ def compute(sheet: Sheet, rules: Rules, *, items: ItemCache | None = None) -> Re
         )
     )
     forced = period_overrides(rules, bounds)
+    depends.extend(seq for _, seq, _ in forced)
+    for disc in rules.disciplines:  # an annulment inside the period lifts an override
+        if _in(disc.decided_on, bounds) and disc.annulled_seq is not None:
+            depends.append(disc.annulled_seq)
     grade = points
     for forced_grade, seq, why in forced:
         lines.append(Line(seq, "", "grade", f"{why}: grade forced to {forced_grade}", "overrides"))
@@ -738,9 +798,16 @@ def compute(sheet: Sheet, rules: Rules, *, items: ItemCache | None = None) -> Re
         grade=grade,
         overrides=tuple(why for _, _, why in forced),
         task_group=task_group,
-        as_of=sheet.last_seq,
+        as_of=max(depends),
         trace=tuple(lines),
+        rulings=_rulings(sheet),
     )
+
+
+def _rulings(sheet: Sheet) -> tuple[int, ...]:
+    """Positions of the appeal rulings (``*.ruling_applied``) among the sheet's facts."""
+    rows = [r for item in sheet.items.values() for r in item] + sheet.assessment
+    return tuple(sorted(int(r[0]) for r in rows if str(r[1]).endswith(".ruling_applied")))
 
 
 def score_of(facts: Iterable[Fact], employee: str, period: str, rules: Rules) -> Result:

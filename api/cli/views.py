@@ -93,10 +93,11 @@ def cmd_score(args: argparse.Namespace) -> int:
             print("\ndifference:")
             for what, before, after in d.changes:
                 print(f"  {what}: {before} -> {after}")
-            for line in d.only_before:
-                print(f"  only in the first:  {line.seq} {line.fact} {line.subject}: {line.effect}")
-            for line in d.only_after:
-                print(f"  only in the second: {line.seq} {line.fact} {line.subject}: {line.effect}")
+            for side, lines in (("first: ", d.only_before), ("second:", d.only_after)):
+                for line in lines:
+                    where = line.seq if line.seq is not None else "-"
+                    fact = line.fact or "-"
+                    print(f"  only in the {side} {where} {fact} {line.subject}: {line.effect}")
         return 0
     finally:
         projection_runners.close_view(view)

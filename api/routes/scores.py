@@ -1,7 +1,9 @@
 """Reads: an employee's scores with their trace, as of any moment, under any policy version.
 
 * ``GET /v1/scores/{employee}/{period}``: the score and its trace from the read models (as the
-  projection stands: ``as_of`` in the answer is the last log position it reflects);
+  projection stands: ``as_of`` in the answer is the last log position among the facts the
+  result depends on, a leader's staff results included, so ``?as_of=`` that position
+  replays to the same result);
 * with ``?as_of=SEQ|TIME`` or ``?policy=VERSION``: recomputed from the log itself, as the log
   stood then and/or under another version of the policy (nothing is written);
 * ``GET /v1/scores/{employee}/{period}/diff?as_of=..&policy=..``: the result asked for

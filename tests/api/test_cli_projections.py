@@ -50,6 +50,8 @@ def test_score_replays_the_month_with_its_trace(
     code, out, _ = run(capsys, "score", LAN, MARCH, "--db", url, "--diff-as-of", before)
     assert code == 0 and "grade: good -> completed" in out
     assert f"only in the first:  {m.assessed.seq} assessment.supervisor_assessed" in out
+    assert "None" not in out  # an arithmetic line has no position: "-"
+    assert re.search(r"^  only in the first:  - - total: total ", out, re.M)
 
 
 def test_rebuild_snapshot_and_show(

@@ -16,6 +16,7 @@ import pytest
 from domain.policy import PolicyError, Quota, parse_policy, shipped_policy
 from projections.engine import Evaluations
 from projections.replay import Replay, ReplayError
+from projections.score import diff
 from tests.domain.test_scenarios import assign, close, declare
 from tests.domain.world import LAN, World, at
 from tests.projections.test_scores import all_views, check_refolds, doc_of, marks, scored
@@ -481,7 +482,8 @@ def test_a_unit_replayed_under_another_policy_and_as_of_a_position(
     assert (check["kept"], check["cut_off"], check["reading"]) == (["an.le"], "95", "fixed_point")
     # under version 2
     other = replay.unit("KH-W1", "2026-03", policy=2)
-    assert other["policy"] == "vn-decree-335-2025@2" and other["as_of"] == published.seq - 1
+    # its "as of" covers what the results depend on: version 2's publication too
+    assert other["policy"] == "vn-decree-335-2025@2" and other["as_of"] == published.seq
     rows = {r["employee"]: (r["total"], r["points_grade"], r["grade"]) for r in other["results"]}
     assert rows == {
         "an.le": ("95", "excellent", "excellent"),
@@ -558,3 +560,86 @@ def test_a_unit_replayed_under_another_policy_and_as_of_a_position(
         replay.unit("KH-W1", "2026-03", policy=7)
     with pytest.raises(ReplayError):
         replay.unit("KH-W2", "2026-03")
+
+
+# -- a leader's score and its evidence ---------------------------------------------------------
+
+
+def test_a_leaders_trace_names_the_staff_results_and_the_rulings(
+    db_url: str, w: World, ev: Evaluations
+) -> None:
+    """Lan has 4 items, 2 approved and 2 rejected, general 10: Q = C = P = 50, T = 35, total
+    45 (fails). Her head (task 70, general 10) has her as his only staff: task × 0.5, 35 + 10
+    = 45 (fails). After the close, an appeal overturns both rejections: Lan 70 + 10 = 80
+    (good), the head's task is whole again (80, good). His trace names Lan's result with the
+    positions of the rulings, the diff close → now cites them, and his "as of" covers Lan's
+    facts: replaying as of it gives his score."""
+    w.employ("son.truong", position="head")
+    w.now = at("2026-03-05")
+    items = [f"lan-03-{i}" for i in range(4)]
+    for item in items:
+        assign(w, item)
+    for item in items:
+        declare(w, item)
+    for item in items[:2]:
+        w.do("tuan.sup", "work.approved", {"item": item})
+    rejected = [
+        w.do("tuan.sup", "work.rejected", {"item": item, "reason": "thiếu hồ sơ"}).seq
+        for item in items[2:]
+    ]
+    w.do(
+        "tuan.sup",
+        "assessment.supervisor_assessed",
+        {"employee": LAN, "period": "2026-03", "scores": marks(Decimal(10))},
+    )
+    month_for(w, "son.truong", "2026-03", "80")
+    ev.catch_up()
+    lan, head = scored(ev, f"{LAN}/2026-03"), scored(ev, "son.truong/2026-03")
+    assert (lan.task, lan.total, lan.grade) == (35, 45, "fails")
+    assert (head.task, head.total, head.grade) == (35, 45, "fails")
+    w.now = at("2026-04-02")
+    closed = close(w, "2026-03")
+    w.now = at("2026-04-05")
+    filed = {"appeal": "ap-1", "contested": rejected, "grounds": "hồ sơ đã nộp"}
+    w.do(LAN, "appeal.filed", filed)
+    ap = {"appeal": "ap-1", "appellant": LAN}
+    w.do("hoa.hr", "appeal.assigned", {**ap, "reviewer": "an.rev"})
+    w.now = at("2026-04-06")
+    rulings = [{"act": s, "ruling": "overturned", "reason": "hồ sơ đã đủ"} for s in rejected]
+    decided = w.do("an.rev", "appeal.decided", {**ap, "rulings": rulings, "reasons": "Có cơ sở"})
+    derived = [a.seq for a in decided.derived]
+    assert len(derived) == 2
+    ev.catch_up()
+    lan, head = scored(ev, f"{LAN}/2026-03"), scored(ev, "son.truong/2026-03")
+    assert (lan.task, lan.total, lan.grade, lan.rulings) == (70, 80, "good", tuple(derived))
+    assert (head.task, head.total, head.grade) == (70, 80, "good")
+    # the head's trace names Lan's result, the positions of the rulings, the rule
+    (staff,) = [x for x in head.trace if x.subject == LAN]
+    assert staff.seq == derived[-1] == lan.as_of
+    assert staff.effect == (
+        f"staff result {LAN} 2026-03: good (total 80.0000), from the facts up to position"
+        f" {derived[-1]}; appeal rulings applied at {derived[0]}, {derived[1]}: at least completed"
+    )
+    assert staff.rule == "leader_unit.min_grade = completed"
+    # his "as of" is Lan's last fact, after his own: replaying as of it gives his score
+    own_last = max(s for s in w.log_bytes() if w.fact_at(s).data.get("employee") == "son.truong")
+    assert head.as_of == derived[-1] > own_last
+    replay = Replay(ev.view)
+    now = replay.score("son.truong", "2026-03")
+    assert now.to_doc() == head.to_doc() and list(now.trace) == list(head.trace)
+    at_reported = replay.score("son.truong", "2026-03", as_of=head.as_of)
+    assert at_reported.to_doc() == now.to_doc()
+    # as of the close: Lan failed, the head's task was halved; the diff cites the positions
+    then = replay.score("son.truong", "2026-03", as_of=closed.seq)
+    assert (then.total, then.grade, then.as_of) == (45, "fails", own_last)
+    assert replay.score("son.truong", "2026-03", as_of=own_last).to_doc() == then.to_doc()
+    difference = diff(then, now)
+    assert {w: (b, a) for w, b, a in difference.changes}["total"] == ("45.0000", "80.0000")
+    (old,) = [x for x in difference.only_before if x.subject == LAN]
+    (new,) = [x for x in difference.only_after if x.subject == LAN]
+    assert old.seq is not None and old.seq < closed.seq and "fails (total 45.0000)" in old.effect
+    assert "below completed" in old.effect and "rulings" not in old.effect
+    assert new == staff
+    (factor,) = [x for x in difference.only_before if x.subject == "leader"]
+    assert factor.effect == f"leader's unit: {LAN} below completed: task × 0.5"
+    check_refolds(db_url, ev)
