@@ -173,6 +173,53 @@ def _quiet_collector() -> None:
     gc.set_threshold(GC_YOUNG, *gc.get_threshold()[1:])
 
 
+# Swagger UI's files, shipped by the fastapi-offline package: /v1/docs asks nothing of the
+# network (a CDN is unreachable on a closed network, and the page would stay blank).
+DOCS_ASSETS = {
+    "swagger-ui-bundle.js": "text/javascript; charset=utf-8",
+    "swagger-ui.css": "text/css; charset=utf-8",
+    "favicon.png": "image/png",
+}
+
+
+def _offline_docs(app: FastAPI) -> None:
+    """``GET /v1/docs`` (Swagger UI on ``/v1/openapi.json``) and its assets under
+    ``/v1/docs/``, all from this service; the online validator badge is off."""
+    from pathlib import Path
+
+    import fastapi_offline
+    from fastapi.openapi.docs import get_swagger_ui_html
+    from starlette.responses import HTMLResponse, Response
+
+    static = Path(fastapi_offline.__file__).parent / "static"
+
+    async def docs() -> HTMLResponse:
+        return get_swagger_ui_html(
+            openapi_url="/v1/openapi.json",
+            title="kpi-ledger - Swagger UI",
+            swagger_js_url="/v1/docs/swagger-ui-bundle.js",
+            swagger_css_url="/v1/docs/swagger-ui.css",
+            swagger_favicon_url="/v1/docs/favicon.png",
+            swagger_ui_parameters={"validatorUrl": None},
+        )
+
+    def asset(name: str) -> Callable[[], Any]:
+        body = (static / name).read_bytes()
+
+        async def serve() -> Response:
+            return Response(
+                body,
+                media_type=DOCS_ASSETS[name],
+                headers={"Cache-Control": "public, max-age=86400"},
+            )
+
+        return serve
+
+    app.add_api_route("/v1/docs", docs, methods=["GET"], include_in_schema=False)
+    for name in DOCS_ASSETS:
+        app.add_api_route(f"/v1/docs/{name}", asset(name), methods=["GET"], include_in_schema=False)
+
+
 def create_app(
     settings: Settings,
     *,
@@ -205,10 +252,11 @@ def create_app(
         version=VERSION,
         summary="An audit-grade evaluation ledger: signed facts in, verifiable scores out.",
         openapi_url="/v1/openapi.json",
-        docs_url="/v1/docs",
+        docs_url=None,  # served by _offline_docs, from this service
         redoc_url=None,
         lifespan=lifespan,
     )
+    _offline_docs(app)
     handlers: list[tuple[Any, Callable[..., Any]]] = [
         (problems.Problem, problems.problem_handler),
         (Refusal, problems.refusal_handler),

@@ -99,19 +99,19 @@ Its ``snapshot`` is the hash of the result the projections publish at that momen
 only once everything before it is in the log, so ``kpi-ledger show snapshot`` finds every
 recorded hash equal to the recomputed one.
 
-**After each close**: appeals filed within the policy's five days against standing
-rejections, delays, quality failures and approved negative adjustments, assigned by HR to the
-reviewer and decided (rejections overturned about half the time, delays exempted or upheld,
-...; the ledger appends the compensating ``*.ruling_applied`` facts). The stories told once:
-in the first month's appeals, one appeal partly granted (``KN-00001`` by ``lan.nguyen``,
-Nguyễn Thị Lan, of the ward or the Department of Home Affairs: a rejection by her unit's
-head ``tuan.tran``, Trần Minh Tuấn, overturned, a delay upheld — the two are named the same
-in every demo) and one withdrawn before assignment; a late entry (an item whose approval was
-forgotten at the close: the supervisor requests a late entry, HR approves it, the approval
-cites it); a maternity leave from month 2 for six months, recorded in month 1; a reprimand in
-month 2 (month 1 of a two-month history), annulled in the open month; a transfer from
-``KH-STNMT`` to the ward from the middle month; and, after the last close, a reward proposed
-by one HR officer citing every closed month and issued by the other.
+**After each close**: appeals filed within the policy's five days against standing rejections,
+delays, quality failures and approved negative adjustments, assigned by HR to the reviewer and
+decided (rejections overturned about half the time, delays exempted or upheld, ...; the ledger
+appends the compensating ``*.ruling_applied`` facts). The stories told once: in the first
+month's appeals, one appeal partly granted (``KN-00001`` by ``lan.nguyen``, Nguyễn Thị Lan, of
+the one-stop section ``KH-NT-MC``: a rejection by her unit's head ``tuan.tran``, Trần Minh Tuấn,
+overturned, a delay upheld — the two are named the same in every demo) and one withdrawn before
+assignment; a late entry (an item whose approval was forgotten at the close: the supervisor
+requests a late entry, HR approves it, the approval cites it); a maternity leave from month 2
+for six months, recorded in month 1; a reprimand in month 2 (month 1 of a two-month history),
+annulled in the open month; a transfer from ``KH-STNMT`` to the ward from the middle month; and,
+after the last close, a reward proposed by one HR officer citing every closed month and issued
+by the other.
 
 **Scale.** Memory stays flat: a month is generated, signed and submitted, then dropped; only
 the log positions of its contestable acts and its tallies survive to the next month, until
@@ -694,9 +694,10 @@ class History:
         story: dict[str, int] = {"transfer": rng.choice(tnmt)}
         others = [i for i in staff if i != story["transfer"]]
         rng.shuffle(others)
-        # The appeal story's civil servant works under the default pack (not KH-STNMT), so that
-        # ``--policy 2`` applies to her; she and her unit's head have fixed names (the docs).
-        first = next(i for i in others if slots[i][0].agency.code != "KH-STNMT")
+        # The appeal story's civil servant is an officer of the ward's one-stop section, under
+        # the default pack (``--policy 2`` applies to her) and the one-stop software; she and
+        # her unit's head have fixed names (the docs use them).
+        first = next(i for i in others if slots[i][0].one_stop)
         others.remove(first)
         others.insert(0, first)
         for role, index in zip(

@@ -286,11 +286,30 @@ def _trusted_keys(args: argparse.Namespace) -> list[VerifierKey]:
 
 
 def cmd_verify_receipt(args: argparse.Namespace) -> int:
+    from signing.entry import decode_entry
+    from signing.errors import EntryError
     from signing.merkle import leaf_hash, verify_inclusion
 
     keys = read_verifier_keys(Path(args.log_key))
-    proof = TlogProof.parse(Path(args.receipt).read_text())
+    # Files that are not a receipt or an entry (an HTTP error body saved by `curl -s`) are bad
+    # input, exit 2 — never a failed check, which would be a false integrity alarm.
+    try:
+        proof = TlogProof.parse(Path(args.receipt).read_text())
+    except (ProofError, UnicodeDecodeError) as exc:
+        raise UsageError(
+            f"{args.receipt} is not a receipt (c2sp.org/tlog-proof@v1): {exc}; an HTTP error"
+            " saved by curl? (curl -f, or --fail-with-body, exits non-zero on one)"
+        ) from None
     entry = Path(args.entry).read_bytes()
+    try:
+        seq = decode_entry(entry).seq
+    except EntryError as exc:
+        raise UsageError(
+            f"{args.entry} is not a log entry: {exc}; an HTTP error saved by curl? (curl -f, or"
+            " --fail-with-body, exits non-zero on one)"
+        ) from None
+    if seq != proof.index:
+        raise UsageError(f"{args.entry} is entry {seq}, the receipt is for entry {proof.index}")
     try:
         signed = verify_checkpoint(proof.checkpoint, keys)
         verify_inclusion(
