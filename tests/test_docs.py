@@ -8,6 +8,7 @@ nothing of the network."""
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as dt
 import os
 import re
@@ -23,6 +24,7 @@ import pytest
 
 from api.demo import default_start
 from bench.common import serving
+from signing.entry import decode_entry
 
 ROOT = Path(__file__).resolve().parents[1]
 DOCS = ("README.md", "docs/integration.md", "docs/inspection.md")
@@ -155,6 +157,10 @@ def test_verify_receipt_tells_a_file_that_is_not_a_receipt(demo: Demo) -> None:
     (folder / "problem").write_bytes(forbidden.content)
     other = httpx.get(f"{demo.base}/v1/entries/6", headers=inspector, timeout=30)
     (folder / "other").write_bytes(other.content)
+    # An entry, at the receipt's position, recorded otherwise than the log holds it: the check
+    # itself fails (exit 1), as it must.
+    altered = dataclasses.replace(decode_entry(entry.content), recorded_at="2020-01-01T00:00:00Z")
+    (folder / "altered").write_bytes(altered.to_bytes())
 
     def verify(receipt_file: str, entry_file: str) -> subprocess.CompletedProcess[str]:
         args = ["kpi-ledger", "verify-receipt", receipt_file, entry_file, "--log-key"]
@@ -169,6 +175,8 @@ def test_verify_receipt_tells_a_file_that_is_not_a_receipt(demo: Demo) -> None:
 
     ok = verify("receipt", "entry")
     assert (ok.returncode, ok.stdout.split(" is in ")[0]) == (0, "OK: entry 5"), ok.stderr
+    failed = verify("receipt", "altered")
+    assert failed.returncode == 1 and failed.stdout.startswith("FAILED: "), failed
     for receipt_file, entry_file, said in (
         ("receipt", "problem", "problem is not a log entry"),
         ("problem", "entry", "problem is not a receipt"),
