@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 import pytest
@@ -223,9 +224,21 @@ def test_verify_receipt_fails_with_exit_1_for_the_wrong_entry(
     capsys.readouterr()
     assert main(["receipt", "2"]) == 0
     Path("r.tlog-proof").write_text(capsys.readouterr().out)
-    Path("wrong.bin").write_bytes(b"not the entry")
+    # entry 2 as a forger would hand it over: the right position, another recording time
+    from domain.service import LedgerService
+
+    service = LedgerService(parse_database(os.environ["KPI_LEDGER_DB"]))
+    try:
+        entry = service.sealed.read_rows(2, 3).__next__().entry
+    finally:
+        service.close()
+    assert entry is not None and b'"recorded_at":"20' in entry
+    Path("wrong.bin").write_bytes(entry.replace(b'"recorded_at":"20', b'"recorded_at":"19', 1))
     assert main(["verify-receipt", "r.tlog-proof", "wrong.bin", "--log-key", "home/log.vkey"]) == 1
     assert "FAILED" in capsys.readouterr().out
+    # and bytes that are no entry at all are bad input, not an integrity failure
+    Path("junk.bin").write_bytes(b"not the entry")
+    assert main(["verify-receipt", "r.tlog-proof", "junk.bin", "--log-key", "home/log.vkey"]) == 2
 
 
 def test_checkpoint_on_an_empty_ledger_is_a_usage_error(
