@@ -31,14 +31,15 @@ class RefusalOut(BaseModel):
 
     id: int = Field(description="increasing; the cursor of the next page")
     recorded_at: str = Field(description="when it was refused, by the ledger's clock (UTC)")
-    actor: str | None = Field(description="the signer, as signed; null: unreadable envelope")
-    fact_type: str | None
+    # a field that is not known (an unreadable envelope has no actor) is left out
+    actor: str | None = Field(None, description="the signer, as signed; absent: unreadable")
+    fact_type: str | None = None
     rule: str = Field(description="the rule that refused it (domain.md §5)")
     detail: str = Field(description="the refusal's words (at most 500 characters)")
     fact_sha256: str | None = Field(
-        description="hex SHA-256 of the envelope's bytes; null when they were not kept"
+        None, description="hex SHA-256 of the envelope's bytes; absent when they were not kept"
     )
-    claimed_at: str | None = Field(description="the time the fact claims")
+    claimed_at: str | None = Field(None, description="the time the fact claims, if readable")
 
 
 class RefusalPage(BaseModel):
