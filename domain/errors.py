@@ -12,6 +12,7 @@ class Refusal(Exception):
     """A submitted fact was refused; nothing was recorded."""
 
     rule = "fact.refused"
+    screened = False  # refused by the submitter's screen, not by the ledger's intake
 
     def __init__(
         self,

@@ -513,7 +513,10 @@ class LedgerService(Application[UUID]):
         rows = [
             Refused.of(envelopes[i], o.rule, o.detail, o.actor, o.fact_type)
             for i, o in enumerate(outcomes)
-            if isinstance(o, Refusal) and i not in batch.accepted and i not in batch.duplicates
+            if isinstance(o, Refusal)
+            and i not in batch.accepted
+            and i not in batch.duplicates
+            and not o.screened
         ]
         if rows:
             try:
@@ -543,7 +546,14 @@ class LedgerService(Application[UUID]):
                 fact = fact_or_refusal
                 check = screens[i]
                 if check is not None:
-                    check(fact)
+                    try:
+                        check(fact)
+                    except Refusal as screened:
+                        # the caller's own screen (who may send what, or a command's own
+                        # condition), before the signature is checked: not an attempt of the
+                        # fact's actor, so not journaled
+                        screened.screened = True
+                        raise
                 earlier = self._duplicate(fact, used, batch)
                 if earlier is None:
                     record = self._check(fact, batch.position, ring)

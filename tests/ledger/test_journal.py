@@ -14,6 +14,7 @@ import datetime as dt
 import hashlib
 import logging
 from collections.abc import Iterator
+from typing import Any
 
 import pytest
 
@@ -162,3 +163,18 @@ def test_the_same_envelope_again_is_one_attempt(w: World) -> None:
         w.refused_raw(raw, SELF_APPROVAL)
     assert len(journal(w).page(rule=SELF_APPROVAL)) == SELF_APPROVAL_ATTEMPTS + 1
     assert journal(w).attempts() == []
+
+
+def test_a_refusal_by_the_submitters_screen_is_not_journaled(w: World) -> None:
+    """The HTTP API's screen (is the fact signed by the caller?) and a command's own
+    condition run before the signature is checked: what they refuse is no attempt of the
+    actor the envelope names, and the journal would misattribute it."""
+    before = journal(w).page()
+
+    def not_yours(fact: Any) -> None:
+        raise Refusal("the fact is not signed by the caller", rule="principal.not_the_actor")
+
+    raw = w.sign(LAN, "work.approved", {"item": "i-1"})
+    [outcome] = w.service.submit_many([raw], screen=not_yours)
+    assert isinstance(outcome, Refusal) and outcome.rule == "principal.not_the_actor"
+    assert journal(w).page() == before
