@@ -28,6 +28,7 @@ from api.deps import CallerDep, RuntimeDep
 from api.problems import Problem, out_of_scope
 from api.runtime import Runtime
 from domain.policy import PolicyError
+from domain.schemas import period_start
 from ledger.journal import FLAG_KIND as JOURNAL_FLAG
 from projections.engine import hr_due_overdue
 from projections.published import own_snapshot, own_unit, own_unit_diff, unit_diff
@@ -282,7 +283,9 @@ def flags(
     """The projection's flags (rebuilt from the log), paged by key. The first page (no
     ``after``) starts with the flags of the refusal journal, marked ``"source": "journal"``
     (``ledger/journal.py``: self-approval attempts, counted when asked, not paged), each
-    naming its refusals instead of log positions."""
+    naming its refusals instead of log positions. A ``same_evidence`` flag names only the
+    claimants the caller may read in their claim's period; any other claimant reads
+    ``"another claimant"``, with her claim's position."""
     page = _paged(
         rt,
         caller,
@@ -294,6 +297,7 @@ def flags(
         keep=lambda d: kind is None or d["kind"] == kind,
         employee=employee,
     )
+    page["items"] = [_claimants_in_scope(rt, caller, f) for f in page["items"]]
     if after is None and kind in (None, JOURNAL_FLAG):
         attempts = rt.service.journal.attempts(actor=employee)
         journal = [
@@ -303,6 +307,33 @@ def flags(
         ]
         page["items"] = journal + page["items"]
     return page
+
+
+ANOTHER = "another claimant"
+
+
+def _claimants_in_scope(rt: Runtime, caller: Caller, flag: dict[str, Any]) -> dict[str, Any]:
+    """A ``same_evidence`` flag as ``caller`` may read it: each claim whose employee she may
+    not read in that claim's period reads ``"another claimant"`` (its position stays: a
+    position names no one, and ``/v1/entries/{seq}`` is for administrators and inspectors),
+    and ``why`` is rebuilt from the claims so. Any other flag is returned as it is."""
+    claims = flag.get("claims")
+    if flag.get("kind") != "same_evidence" or not isinstance(claims, list):
+        return flag
+    subject_period = str(flag["subject"]).split("/", 1)[-1]
+    shown = []
+    for claim in claims:
+        period = claim.get("period") or subject_period
+        readable = rt.organisation.may_read_employee(
+            caller, claim["employee"], period_start(period)
+        )
+        shown.append(claim if readable else {**claim, "employee": ANOTHER})
+    if shown == claims:
+        return flag
+    why = f"evidence {str(flag['evidence'])[:12]}… claimed by " + ", ".join(
+        f"{c['employee']} (at {c['seq']})" for c in shown
+    )
+    return {**flag, "claims": shown, "why": why}
 
 
 @router.get(

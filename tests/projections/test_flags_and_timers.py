@@ -123,6 +123,55 @@ def test_same_evidence_is_seen_by_every_claimant(
     same_after_rebuild(db_url, ev)
 
 
+def test_same_evidence_hides_a_claimant_the_reader_may_not_read(
+    w: World, ev: Evaluations, http: Any
+) -> None:
+    """Lan (KH-W1) and Mai (KH-W2, another agency) claim the same evidence: each, and her
+    supervisor, reads the flag with the other claimant anonymised ("another claimant", her
+    position kept) and a ``why`` that does not name her; an inspector reads both names."""
+    other_sup = "vy.sup"
+    w.person(other_sup)
+    w.grant(other_sup, "supervisor", "KH-W2")
+    w.employ(MAI, unit="KH-W2")
+    w.now = at("2026-03-05")
+    assign(w, "lan-1", LAN)
+    assign(w, "mai-1", MAI, by=other_sup)
+    evidence = [sha("biên bản 18")]
+    first = declare(w, "lan-1", evidence=evidence)
+    second = declare(w, "mai-1", MAI, evidence=evidence)
+    ev.catch_up()
+    lan, mai = f"{LAN}/2026-03", f"{MAI}/2026-03"
+    assert sorted(d["subject"] for d in flags(ev, "same_evidence").values()) == [lan, mai]
+    named = f"{evidence[0][:12]}… claimed by {LAN} (at {first.seq}), {MAI} (at {second.seq})"
+
+    def seen(who: str) -> list[dict[str, Any]]:
+        return list(http(who, "/v1/flags", kind="same_evidence")["items"])
+
+    for who, subject, hidden in (
+        (LAN, lan, MAI),
+        (SUPERVISOR, lan, MAI),
+        (MAI, mai, LAN),
+        (other_sup, mai, LAN),
+    ):
+        [flag] = seen(who)
+        assert flag["subject"] == subject, who
+        assert hidden not in flag["why"] and hidden not in str(flag["claims"]), who
+        assert flag["facts"] == [first.seq, second.seq]
+        expected = [LAN, MAI]
+        assert [c["employee"] for c in flag["claims"]] == [
+            "another claimant" if e == hidden else e for e in expected
+        ], who
+        assert [c["seq"] for c in flag["claims"]] == [first.seq, second.seq]
+        assert "another claimant (at " in flag["why"]
+    # the inspector reads both names, as recorded
+    both = seen(INSPECTOR)
+    assert sorted(f["subject"] for f in both) == [lan, mai]
+    for flag in both:
+        assert flag["why"] == f"evidence {named}"
+        assert [c["employee"] for c in flag["claims"]] == [LAN, MAI]
+    assert seen("oss.system") == []
+
+
 # -- entry after close -----------------------------------------------------------------------
 
 
