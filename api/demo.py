@@ -123,6 +123,7 @@ for small ones) while the main process submits. 2,000 employees over 12 months m
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as dt
 import functools
 import hashlib
@@ -1865,6 +1866,9 @@ def run_demo(
     database: Database, home: LedgerHome, options: DemoOptions, *, progress: bool | None = None
 ) -> DemoResult:
     """Seed ``database`` and ``home`` with the demo history (see the module docstring)."""
+    # the machine's clock read once: the checks, the start month and the story's end must
+    # agree on one present, also when a month turns while the demo runs
+    options = dataclasses.replace(options, now=options.present)
     options.check()
     if home.exists():
         raise DemoError(f"{home.path} is already an initialised ledger home; nothing was changed")
