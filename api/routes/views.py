@@ -13,7 +13,10 @@ A unit view with ``?as_of=SEQ|TIME`` and/or ``?policy=VERSION`` is recomputed fr
 version of the policy, leaders after their staff, then the same quota code; nothing is
 written), marked ``"source": "log"``; ``/diff`` sets that result (``then``) against the
 current one (``now``) row by row and quota check by quota check. The same reading rules
-apply to replayed answers: a person with a row in them reads her own row.
+apply to replayed answers: a person with a row in them reads her own row. Access is decided
+before anything is replayed: a caller who may not read the agency's views and was not posted
+in it in that period is refused (403) without a replay, before any answer a replay could give
+(an unknown policy version, an invalid ``as_of``).
 """
 
 from __future__ import annotations
@@ -79,6 +82,18 @@ def _unit_doc(rt: Runtime, caller: Caller, view: str, agency: str, period: str) 
     return _scoped(rt, caller, view, agency, period, rt.view.doc(view, f"{agency}/{period}"))
 
 
+def _may_replay(rt: Runtime, caller: Caller, agency: str, period: str) -> None:
+    """Refuse (403) before any replay, and so before any error a replay could answer, a
+    caller who may not read the agency's views and was not posted in it in ``period`` (the
+    only callers who may have a row in the replayed result)."""
+    if rt.organisation.may_read_unit(caller, agency):
+        return
+    day = period_start(period)
+    posted = rt.organisation.posting_unit(caller.principal, day)
+    if not any(agency in rt.organisation.chain(unit) for unit in posted):
+        raise out_of_scope(caller.principal, f"{agency}'s views")
+
+
 def _replayed_unit(
     rt: Runtime, agency: str, period: str, as_of: str | None, policy: int | None
 ) -> dict[str, Any] | None:
@@ -117,6 +132,7 @@ def unit(
 ) -> dict[str, Any]:
     if as_of is None and policy is None:
         return _unit_doc(rt, caller, "unit", agency, period)
+    _may_replay(rt, caller, agency, period)
     doc = _replayed_unit(rt, agency, period, as_of, policy)
     return _scoped(rt, caller, "unit", agency, period, doc)
 
@@ -144,6 +160,7 @@ def unit_difference(
             "give as_of and/or policy: the result to compare with",
             rule="request.invalid",
         )
+    _may_replay(rt, caller, agency, period)
     then = _replayed_unit(rt, agency, period, as_of, policy)
     now = _replayed_unit(rt, agency, period, None, None)
     if rt.organisation.may_read_unit(caller, agency):

@@ -9,6 +9,7 @@ one-stop system); each principal gets a token and signs its own facts.
 from __future__ import annotations
 
 import base64
+import contextlib
 import json
 from collections.abc import Iterator
 from pathlib import Path
@@ -599,3 +600,39 @@ def test_a_unit_replayed_under_another_policy_keeps_the_reading_rules(api: Api) 
     problem(api.get(f"/v1/units/KH-W2/{MARCH}", "hoa.hr", policy=2), 404, "view.not_found")
     # nothing written
     assert api.get(path, "hoa.hr").json() == stored
+
+
+def test_a_replayed_unit_view_is_refused_before_anything_is_replayed(
+    api: Api, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Whoever may not read KH-W1's views and was not posted in it in March (an integrating
+    system, an employee of another agency, a supervisor of a section with no row) is refused
+    (403) for a replayed unit view and its diff before anything is replayed: not the 404 of
+    an unknown policy version, not the 422 of a position past the log, and no replay is made
+    (a query malformed by its pattern is still 422: that says nothing of the agency)."""
+    from tests.projections.test_views import month_for
+
+    month_for(api.w, LAN, MARCH, "95")
+    api.w.employ("khoa.le", unit="KH-W2")
+    api.tokens["khoa.le"] = api.rt.principals.issue("khoa.le")
+    api.caught_up()
+
+    replays: list[str] = []
+
+    def no_replay(*args: Any, **kwargs: Any) -> None:
+        replays.append("replayed")
+        raise RuntimeError("replayed before the access check")
+
+    monkeypatch.setattr("api.routes.views.Replay", no_replay)
+    path = f"/v1/units/KH-W1/{MARCH}"
+    for who in ("oss.system", "khoa.le", "tuan.sup"):
+        for query in ({"policy": 7}, {"policy": 2}, {"as_of": "999999999"}, {"as_of": "1"}):
+            problem(api.get(path, who, **query), 403, "auth.out_of_scope")
+            problem(api.get(path + "/diff", who, **query), 403, "auth.out_of_scope")
+    assert replays == []
+    # an agency reader, and a person posted in the agency then, do reach the replay
+    for who, where in (("hoa.hr", path), (LAN, path + "/diff")):
+        replays.clear()
+        with contextlib.suppress(RuntimeError):
+            api.get(where, who, policy=7)
+        assert replays == ["replayed"], who
