@@ -487,7 +487,8 @@ class Evaluations:
             if result is not None:
                 changed.append(result)
                 self._leaders_over(key, batch, leaders)
-        # lower units first; in one unit, deputies before the head (whose staff they are)
+        # lower units first; in one unit, unranked leaders, then deputies before the head
+        # (whose staff they are)
         for key in sorted(leaders, key=lambda k: (-leaders[k], -self._rank(k, batch))):
             result = self._score(key, batch)
             if result is not None:
@@ -504,9 +505,12 @@ class Evaluations:
         return len(self.registry.chain(rules.unit))
 
     def _rank(self, key: str, batch: _Batch) -> int:
-        """The rank of the leader's position (1 = head; ``Registry.staff``)."""
+        """The rank of the leader's position for the scoring order (1 = head, 2 = deputy;
+        ``Registry.staff``). An unranked leader orders as 10, before every ranked one: she is
+        in a ranked leader's staff whatever his rank; among unranked leaders only, the order
+        is the one before ranks."""
         rules = self._rules(key, batch)
-        return self.registry.ranks.get(rules.position, 1) if rules is not None else 1
+        return self.registry.ranks.get(rules.position, 10) if rules is not None else 10
 
     def _leaders_over(self, key: str, batch: _Batch, leaders: dict[str, int]) -> None:
         """Add to ``leaders`` the leader's own key and every leader over the subject's unit,

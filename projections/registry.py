@@ -166,7 +166,8 @@ class Registry:
         self.parents: dict[str, str | None] = {}
         self.kinds: dict[str, str] = {}
         self.leaders: dict[str, bool] = {}
-        self.ranks: dict[str, int] = {}  # leader positions -> rank (1 = head)
+        # ranked leader positions -> rank (1 = head); an unranked leader position has none
+        self.ranks: dict[str, int] = {}
         self.people: dict[str, Person] = {}
         self.policies: dict[str, list[PolicyVersion]] = {}
         self.catalogues: dict[str, list[CatalogueVersion]] = {}
@@ -198,8 +199,8 @@ class Registry:
     def _position(self, fact: Fact) -> None:
         leader = bool(fact.data.get("leader", False))
         self.leaders[fact.data["position"]] = leader
-        if leader:
-            self.ranks[fact.data["position"]] = int(fact.data.get("rank") or 1)
+        if leader and fact.data.get("rank") is not None:
+            self.ranks[fact.data["position"]] = int(fact.data["rank"])
 
     def _posting(self, fact: Fact) -> None:
         d = fact.data
@@ -375,21 +376,27 @@ class Registry:
 
     def staff(self, leader: str, unit: str, members: list[str], day: dt.date) -> list[str]:
         """The staff of ``leader`` (posted in ``unit`` on ``day``) among ``members`` (everyone
-        posted in the unit or below): all but the leader and the leaders of the same unit
-        whose rank is equal or higher (1 = head, 2 = deputy; an unranked leader is 1)."""
-        own = self.ranks.get(p.position, 1) if (p := self.posting(leader, day)) else 1
+        posted in the unit or below): all but the leader and, when the leader's position has
+        a rank, the same unit's leaders whose position has a rank equal or higher (1 = head,
+        2 = deputy). The rank rule holds only between ranked leaders: an unranked leader
+        counts everyone but herself, and is never left out of another leader's staff for a
+        rank she does not have (the rule logs were written under before ranks)."""
+        own = self.ranks.get(p.position) if (p := self.posting(leader, day)) else None
         out = []
         for e in members:
             if e == leader:
                 continue
-            posting = self.posting(e, day)
-            if (
-                posting is not None
-                and posting.unit == unit
-                and self.is_leader(posting.position)
-                and self.ranks.get(posting.position, 1) <= own
-            ):
-                continue
+            if own is not None:
+                posting = self.posting(e, day)
+                rank = self.ranks.get(posting.position) if posting is not None else None
+                if (
+                    posting is not None
+                    and posting.unit == unit
+                    and self.is_leader(posting.position)
+                    and rank is not None
+                    and rank <= own
+                ):
+                    continue
             out.append(e)
         return out
 

@@ -14,8 +14,11 @@ from typing import Any
 import pytest
 
 from domain.policy import PolicyError, Quota, parse_policy, shipped_policy
+from domain.schemas import period_start
+from ledger.config import parse_database
 from projections.engine import Evaluations
 from projections.replay import Replay, ReplayError
+from projections.runners import rebuild
 from projections.score import diff
 from tests.domain.test_scenarios import assign, close, declare
 from tests.domain.world import LAN, World, at
@@ -330,24 +333,16 @@ def test_an_outlier_agency(db_url: str, w: World, ev: Evaluations) -> None:
 # -- leaders of one unit: head and deputy ----------------------------------------------------
 
 
-def test_a_deputys_staff_leaves_out_her_head(db_url: str, w: World, ev: Evaluations) -> None:
-    """The one-stop section has a head (position ``head``, no rank: 1), a deputy (``deputy``,
-    rank 2) and Lan. The head's month fails (nothing approved, general 20): the deputy's
-    staff is Lan alone, so her task points stay whole (70 + 10 = 80, good); the head's staff
-    is Lan and the deputy, both at least completed (his task × 1). Before ranks, the head's
-    fails halved the deputy's task points (35 + 10 = 45)."""
-    w.do(
-        "hoa.hr",
-        "org.position_defined",
-        {"position": "deputy", "name": "Phó", "leader": True, "rank": 2},
-    )
-    w.refused(
-        "hoa.hr",
-        "org.position_defined",
-        {"position": "clerk", "name": "Văn thư", "rank": 2},
-        "state.invalid",
-    )
-    w.employ("son.truong", position="head")
+def _head_and_deputy(w: World, head: dict[str, Any] | None, deputy: dict[str, Any] | None) -> None:
+    """The one-stop section's head (son.truong) and deputy (thu.pho) beside Lan, under the
+    positions ``head`` and ``deputy`` given (``None``: the world's unranked ``head``; a new
+    unranked ``deputy``). Lan's month totals 85 (good), the deputy's 80 (task 70, general
+    10) when her task is whole; the head's fails whatever his factor (nothing approved,
+    general 20)."""
+    for position in (head, deputy or {"position": "deputy", "name": "Phó", "leader": True}):
+        if position is not None:
+            w.do("hoa.hr", "org.position_defined", position)
+    w.employ("son.truong", position=head["position"] if head else "head")
     w.employ("thu.pho", position="deputy")
     month_for(w, LAN, "2026-03", "85")
     month_for(w, "thu.pho", "2026-03", "80")
@@ -359,22 +354,119 @@ def test_a_deputys_staff_leaves_out_her_head(db_url: str, w: World, ev: Evaluati
         "assessment.supervisor_assessed",
         {"employee": "son.truong", "period": "2026-03", "scores": marks(Decimal(20))},
     )
+
+
+def _leader_lines(ev: Evaluations, key: str) -> list[str]:
+    return [line.effect for line in scored(ev, key).trace if line.subject == "leader"]
+
+
+def _figures(ev: Evaluations, key: str) -> tuple[Any, ...]:
+    doc = ev.view.docs("score", [key])[key]
+    return doc["task"], doc["general"], doc["total"], doc["grade"]
+
+
+def _staff_of(ev: Evaluations, leader: str) -> list[str]:
+    """``leader``'s staff in the one-stop section in March 2026, by ``Registry.staff``."""
+    day = period_start("2026-03")
+    members = ev.registry.members("KH-W1-OSS", day)
+    return ev.registry.staff(leader, "KH-W1-OSS", members, day)
+
+
+def test_a_deputys_staff_leaves_out_her_head(db_url: str, w: World, ev: Evaluations) -> None:
+    """The one-stop section has a head (position ``chief``, rank 1), a deputy (``deputy``,
+    rank 2) and Lan. The head's month fails (nothing approved, general 20): the deputy's
+    staff is Lan alone, so her task points stay whole (70 + 10 = 80, good); the head's staff
+    is Lan and the deputy, both at least completed (his task × 1). Without ranks, the head's
+    fails halves the deputy's task points (35 + 10 = 45: the next test)."""
+    w.refused(
+        "hoa.hr",
+        "org.position_defined",
+        {"position": "clerk", "name": "Văn thư", "rank": 2},
+        "state.invalid",
+    )
+    _head_and_deputy(
+        w,
+        {"position": "chief", "name": "Trưởng", "leader": True, "rank": 1},
+        {"position": "deputy", "name": "Phó", "leader": True, "rank": 2},
+    )
     ev.catch_up()
     deputy = scored(ev, "thu.pho/2026-03")
     assert (deputy.task, deputy.total, deputy.grade) == (70, 80, "good")
-    assert [line.effect for line in deputy.trace if line.subject == "leader"] == [
+    assert _leader_lines(ev, "thu.pho/2026-03") == [
         "leader's unit: every one of 1 staff at least completed: task × 1"
     ]
     head = scored(ev, "son.truong/2026-03")
     assert (head.task, head.total, head.grade) == (0, 20, "fails")
-    assert [line.effect for line in head.trace if line.subject == "leader"] == [
+    assert _leader_lines(ev, "son.truong/2026-03") == [
         "leader's unit: every one of 2 staff at least completed: task × 1"
     ]
+    assert _staff_of(ev, "thu.pho") == [LAN]
+    assert _staff_of(ev, "son.truong") == [LAN, "thu.pho"]
     # replay from the log agrees, and so do a rebuild and a refold
     replay = Replay(ev.view)
     assert replay.score("thu.pho", "2026-03").total == 80
     assert replay.score("son.truong", "2026-03").total == 20
     check_refolds(db_url, ev)
+
+
+def test_unranked_leaders_of_one_unit_keep_the_rule_before_ranks(
+    db_url: str, w: World, ev: Evaluations
+) -> None:
+    """A log written before ranks: the head and the deputy of the one-stop section are both
+    on leader positions without a rank, so each counts everyone posted in the unit but
+    herself, the other leader included (the staff rule before ranks). By hand: the deputy's
+    staff is Lan (85, good) and the head (20, fails), so her task is halved: 70 × 0.5 = 35,
+    + 10 = 45, fails; the head's staff is Lan and the deputy (45, fails): 0 × 0.5 = 0, + 20
+    = 20, fails. The engine, replay, a rebuild and a refold all read it so."""
+    _head_and_deputy(w, None, None)
+    ev.catch_up()
+    deputy = scored(ev, "thu.pho/2026-03")
+    assert (deputy.task, deputy.total, deputy.grade) == (35, 45, "fails")
+    assert _leader_lines(ev, "thu.pho/2026-03") == [
+        "leader's unit: son.truong below completed: task × 0.5"
+    ]
+    head = scored(ev, "son.truong/2026-03")
+    assert (head.task, head.total, head.grade) == (0, 20, "fails")
+    assert _staff_of(ev, "son.truong") == [LAN, "thu.pho"]
+    assert _staff_of(ev, "thu.pho") == [LAN, "son.truong"]
+    # replay from the log reads each in the other's staff, with the same figures
+    replay = Replay(ev.view)
+    deputy_replayed = replay.score("thu.pho", "2026-03")
+    assert (deputy_replayed.task, deputy_replayed.total) == (35, 45)
+    head_replayed = replay.score("son.truong", "2026-03")
+    assert (head_replayed.task, head_replayed.total) == (0, 20)
+    assert [line.effect for line in head_replayed.trace if line.subject == "leader"] == [
+        "leader's unit: thu.pho below completed: task × 0.5"
+    ]
+    # a rebuild and a refold in batches give the same figures (each leader's trace cites the
+    # other's result as it stood when it was scored, as before ranks: not compared here)
+    figures = {k: _figures(ev, k) for k in ("thu.pho/2026-03", "son.truong/2026-03")}
+    assert rebuild(parse_database(db_url)) == ev.seq + 1
+    assert {k: _figures(ev, k) for k in figures} == figures
+    ev.view.clear()
+    while Evaluations(ev.view).catch_up(limit=7):
+        pass
+    assert {k: _figures(ev, k) for k in figures} == figures
+
+
+def test_an_unranked_head_stays_in_a_ranked_deputys_staff(
+    db_url: str, w: World, ev: Evaluations
+) -> None:
+    """The rank rule holds only between ranked leaders: a deputy of rank 2 beside the
+    world's unranked head counts him (he is never left out for a rank he does not have):
+    her task is halved by his fails (35 + 10 = 45); he counts her as before (20)."""
+    _head_and_deputy(w, None, {"position": "deputy", "name": "Phó", "leader": True, "rank": 2})
+    ev.catch_up()
+    deputy = scored(ev, "thu.pho/2026-03")
+    assert (deputy.task, deputy.total) == (35, 45)
+    assert _leader_lines(ev, "thu.pho/2026-03") == [
+        "leader's unit: son.truong below completed: task × 0.5"
+    ]
+    assert _staff_of(ev, "thu.pho") == [LAN, "son.truong"]
+    assert _staff_of(ev, "son.truong") == [LAN, "thu.pho"]
+    replay = Replay(ev.view)
+    assert replay.score("thu.pho", "2026-03").total == 45
+    assert replay.score("son.truong", "2026-03").total == 20
 
 
 # -- quota readings ----------------------------------------------------------------------------
