@@ -320,7 +320,7 @@ def flags(
         journal = [
             f.as_dict()
             for f in attempts
-            if rt.organisation.may_read_employee(caller, f.actor, None)
+            if rt.organisation.may_read_employee(caller, f.actor, period_start(f.period))
         ]
         page["items"] = journal + page["items"]
     return page

@@ -139,3 +139,30 @@ def test_the_attempts_flag(api: tuple[TestClient, World, dict[str, str]]) -> Non
     assert journal_flags(INSPECTOR, kind="bulk_approval") == []
     assert journal_flags(INSPECTOR, employee=OTHER) == []
     assert journal_flags(INSPECTOR, after="zzz") == []  # on the first page only
+
+
+def test_the_attempts_flag_is_read_for_its_period(
+    api: tuple[TestClient, World, dict[str, str]],
+) -> None:
+    """Lan leaves the one-stop section for KH-W2 on 1 April and then tries to approve her
+    own work: April's flag is read by KH-W2's supervisor, not by Tuấn, whose section she
+    left (he read her until March), nor by Mai; Lan and the inspector read it."""
+    client, w, tokens = api
+    move = {"employee": LAN, "unit": "KH-W2", "position": "officer", "since": "2026-04-01"}
+    w.now = at("2026-04-02")
+    w.do("hoa.hr", "employee.transferred", {**move, "reason": "luân chuyển"})
+    w.person("vy.sup")
+    w.grant("vy.sup", "supervisor", "KH-W2")
+    rt: Runtime = client.app.state.runtime  # type: ignore[attr-defined]
+    tokens["vy.sup"] = rt.principals.issue("vy.sup")
+    for _ in range(SELF_APPROVAL_ATTEMPTS):
+        attempt(client, w, tokens[LAN])
+
+    def journal_flags(who: str) -> list[str]:
+        items = get(client, tokens[who], "/v1/flags", kind=FLAG_KIND).json()["items"]
+        return [f["subject"] for f in items if f.get("source") == "journal"]
+
+    april = [f"{LAN}/2026-04"]
+    assert journal_flags(INSPECTOR) == april
+    assert journal_flags(LAN) == april and journal_flags("vy.sup") == april
+    assert journal_flags(SUPERVISOR) == [] and journal_flags(OTHER) == []
