@@ -32,11 +32,11 @@ from typing import Any, Literal, cast
 
 __all__ = [
     "DAY_KINDS",
-    "DEFAULT_RESOLVING_KINDS",
     "FORMULA_VARIABLES",
     "HR_DECISION_KINDS",
     "QUOTA_READINGS",
     "SHIPPED_POLICIES",
+    "SHIPPED_RESOLVING_KINDS",
     "Calendar",
     "ConductOverride",
     "Criterion",
@@ -83,9 +83,11 @@ QUOTA_READINGS = ("population", "before_demotion", "fixed_point")
 #: the kinds of HR decision (``domain/hr_decisions.py``); ``hr_decision.resolving_kinds``
 #: names those that act on an "HR decision due" item
 HR_DECISION_KINDS = ("transfer", "demotion", "dismissal", "reward", "no_action")
-#: ``hr_decision.resolving_kinds`` when a document has no such key: every measure the item is
-#: about, or the explicit decision to take none; never a reward
-DEFAULT_RESOLVING_KINDS = ("transfer", "demotion", "dismissal", "no_action")
+#: ``hr_decision.resolving_kinds`` as the shipped packs name it: every measure the item is
+#: about, or the explicit decision to take none; never a reward. A document without the key
+#: keeps the rule logs were written under before it (``HrDecisionRule.resolving_kinds`` None:
+#: any decision kind acts on the item, and only a withdrawal undoes that)
+SHIPPED_RESOLVING_KINDS = ("transfer", "demotion", "dismissal", "no_action")
 TIE_BREAK_KEYS: frozenset[str] = frozenset(
     {"total", "task", "general", "Q", "C", "P", "E", "S", "employee_id"}
 )
@@ -638,9 +640,17 @@ class HrDecisionRule:
     consecutive_failing_years: int
     failing_grade: str
     due: Deadline
-    #: the HR decision kinds whose proposal acts on the item (absent from a document:
-    #: ``DEFAULT_RESOLVING_KINDS``)
-    resolving_kinds: tuple[str, ...] = DEFAULT_RESOLVING_KINDS
+    #: the HR decision kinds whose proposal acts on the item, while neither withdrawn nor
+    #: overturned. None (the key absent from a document): the rule before the key, under
+    #: which logs were written: a decision of any kind acts on it unless withdrawn
+    resolving_kinds: tuple[str, ...] | None = None
+
+    def resolves(self, kind: str, status: str) -> bool:
+        """Whether an HR decision of ``kind``, now ``status`` (proposed, issued, withdrawn,
+        overturned), acts on the item."""
+        if self.resolving_kinds is None:
+            return status != "withdrawn"
+        return kind in self.resolving_kinds and status in ("proposed", "issued")
 
 
 @dataclass(frozen=True)
@@ -1356,7 +1366,7 @@ def parse_policy(document: Any) -> Policy:
     hr = doc.obj(
         "hr_decision", ("consecutive_failing_years", "failing_grade", "due"), ("resolving_kinds",)
     )
-    resolving: tuple[str, ...] = DEFAULT_RESOLVING_KINDS
+    resolving: tuple[str, ...] | None = None  # absent: the rule before the key
     if hr.has("resolving_kinds"):
         resolving = hr.codes("resolving_kinds")
         for index, kind in enumerate(resolving):

@@ -90,7 +90,6 @@ SETTLE_CHUNK = 1000  # periods scored per transaction when settling
 MAX_PENDING = 20000  # periods left unscored before a catch-up settles mid-way
 PENDING = ("pending", "evaluations")  # the document that lists them
 ITEM_CACHE = 16384  # item results kept between scorings of a period (score.ItemCache)
-RESOLVING_STATUS = ("proposed", "issued")  # a withdrawn or overturned decision acts on nothing
 
 
 def snapshot_hash(doc: dict[str, Any]) -> str:
@@ -771,7 +770,8 @@ class Evaluations:
                     "status": h.status,
                     "seq": h.proposed_seq,
                     "at": _utc(h.proposed_at),
-                    "resolves": h.kind in rule.resolving_kinds and h.status in RESOLVING_STATUS,
+                    # absent resolving_kinds: any kind, unless withdrawn (the rule before it)
+                    "resolves": rule.resolves(h.kind, h.status),
                 }
             )
         acting = [d for d in decisions if d["resolves"]]
@@ -789,7 +789,9 @@ class Evaluations:
                     "raised_by_seq": doc["final_seq"],
                     "due": due.isoformat(),
                     "open": first is None,
-                    "resolving_kinds": list(rule.resolving_kinds),
+                    "resolving_kinds": (
+                        list(rule.resolving_kinds) if rule.resolving_kinds is not None else None
+                    ),
                     "resolved_by": (
                         {k: first[k] for k in ("decision", "kind", "seq", "at")}
                         if first is not None

@@ -18,10 +18,10 @@ from hypothesis import strategies as st
 
 from domain.hr_decisions import Kind
 from domain.policy import (
-    DEFAULT_RESOLVING_KINDS,
     FORMULA_VARIABLES,
     HR_DECISION_KINDS,
     SHIPPED_POLICIES,
+    SHIPPED_RESOLVING_KINDS,
     Calendar,
     Formula,
     Policy,
@@ -349,14 +349,27 @@ def test_hr_decision_due(default: Policy) -> None:
 
 def test_which_hr_decisions_act_on_an_hr_due_item(default: Policy, khanh_hoa: Policy) -> None:
     """``hr_decision.resolving_kinds``: the shipped packs name the measures and "no action",
-    never a reward; a document without the key reads the same default; a pack may name
-    others; the kinds are the domain's, each once, at least one."""
+    never a reward, and a withdrawn or overturned decision acts on nothing; a document without
+    the key keeps the rule logs were written under before it (any kind acts on the item, only
+    a withdrawal undoes it); a pack may name others; the kinds are the domain's, each once, at
+    least one."""
     assert get_args(Kind) == HR_DECISION_KINDS
     expected = ("transfer", "demotion", "dismissal", "no_action")
-    assert default.hr_decision.resolving_kinds == expected == DEFAULT_RESOLVING_KINDS
+    assert default.hr_decision.resolving_kinds == expected == SHIPPED_RESOLVING_KINDS
     assert khanh_hoa.hr_decision.resolving_kinds == expected
+    for pack in (default, khanh_hoa):
+        rule = pack.hr_decision
+        assert not rule.resolves("reward", "proposed")
+        assert rule.resolves("dismissal", "proposed") and rule.resolves("no_action", "issued")
+        assert not rule.resolves("dismissal", "withdrawn")
+        assert not rule.resolves("dismissal", "overturned")
     absent = parse_policy(mutated(_delete(["hr_decision", "resolving_kinds"])))
-    assert absent.hr_decision.resolving_kinds == expected
+    assert absent.hr_decision.resolving_kinds is None
+    for kind in HR_DECISION_KINDS:
+        assert absent.hr_decision.resolves(kind, "proposed")
+        assert absent.hr_decision.resolves(kind, "issued")
+        assert absent.hr_decision.resolves(kind, "overturned")  # as before the key
+        assert not absent.hr_decision.resolves(kind, "withdrawn")
     only = parse_policy(mutated(_set(["hr_decision", "resolving_kinds"], ["dismissal"])))
     assert only.hr_decision.resolving_kinds == ("dismissal",)
     for value, path, message in (

@@ -371,3 +371,31 @@ def test_the_policy_names_the_kinds_that_resolve_it(w: World, ev: Evaluations) -
     item = ev.view.doc("hr_due", key)
     assert item is not None and item["open"] is False
     assert item["resolved_by"]["seq"] == reward.seq and item["acted_on_by"] == ["hd-r"]
+
+
+def test_a_pack_without_resolving_kinds_keeps_the_rule_before_it(
+    db_url: str, w: World, ev: Evaluations
+) -> None:
+    """A log whose policy was published before ``hr_decision.resolving_kinds`` (KH-W1's pack
+    for 2027 without the key) reads as it did: a reward proposal acts on the item (open
+    false, resolved by it), and only a withdrawal reopens it."""
+    document = shipped_policy("default")
+    document.update(id="kh-w1-before", version=1, effective_from="2027-01-01")
+    del document["hr_decision"]["resolving_kinds"]
+    w.now = at("2026-01-03")
+    w.do("admin", "policy.published", {"scope": "KH-W1", "document": document})
+    failing_years(w, ev)
+    key = f"{LAN}/2027"
+    w.now = at("2028-01-10")
+    reward = w.do("hoa.hr", "hr.decision_proposed", proposal("hd-r", "reward"))
+    ev.catch_up()
+    item = ev.view.doc("hr_due", key)
+    assert item is not None and item["resolving_kinds"] is None
+    assert item["open"] is False and item["acted_on_by"] == ["hd-r"]
+    assert item["resolved_by"]["seq"] == reward.seq
+    assert item["decisions"][0]["resolves"] is True
+    w.do("hoa.hr", "hr.decision_withdrawn", {"decision": "hd-r", "reason": "xem xét lại"})
+    ev.catch_up()
+    item = ev.view.doc("hr_due", key)
+    assert item is not None and item["open"] is True and item["resolved_by"] is None
+    same_after_rebuild(db_url, ev)
