@@ -15,10 +15,10 @@ receipts. The refusal journal (``GET /v1/refusals``: refused submissions, outsid
 read whole by administrators and inspectors; anyone else reads only the refusals of facts they
 signed themselves (a civil servant sees her own refused attempts; her supervisor and HR do not
 see them there, only the self-approval-attempt flag, which ``/v1/flags`` shows to whoever may
-read her in the flag's month). The log's entries themselves (the exact bytes) and the export bundle are for
-administrators and inspectors. What a caller may *write* is decided by the domain rules on the
-signed fact itself (``domain/``), once the API has checked that the fact is signed by the
-caller (``api/routes/facts.py``).
+read her in the flag's month). The log's entries themselves (the exact bytes) and the export
+bundle are for administrators and inspectors. What a caller may *write* is decided by the
+domain rules on the signed fact itself (``domain/``), once the API has checked that the fact
+is signed by the caller (``api/routes/facts.py``).
 
 The organisation is read through the ledger's repository each time it is asked (a handful
 of small streams), never from a cache that could lag behind a revocation. Only a stream that

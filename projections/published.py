@@ -14,8 +14,9 @@ written per score when a unit view changes:
   quota check's reading, population, allowed and cut-off on each side;
   ``own_unit_diff`` keeps her own row only;
 * ``own_unit(unit, employee)`` / ``own_snapshot(snapshot, employee)``: the unit view or the
-  snapshot as a person in it may read them: the distribution and the quota checks without
-  names, and her own row only (None when she has no row).
+  snapshot as a person in it may read them: the count, the distribution and the quota checks
+  as counts (no names, no cut-off total, no mean: from those another's total follows in a
+  small unit), and her own row only (None when she has no row).
 """
 
 from __future__ import annotations
@@ -126,19 +127,30 @@ def show_exact(text: str) -> str:
     return show(Fraction(text))
 
 
+# What the own-row scope leaves out: aggregates of totals. In a small unit the mean with the
+# count gives the others' total (two people: the other's exactly), and a quota check's cut-off
+# is the lowest kept holder's exact total. Counts stay (the count, the distribution per grade,
+# each check's population, allowed, holders, kept and moved counts, its rule): they say how
+# many hold a grade, never what anyone scored.
+OWN_ROW_WITHHELD = ("mean",)
+OWN_ROW_CHECK_WITHHELD = ("cut_off",)
+
+
 def own_unit(unit: dict[str, Any], employee: str) -> dict[str, Any] | None:
-    """The unit view as ``employee`` may read it: counts, the quota checks without names, and
-    her own row (None when she has none)."""
+    """The unit view as ``employee`` may read it: counts, the quota checks without names or
+    cut-off total, no mean, and her own row (None when she has none)."""
     row = _row(unit["results"], employee)
     if row is None:
         return None
     checks = []
     for check in unit["quota"]:
         named = {k for k in check if k == "kept" or k.startswith("moved_to_")}
-        out = {k: v for k, v in check.items() if k not in named}
+        hidden = named.union(OWN_ROW_CHECK_WITHHELD)
+        out = {k: v for k, v in check.items() if k not in hidden}
         out.update({f"{k}_count": len(check[k]) for k in sorted(named)})
         checks.append(out)
-    return {**unit, "quota": checks, "results": [row], "scope": "own row"}
+    kept = {k: v for k, v in unit.items() if k not in OWN_ROW_WITHHELD}
+    return {**kept, "quota": checks, "results": [row], "scope": "own row"}
 
 
 def own_snapshot(snapshot: dict[str, Any], employee: str) -> dict[str, Any] | None:
@@ -219,9 +231,21 @@ def _group_key(group: dict[str, Any]) -> str:
 
 
 def own_unit_diff(difference: dict[str, Any], employee: str) -> dict[str, Any] | None:
-    """A unit diff as ``employee`` may read it: everything that names no one, and her own
+    """A unit diff as ``employee`` may read it: everything that names no one, except the
+    aggregates of totals ``own_unit`` leaves out (the mean, each check's cut-off), and her own
     row (None when she has a row on neither side)."""
     mine = [r for r in difference["rows"] if r["employee"] == employee]
     if not mine:
         return None
-    return {**difference, "rows": mine, "scope": "own row"}
+
+    def side(check: dict[str, Any] | None) -> dict[str, Any] | None:
+        if check is None:
+            return None
+        return {k: v for k, v in check.items() if k not in OWN_ROW_CHECK_WITHHELD}
+
+    quota = []
+    for q in difference["quota"]:
+        before, after = side(q["before"]), side(q["after"])
+        quota.append({**q, "before": before, "after": after, "changed": before != after})
+    kept = {k: v for k, v in difference.items() if k not in OWN_ROW_WITHHELD}
+    return {**kept, "quota": quota, "rows": mine, "scope": "own row"}
