@@ -7,7 +7,11 @@ key is an administrator's, and whether it is itself an employee. Reading rules:
 * an **administrator** or an **inspector** reads everything;
 * an **HR officer**, a **supervisor** or an **appeal reviewer** reads the employees posted under
   a unit their role covers (the unit or any unit below it), in the period read;
-* an **employee** reads their own records;
+* an **employee** reads their own records. For a leader these include, in her own score's
+  trace, the result (person, grade, total, the positions of the appeal rulings applied) of
+  each staff member her leader factor read for that period: a leader position grants reading
+  those results, the basis of her own grade, and nothing else of her staff's
+  (``docs/scoring.md`` §5);
 * an **integrating system** reads no one's scores (it writes facts and reads receipts).
 
 Anyone authenticated may read what proves integrity and names no one: checkpoints, proofs,
