@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import contextlib
 import datetime as dt
+import fcntl
 import functools
 import hashlib
 import logging
@@ -267,6 +268,7 @@ class LedgerService(Application[UUID]):
         self._cache: OrderedDict[UUID, SignedAggregate | None] = OrderedDict()  # None: absent
         self._cache_size = cache_size
         self._last_sealed: SealedBatch | None = None  # this process's last committed batch
+        self._writer_file: Any = None  # SQLite: the writer's lock file (_file_lock)
         recorder.sealer.on_commit.append(self._sealed_batch)
         self._acts: OrderedDict[int, LoggedAct] = OrderedDict()
         self.unit_chains: dict[str, list[str]] = {}  # unit -> itself and its ancestors (saved)
@@ -737,7 +739,8 @@ class LedgerService(Application[UUID]):
         """
         with self._lock:
             if not isinstance(self.sealed, SealedPostgresRecorder):
-                yield
+                with self._file_lock():
+                    yield
                 return
             with contextlib.ExitStack() as stack:
                 try:
@@ -759,6 +762,30 @@ class LedgerService(Application[UUID]):
                     yield
                 finally:
                     _release_writer_lock(conn)
+
+    def close(self) -> None:
+        if self._writer_file is not None:
+            self._writer_file.close()
+            self._writer_file = None
+        super().close()
+
+    @contextmanager
+    def _file_lock(self) -> Iterator[None]:
+        """SQLite: the writer lock across processes, an exclusive ``flock`` on
+        ``<database file>.writer.lock`` from the key check to the commit (SQLite's own lock
+        covers the transaction only); it dies with its process. An in-memory database has
+        one process: nothing to lock."""
+        path = self.database.env.get("SQLITE_DBNAME", "")
+        if not path or path == ":memory:" or path.startswith("file::memory:"):
+            yield
+            return
+        if self._writer_file is None:
+            self._writer_file = open(path + ".writer.lock", "a+")  # noqa: SIM115 - kept open
+        fcntl.flock(self._writer_file, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(self._writer_file, fcntl.LOCK_UN)
 
     def _forget(self, pending: dict[UUID, SignedAggregate]) -> None:
         for aggregate_id in pending:

@@ -15,8 +15,8 @@ written per score when a unit view changes:
   ``own_unit_diff`` keeps her own row only;
 * ``own_unit(unit, employee)`` / ``own_snapshot(snapshot, employee)``: the unit view or the
   snapshot as a person in it may read them: the count, the distribution and the quota checks
-  as counts (no names, no cut-off total, no mean: from those another's total follows in a
-  small unit), and her own row only (None when she has no row).
+  as counts with their cut-off (no names, no mean: with the count it gives the others' sum),
+  and her own row only (None when she has no row).
 """
 
 from __future__ import annotations
@@ -127,18 +127,20 @@ def show_exact(text: str) -> str:
     return show(Fraction(text))
 
 
-# What the own-row scope leaves out: aggregates of totals. In a small unit the mean with the
-# count gives the others' total (two people: the other's exactly), and a quota check's cut-off
-# is the lowest kept holder's exact total. Counts stay (the count, the distribution per grade,
-# each check's population, allowed, holders, kept and moved counts, its rule): they say how
-# many hold a grade, never what anyone scored.
+# What the own-row scope leaves out: the mean, an aggregate of totals (with the count and her
+# own total it gives the others' sum: in a two-person unit the other's exact total). Each
+# quota check's cut-off stays: it is what tells her why she was moved (the total she needed
+# to keep the grade; issue 13 grants it with the distribution), though it is the lowest kept
+# holder's total. Counts stay (the count, the distribution per grade, each check's
+# population, allowed, holders, kept and moved counts, its rule): they say how many hold a
+# grade, never what anyone scored.
 OWN_ROW_WITHHELD = ("mean",)
-OWN_ROW_CHECK_WITHHELD = ("cut_off",)
+OWN_ROW_CHECK_WITHHELD: tuple[str, ...] = ()
 
 
 def own_unit(unit: dict[str, Any], employee: str) -> dict[str, Any] | None:
-    """The unit view as ``employee`` may read it: counts, the quota checks without names or
-    cut-off total, no mean, and her own row (None when she has none)."""
+    """The unit view as ``employee`` may read it: counts, the quota checks without names (with
+    their cut-off), no mean, and her own row (None when she has none)."""
     row = _row(unit["results"], employee)
     if row is None:
         return None
@@ -231,9 +233,9 @@ def _group_key(group: dict[str, Any]) -> str:
 
 
 def own_unit_diff(difference: dict[str, Any], employee: str) -> dict[str, Any] | None:
-    """A unit diff as ``employee`` may read it: everything that names no one, except the
-    aggregates of totals ``own_unit`` leaves out (the mean, each check's cut-off), and her own
-    row (None when she has a row on neither side)."""
+    """A unit diff as ``employee`` may read it: everything that names no one, except what
+    ``own_unit`` leaves out (the mean), and her own row (None when she has a row on neither
+    side)."""
     mine = [r for r in difference["rows"] if r["employee"] == employee]
     if not mine:
         return None

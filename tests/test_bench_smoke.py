@@ -156,7 +156,10 @@ def test_projections_bench_on_a_small_demo_log(tmp_path: Path) -> None:
 
     logs = result["logs"]
     assert logs["small"]["entries"] == logs["large"]["entries"] > 500
-    assert (tmp_path / f"demo-12x2-seed1-{_demo_digest()}" / "done.json").exists()
+    from bench.projections import BENCH_START
+
+    folder = tmp_path / f"demo-12x2-seed1-{BENCH_START}-{_demo_digest()}"
+    assert (folder / "done.json").exists()
     for label in ("small", "large"):
         r = result["rebuild"][label]
         assert r["entries"] == logs[label]["entries"]

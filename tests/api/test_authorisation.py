@@ -152,10 +152,10 @@ def test_a_person_reads_her_own_row_and_no_one_elses_name(
         f"/v1/units/KH-W1/{MARCH}", headers={"Authorization": f"Bearer {tokens[who]}"}
     ).json()
     assert unit["count"] == 2 and sum(unit["distribution"].values()) == 2
-    # no aggregate of totals: with two rows, the mean and her own total give the other's
+    # no mean: with two rows, the mean and her own total give the other's; the cut-off stays
     assert "mean" not in unit
     [check] = unit["quota"]
-    assert "cut_off" not in check
+    assert check["cut_off"] is None  # nobody holds excellent here
     assert (check["population"], check["allowed"], check["holders"]) == (0, 0, 0)
     assert (check["kept_count"], check["moved_to_good_count"]) == (0, 0)
     assert "kept" not in check and "moved_to_good" not in check

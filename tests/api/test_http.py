@@ -573,8 +573,8 @@ def test_a_unit_replayed_under_another_policy_keeps_the_reading_rules(api: Api) 
     assert mine.status_code == 200 and "mai.tran" not in mine.text
     assert mine.json()["scope"] == "own row" and mine.json()["results"][0]["grade"] == "excellent"
     assert mine.json()["quota"][0]["kept_count"] == 1
-    # Mai's total (93) does not follow from what Lan reads: no mean, no cut-off
-    assert "mean" not in mine.json() and "cut_off" not in mine.json()["quota"][0]
+    # Mai's total (93) does not follow from what Lan reads: no mean; the cut-off is Lan's own
+    assert "mean" not in mine.json() and mine.json()["quota"][0]["cut_off"] == "95"
     assert '"93"' not in mine.text
     problem(api.get(path, "tuan.sup", policy=2), 403, "auth.out_of_scope")
     # the difference, v2 (then) against now
@@ -591,7 +591,7 @@ def test_a_unit_replayed_under_another_policy_keeps_the_reading_rules(api: Api) 
     assert [r["employee"] for r in own.json()["diff"]["rows"]] == [LAN]
     assert "mean" not in own.json()["then"] and "mean" not in own.json()["diff"]
     [own_side] = own.json()["diff"]["quota"]
-    assert "cut_off" not in own_side["before"] and "cut_off" not in own_side["after"]
+    assert (own_side["before"]["cut_off"], own_side["after"]["cut_off"]) == ("95", None)
     assert own_side["changed"] is True  # the reading and allowed differ
     assert '"93"' not in own.text
     problem(api.get(path + "/diff", "tuan.sup", policy=2), 403, "auth.out_of_scope")
