@@ -781,7 +781,19 @@ class LedgerService(Application[UUID]):
             return
         if self._writer_file is None:
             self._writer_file = open(path + ".writer.lock", "a+")  # noqa: SIM115 - kept open
-        fcntl.flock(self._writer_file, fcntl.LOCK_EX)
+        deadline = time.monotonic() + WRITER_LOCK_SECONDS
+        while True:  # as PostgreSQL's lock timeout: a writer stuck elsewhere fails this one
+            try:
+                fcntl.flock(self._writer_file, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                break
+            except BlockingIOError:
+                if time.monotonic() > deadline:
+                    raise WriteFailed(
+                        "nothing was recorded: another process has held the ledger's writer"
+                        f" lock for over {WRITER_LOCK_SECONDS} s",
+                        recorded=False,
+                    ) from None
+                time.sleep(0.002)
         try:
             yield
         finally:

@@ -12,6 +12,7 @@
 
 from __future__ import annotations
 
+import fcntl
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import Any
@@ -171,6 +172,8 @@ def test_a_batch_is_never_sealed_at_positions_it_was_not_checked_for(ledger: Led
                     " WHERE locktype = 'advisory' AND objid = %s AND granted",
                     (WRITER_LOCK_ID,),
                 )
+        else:  # SQLite: the writer's flock, lost as a lock is lost
+            fcntl.flock(service._writer_file, fcntl.LOCK_UN)
         interleaved.extend(_seqs(other.submit_many([revocation.to_bytes()])))
 
     service._examine_all = examine_then_someone_else_writes  # type: ignore[method-assign]
