@@ -186,6 +186,14 @@ def snapshot(rt: RuntimeDep, caller: CallerDep, agency: Agency, period: Month) -
     return _unit_doc(rt, caller, "snapshot", agency, period)
 
 
+def _subject_period(doc: dict[str, Any]) -> str | None:
+    """The month of a flag's ``employee/YYYY-MM`` subject (None for another shape)."""
+    parts = str(doc.get("subject", "")).split("/")
+    month = parts[1] if len(parts) == 2 else ""
+    shaped = len(month) == 7 and month[4] == "-" and month.replace("-", "").isdigit()
+    return month if shaped else None
+
+
 def _paged(
     rt: Runtime,
     caller: Caller,
@@ -197,18 +205,23 @@ def _paged(
     person: Callable[[dict[str, Any]], str | None],
     keep: Callable[[dict[str, Any]], bool] = lambda _: True,
     employee: str | None = None,
+    period: Callable[[dict[str, Any]], str | None] = lambda _: None,
 ) -> dict[str, Any]:
     """A page of ``view``: the documents ``keep`` accepts about people ``caller`` may read
-    (``person`` None: about no one, ``keep`` alone decides)."""
-    allowed: dict[str, bool] = {}
+    (``person`` None: about no one, ``keep`` alone decides) — in the document's ``period``
+    when it has one (a unit role reaches the people posted under it in that period), at
+    any time otherwise."""
+    allowed: dict[tuple[str, str | None], bool] = {}
 
     def may(doc: dict[str, Any]) -> bool:
         who = person(doc)
         if who is None:
             return True
-        if who not in allowed:
-            allowed[who] = rt.organisation.may_read_employee(caller, who, None)
-        return allowed[who]
+        month = period(doc)
+        if (who, month) not in allowed:
+            day = period_start(month) if month is not None else None
+            allowed[who, month] = rt.organisation.may_read_employee(caller, who, day)
+        return allowed[who, month]
 
     items: list[dict[str, Any]] = []
     cursor, more = after, False
@@ -313,6 +326,7 @@ def flags(
         person=lambda d: str(d["subject"]).split("/")[0],
         keep=lambda d: kind is None or d["kind"] == kind,
         employee=employee,
+        period=_subject_period,
     )
     page["items"] = [_claimants_in_scope(rt, caller, f) for f in page["items"]]
     if after is None and kind in (None, JOURNAL_FLAG):

@@ -166,3 +166,39 @@ def test_the_attempts_flag_is_read_for_its_period(
     assert journal_flags(INSPECTOR) == april
     assert journal_flags(LAN) == april and journal_flags("vy.sup") == april
     assert journal_flags(SUPERVISOR) == [] and journal_flags(OTHER) == []
+
+
+def test_every_flag_is_read_for_its_period(
+    api: tuple[TestClient, World, dict[str, str]],
+) -> None:
+    """The projection's flags too are judged at their subject's month: Tuấn, who supervised
+    Lan until March, reads her March flag and not her April one; KH-W2's supervisor the
+    other way round. (Two flag documents written into the view by hand: this service runs
+    no projection runner, and the scoping, not the flag's raising, is under test.)"""
+    import json
+
+    client, w, tokens = api
+    move = {"employee": LAN, "unit": "KH-W2", "position": "officer", "since": "2026-04-01"}
+    w.now = at("2026-04-02")
+    w.do("hoa.hr", "employee.transferred", {**move, "reason": "luân chuyển"})
+    w.person("vy.sup")
+    w.grant("vy.sup", "supervisor", "KH-W2")
+    rt: Runtime = client.app.state.runtime  # type: ignore[attr-defined]
+    tokens["vy.sup"] = rt.principals.issue("vy.sup")
+    for month in ("2026-03", "2026-04"):
+        doc = {"kind": "fast_approval", "subject": f"{LAN}/{month}", "facts": [1], "why": "t"}
+        with rt.view._cursor(commit=True) as c:  # type: ignore[attr-defined]
+            rt.view._exec(  # type: ignore[attr-defined]
+                c,
+                "INSERT INTO {s}kpi_view_docs (view, key, employee, agency, period, doc)"
+                " VALUES (?, ?, ?, ?, ?, ?)",
+                ("flag", f"fast_approval/{LAN}/{month}/1", LAN, None, month, json.dumps(doc)),
+            )
+
+    def flags(who: str) -> list[str]:
+        items = get(client, tokens[who], "/v1/flags", kind="fast_approval").json()["items"]
+        return [f["subject"] for f in items]
+
+    assert flags(INSPECTOR) == [f"{LAN}/2026-03", f"{LAN}/2026-04"]
+    assert flags(SUPERVISOR) == [f"{LAN}/2026-03"]
+    assert flags("vy.sup") == [f"{LAN}/2026-04"]
