@@ -59,6 +59,41 @@ def _print_result(result: Result, *, trace: bool) -> None:
             print(f"  {where}  {line.fact or '-':<32} {line.subject:<14} {line.effect}{rule}")
 
 
+def _print_published(view: Any, score: dict[str, Any]) -> None:
+    """What the unit view (after the quota) and the close published for the person, from the
+    views (``projections/published.py``); nothing while the unit view has no row for her."""
+    from projections.published import published, show_exact
+
+    key = f"{score['agency']}/{score['period']}"
+    pub = published(score, view.doc("unit", key), view.doc("snapshot", key))
+    if pub is None:
+        return
+    moved = " (moved by the quota)" if pub["moved_by_quota"] else ""
+    print(f"  published: {pub['grade']}{moved}")
+    quota = pub["quota"]
+    if quota is not None:
+        group = ", ".join(f"{k.replace('_', ' ')} {v}" for k, v in quota["group"].items())
+        cut = show_exact(quota["cut_off"]) if quota["cut_off"] else "-"
+        held = (
+            f"rank {quota['rank']} of {quota['holders']} holding the grade"
+            if quota["rank"] is not None
+            else f"{quota['holders']} holding the grade, not she"
+        )
+        print(
+            f"  quota ({quota['reading']}, {group}): {held}, {quota['allowed']} allowed in a"
+            f" population of {quota['population']}, cut-off {cut}"
+        )
+    close = pub["snapshot"]
+    if close is not None:
+        state = "matches" if close["matches"] else "DOES NOT MATCH the views"
+        total = show_exact(close["total"]) if close["total"] else "-"
+        print(
+            f"  closed at position {close['close_seq']} ({close['closed_at']}): published"
+            f" {close['grade'] or '-'}, total {total}; the snapshot {state}"
+            + ("; set aside by an appeal" if close["set_aside"] else "")
+        )
+
+
 def cmd_score(args: argparse.Namespace) -> int:
     view = caught_up_view(ledger_database(args))
     try:
@@ -86,6 +121,8 @@ def cmd_score(args: argparse.Namespace) -> int:
             print(json.dumps(doc, ensure_ascii=False, indent=2))
             return 0
         _print_result(result, trace=args.trace)
+        if args.as_of is None and args.policy is None:
+            _print_published(view, result.to_doc())
         if other is not None:
             print()
             _print_result(other, trace=args.trace)

@@ -42,6 +42,8 @@ def test_score_replays_the_month_with_its_trace(
     code, out, _ = run(capsys, "score", LAN, MARCH, "--db", url, "--trace")
     assert code == 0
     assert "= 89.42 -> good" in out and "[exact total 1073/12]" in out
+    # what the unit view published for her: alone in her group, nobody is moved
+    assert "\n  published: good\n" in out and "moved by the quota" not in out
     rejection = m.rejected[0].seq
     assert re.search(rf"^\s+{rejection}\s+work.rejected\s", out, re.M)
     code, out, _ = run(capsys, "score", LAN, MARCH, "--db", url, "--json")
