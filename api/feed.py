@@ -59,6 +59,7 @@ from typing import Any
 from starlette.responses import StreamingResponse
 from starlette.types import Receive, Scope, Send
 
+from ledger.jobs import describe, iso
 from ledger.sealer import SealedBatch
 from ledger.store import LogRow, SealedLog
 from signing.merkle import leaf_hash
@@ -246,7 +247,7 @@ class FeedHub:
         error = task.exception()
         self.restarts += 1
         self.failed_at = time.time()
-        self.last_error = f"{type(error).__name__}: {error}" if error else "it returned"
+        self.last_error = describe(error) if error else "it returned"
         log.error(
             "the feed's source stopped (%s); starting it again", self.last_error, exc_info=error
         )
@@ -265,7 +266,7 @@ class FeedHub:
         """``ok``, or how often the source had to be started again and why."""
         if not self.restarts:
             return "ok"
-        at = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(self.failed_at or 0))
+        at = iso(self.failed_at)
         return f"ok, restarted {self.restarts} times, last at {at} ({self.last_error})"
 
     async def stop(self) -> None:

@@ -34,7 +34,7 @@ from domain.service import LedgerService, TimeWindow
 from ledger.checkpoints import Checkpointer
 from ledger.config import Database, parse_database
 from ledger.home import LedgerHome
-from ledger.jobs import FAILED, STALE, STANDBY, Job, JobHealth, JobTable, heal_pool
+from ledger.jobs import FAILED, STALE, STANDBY, Job, JobHealth, JobTable, describe, heal_pool
 from ledger.proof_cache import ProofCache
 from projections.runners import (
     CatchUpRunner,
@@ -105,6 +105,7 @@ class Runtime:
         self.checkpointer = checkpointer
         self.owns_service = True
         self.writer = GroupWriter(service)
+        self.jobs_table = JobTable(settings.database)  # what other processes report
 
     @classmethod
     def open(cls, settings: Settings, *, service: LedgerService | None = None) -> Runtime:
@@ -142,6 +143,7 @@ class Runtime:
 
     def close(self) -> None:
         self.writer.close()
+        self.jobs_table.close()
         if self.checkpointer is not None:
             self.checkpointer.stop()
         if self.runner is not None:
@@ -162,7 +164,7 @@ class Runtime:
             else:
                 self.service.sealed.log_size()
         except Exception as exc:
-            return f"cannot be read: {type(exc).__name__}: {exc}".strip()
+            return f"cannot be read: {describe(exc)}"
         return "ok"
 
     def heal(self) -> None:
@@ -180,10 +182,12 @@ class Runtime:
             "checkpointer": self.checkpointer.job if self.checkpointer is not None else None,
             "projections": self.runner.job if self.runner is not None else None,
         }
-        return job_health(self.settings, local)
+        return job_health(self.settings, self.jobs_table, local)
 
 
-def job_health(settings: Settings, local: dict[str, Job | None]) -> dict[str, JobHealth]:
+def job_health(
+    settings: Settings, table: JobTable, local: dict[str, Job | None]
+) -> dict[str, JobHealth]:
     now = time.time()
     shared: dict[str, JobHealth] | None = None
     unreadable: str | None = None
@@ -195,9 +199,9 @@ def job_health(settings: Settings, local: dict[str, Job | None]) -> dict[str, Jo
             continue
         if shared is None and unreadable is None:
             try:
-                shared = JobTable(settings.database).read()
+                shared = table.read()
             except Exception as exc:
-                unreadable = f"{type(exc).__name__}: {exc}".strip()
+                unreadable = describe(exc)
         row = (shared or {}).get(name)
         if row is not None and row.heartbeat is not None and now - row.heartbeat <= STALE:
             out[name] = row

@@ -120,6 +120,7 @@ class Checkpointer:
         self.admit = admit
         self._lock = threading.Lock()
         self.job: Job | None = None
+        self._last_note: tuple[str, SignerState] | None = None  # (note, what it signed)
         self.error: InconsistentLogError | None = None  # the last refusal, if any
 
     # -- state ---------------------------------------------------------------------------
@@ -136,10 +137,7 @@ class Checkpointer:
         signed: SignerState | None = None
         if latest is not None:
             try:
-                verified = verify_checkpoint(latest.note, log_verifier_keys(self.key))
-                signed = SignerState(
-                    self.origin, verified.checkpoint.size, verified.checkpoint.root
-                )
+                signed = self._verified(latest.note)
             except NoteError as exc:
                 if not self.state_path.exists():
                     raise InconsistentLogError(
@@ -160,6 +158,18 @@ class Checkpointer:
                     f" one of size {state.size} this home signed"
                 )
             return signed
+        return state
+
+    def _verified(self, note: str) -> SignerState:
+        """The state a checkpoint note signed by this ledger's key says (``NoteError`` if it
+        is not one); the last note verified is remembered: the periodic checkpointer asks
+        every second, and the newest note rarely changes."""
+        known = self._last_note
+        if known is not None and known[0] == note:
+            return known[1]
+        verified = verify_checkpoint(note, log_verifier_keys(self.key))
+        state = SignerState(self.origin, verified.checkpoint.size, verified.checkpoint.root)
+        self._last_note = (note, state)
         return state
 
     def _save_state(self, state: SignerState) -> None:

@@ -280,11 +280,15 @@ _SELECT = (
 
 
 class JobTable:
-    """``kpi_jobs`` on the ledger's database, through short connections of its own."""
+    """``kpi_jobs`` on the ledger's database. On PostgreSQL one connection of its own, kept
+    between uses (a heartbeat every 2 s and every ``/v1/status`` would otherwise each open
+    one) and opened again after a failure; SQLite's are cheap: one per use."""
 
     def __init__(self, database: Database) -> None:
         self.database = database
         self._created = False
+        self._lock = threading.Lock()
+        self._pg: Any = None
 
     def _run(self, statement: str, params: tuple[Any, ...] = ()) -> list[tuple[Any, ...]]:
         if self.database.backend == "sqlite":
@@ -297,15 +301,32 @@ class JobTable:
             finally:
                 conn.close()
         else:
-            with connect(self.database) as pg:
-                if not self._created:
-                    with pg.transaction():  # concurrent CREATE ... IF NOT EXISTS race
-                        pg.execute("SELECT pg_advisory_xact_lock(%s)", (SCHEMA_LOCK_ID,))
-                        pg.execute(_CREATE)
-                cursor = pg.execute(statement.format(p="%s"), params)
-                rows = cursor.fetchall() if cursor.description is not None else []
+            with self._lock:
+                try:
+                    if self._pg is None:
+                        self._pg = connect(self.database)
+                    pg = self._pg
+                    if not self._created:
+                        with pg.transaction():  # concurrent CREATE ... IF NOT EXISTS race
+                            pg.execute("SELECT pg_advisory_xact_lock(%s)", (SCHEMA_LOCK_ID,))
+                            pg.execute(_CREATE)
+                    cursor = pg.execute(statement.format(p="%s"), params)
+                    rows = cursor.fetchall() if cursor.description is not None else []
+                except BaseException:
+                    self._drop()
+                    raise
         self._created = True
         return [tuple(r) for r in rows]
+
+    def _drop(self) -> None:
+        pg, self._pg = self._pg, None
+        if pg is not None:
+            with contextlib.suppress(Exception):
+                pg.close()
+
+    def close(self) -> None:
+        with self._lock:
+            self._drop()
 
     def publish(self, health: JobHealth) -> None:
         self._run(
@@ -413,6 +434,8 @@ class Job:
             self._set(self.health().state, f"stopping: a step still runs after {timeout} s")
             return
         self._set(STOPPED, None)
+        if self.table is not None:
+            self.table.close()
 
     def opened(self) -> None:
         """What ``open`` prepares was prepared by the caller before ``start``."""
@@ -507,11 +530,11 @@ class Job:
                     logger.warning(
                         "%s: %s; retrying with back-off (the job goes on)",
                         self.name,
-                        _describe(exc),
+                        describe(exc),
                         exc_info=not database,
                     )
                 failures += 1
-                self._set(RETRYING, _describe(exc))
+                self._set(RETRYING, describe(exc))
                 self._reset()
                 if database and self._heal is not None:
                     with contextlib.suppress(Exception):
@@ -545,7 +568,7 @@ class Job:
         try:
             got = self.lock.try_acquire()
         except Exception as exc:
-            self._set(RETRYING, f"cannot reach the database to take the lead: {_describe(exc)}")
+            self._set(RETRYING, f"cannot reach the database to take the lead: {describe(exc)}")
             return False
         if not got:
             self._set(STANDBY, "another process runs this job")
@@ -578,7 +601,7 @@ class Job:
                 self.lock.release()
 
     def _fail(self, exc: BaseException, seconds: float, attempts: int) -> None:
-        detail = f"gave up after {seconds:.0f} s and {attempts} attempts: {_describe(exc)}"
+        detail = f"gave up after {seconds:.0f} s and {attempts} attempts: {describe(exc)}"
         logger.error("%s: %s", self.name, detail)
         self._set(FAILED, detail)
         self._reset(release=True)
@@ -590,7 +613,8 @@ class Job:
             self._wake.clear()
 
 
-def _describe(exc: BaseException) -> str:
+def describe(exc: BaseException) -> str:
+    """An error in one line: its type and the first line of its message."""
     text = str(exc).strip().splitlines()
     first = text[0] if text else ""
     return f"{type(exc).__name__}: {first}" if first else type(exc).__name__

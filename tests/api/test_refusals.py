@@ -141,12 +141,8 @@ def test_the_attempts_flag(api: tuple[TestClient, World, dict[str, str]]) -> Non
     assert journal_flags(INSPECTOR, after="zzz") == []  # on the first page only
 
 
-def test_the_attempts_flag_is_read_for_its_period(
-    api: tuple[TestClient, World, dict[str, str]],
-) -> None:
-    """Lan leaves the one-stop section for KH-W2 on 1 April and then tries to approve her
-    own work: April's flag is read by KH-W2's supervisor, not by Tuấn, whose section she
-    left (he read her until March), nor by Mai; Lan and the inspector read it."""
+def _lan_moves_to_w2(api: tuple[TestClient, World, dict[str, str]]) -> Runtime:
+    """Lan is transferred to KH-W2 on 1 April, whose supervisor vy.sup gets a token."""
     client, w, tokens = api
     move = {"employee": LAN, "unit": "KH-W2", "position": "officer", "since": "2026-04-01"}
     w.now = at("2026-04-02")
@@ -155,6 +151,17 @@ def test_the_attempts_flag_is_read_for_its_period(
     w.grant("vy.sup", "supervisor", "KH-W2")
     rt: Runtime = client.app.state.runtime  # type: ignore[attr-defined]
     tokens["vy.sup"] = rt.principals.issue("vy.sup")
+    return rt
+
+
+def test_the_attempts_flag_is_read_for_its_period(
+    api: tuple[TestClient, World, dict[str, str]],
+) -> None:
+    """Lan leaves the one-stop section for KH-W2 on 1 April and then tries to approve her
+    own work: April's flag is read by KH-W2's supervisor, not by Tuấn, whose section she
+    left (he read her until March), nor by Mai; Lan and the inspector read it."""
+    client, w, tokens = api
+    _lan_moves_to_w2(api)
     for _ in range(SELF_APPROVAL_ATTEMPTS):
         attempt(client, w, tokens[LAN])
 
@@ -177,14 +184,8 @@ def test_every_flag_is_read_for_its_period(
     no projection runner, and the scoping, not the flag's raising, is under test.)"""
     import json
 
-    client, w, tokens = api
-    move = {"employee": LAN, "unit": "KH-W2", "position": "officer", "since": "2026-04-01"}
-    w.now = at("2026-04-02")
-    w.do("hoa.hr", "employee.transferred", {**move, "reason": "luân chuyển"})
-    w.person("vy.sup")
-    w.grant("vy.sup", "supervisor", "KH-W2")
-    rt: Runtime = client.app.state.runtime  # type: ignore[attr-defined]
-    tokens["vy.sup"] = rt.principals.issue("vy.sup")
+    client, _, tokens = api
+    rt = _lan_moves_to_w2(api)
     for month in ("2026-03", "2026-04"):
         doc = {"kind": "fast_approval", "subject": f"{LAN}/{month}", "facts": [1], "why": "t"}
         with rt.view._cursor(commit=True) as c:  # type: ignore[attr-defined]
